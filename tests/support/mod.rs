@@ -1,0 +1,5 @@
+//! Shared test harness: real processes (registry, skopeo, crane) and archive generators.
+#![allow(dead_code)]
+
+pub mod archives;
+pub mod registry;
