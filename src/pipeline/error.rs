@@ -1,0 +1,74 @@
+//! Why an import failed, with the condition reason the operator reports for it.
+
+use thiserror::Error;
+
+use super::layer::LayerError;
+use super::plan::PlanError;
+use super::source::SourceError;
+use crate::archive::ArchiveError;
+use crate::registry::RegistryError;
+
+#[derive(Debug, Error)]
+pub enum ImportError {
+    #[error("{archive}: {source}")]
+    Archive { archive: String, source: ArchiveError },
+    #[error("{archive}: {source}")]
+    Plan { archive: String, source: PlanError },
+    #[error("{archive}: image ID is {actual}, expected {expected}")]
+    ImageIdMismatch { archive: String, expected: String, actual: String },
+    #[error("{archive}: sha256 of the archive is {actual}, expected {expected}")]
+    ArchiveDigestMismatch { archive: String, expected: String, actual: String },
+    #[error("{source}")]
+    Source { source: SourceError },
+    #[error("pushing to {target}: {source}")]
+    Registry { target: String, source: RegistryError },
+    #[error("{0}")]
+    Usage(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ImportError {
+    /// The condition reason (Kubernetes API conventions: CamelCase, stable).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ImportError::Archive { source, .. } if source.is_verification() => "VerificationFailed",
+            ImportError::Archive { .. } => "InvalidArchive",
+            ImportError::Plan { source: PlanError::TagRequired { .. } | PlanError::AllWithTag, .. } => "TagRequired",
+            ImportError::Plan { .. } => "ImageNotFound",
+            ImportError::ImageIdMismatch { .. } | ImportError::ArchiveDigestMismatch { .. } => "VerificationFailed",
+            ImportError::Source { source: SourceError::NotFound(_) } => "SourceNotFound",
+            ImportError::Source { .. } => "SourceUnavailable",
+            ImportError::Registry { source: RegistryError::Unauthorized { .. }, .. } => "Unauthorized",
+            ImportError::Registry { source, .. } if source.is_transient() => "RegistryUnavailable",
+            ImportError::Registry { source: RegistryError::Config(_), .. } => "InvalidConfiguration",
+            ImportError::Registry { .. } => "RegistryRejected",
+            ImportError::Usage(_) => "InvalidSpec",
+            ImportError::Internal(_) => "InternalError",
+        }
+    }
+
+    /// Worth trying again later without any change.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ImportError::Source { source } => source.is_transient(),
+            ImportError::Registry { source, .. } => source.is_transient(),
+            ImportError::Internal(_) => true,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn from_layer(archive: &str, target: &str, e: LayerError, upload: Option<RegistryError>) -> Self {
+        match e {
+            LayerError::Archive(source) => ImportError::Archive { archive: archive.into(), source },
+            LayerError::Read(io) => ImportError::Archive {
+                archive: archive.into(),
+                source: ArchiveError::Io(io),
+            },
+            LayerError::Sink(io) => match upload {
+                Some(source) => ImportError::Registry { target: target.into(), source },
+                None => ImportError::Internal(format!("upload stopped: {io}")),
+            },
+        }
+    }
+}

@@ -1,0 +1,731 @@
+//! The streaming import: archive in, verified image out.
+//!
+//! Seekable files are indexed first (small JSON only), checked against the registry (a
+//! re-push of the same image is a few requests), and their layers are then read, verified,
+//! encoded and uploaded in parallel. Pipes, URLs and compressed files are read once, front
+//! to back: layers are uploaded as they pass, and what they are is decided at the end, when
+//! `manifest.json`/`index.json` have been seen. Either way every layer is verified before a
+//! manifest is pushed, and manifests (tags) come last.
+
+pub mod codec;
+pub mod error;
+pub mod inspect;
+pub mod layer;
+pub mod manifest;
+pub mod plan;
+pub mod progress;
+pub mod source;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Seek};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::archive::formats::{Descriptor, Platform};
+use crate::archive::{ArchiveError, Catalog, ImageSource, LeftOut, digest, resolve, scan};
+use crate::registry::{Registry, RegistryError, RegistryOptions, Target};
+pub use codec::{Codec, CompressionPolicy};
+pub use error::ImportError;
+use layer::{LayerError, LayerFacts};
+pub use plan::{Planned, Selection};
+pub use progress::Progress;
+use progress::Counting;
+pub use source::{HttpOptions, Location};
+
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    pub source: Location,
+    pub target: Target,
+    pub selection: Selection,
+    pub platform: Option<Platform>,
+    pub compression: CompressionPolicy,
+    /// Pin of the config digest (image ID).
+    pub expect_image_id: Option<String>,
+    /// Pin of the archive file's own sha256.
+    pub expect_sha256: Option<String>,
+    pub registry: RegistryOptions,
+    pub http: HttpOptions,
+    /// Layers read at once from a seekable file.
+    pub parallel_layers: usize,
+}
+
+impl ImportOptions {
+    pub fn new(source: Location, target: Target) -> Self {
+        ImportOptions {
+            source,
+            target,
+            selection: Selection::Only,
+            platform: None,
+            compression: CompressionPolicy::default(),
+            expect_image_id: None,
+            expect_sha256: None,
+            registry: RegistryOptions::default(),
+            http: HttpOptions::default(),
+            parallel_layers: 2,
+        }
+    }
+}
+
+/// What happened to one pushed image.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageReport {
+    pub name: String,
+    /// `registry/repository:tag` for each tag pushed.
+    pub refs: Vec<String>,
+    /// Digest of the manifest (or index) the tags point at.
+    pub digest: String,
+    /// Config digest(s), one per platform.
+    pub image_ids: Vec<String>,
+    pub platforms: Vec<String>,
+    pub layers: usize,
+    /// Blob bytes sent (0 when everything was already there).
+    pub pushed_bytes: u64,
+    /// The tags already pointed at this exact image: nothing was done.
+    pub up_to_date: bool,
+    pub left_out: Vec<String>,
+}
+
+/// A blob that is in the registry, and in which repository we put it.
+#[derive(Debug, Clone)]
+struct Pushed {
+    digest: String,
+    size: u64,
+    repo: String,
+    sent: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Processed {
+    facts: LayerFacts,
+    pushed: Pushed,
+}
+
+struct Ctx {
+    archive: String,
+    opts: ImportOptions,
+    registry: Registry,
+    progress: Arc<Progress>,
+}
+
+impl Ctx {
+    fn archive_err(&self, source: ArchiveError) -> ImportError {
+        ImportError::Archive { archive: self.archive.clone(), source }
+    }
+    fn reg_err(&self, repo: &str, source: RegistryError) -> ImportError {
+        ImportError::Registry { target: format!("{}/{}", self.opts.target.registry, repo), source }
+    }
+}
+
+/// Import the archive named in `opts` into the registry.
+pub async fn import(opts: ImportOptions, progress: Arc<Progress>) -> Result<Vec<ImageReport>, ImportError> {
+    let archive = opts.source.to_string();
+    let target_repo = opts.target.repository.clone();
+    let registry = Registry::connect(&opts.target.registry, &opts.registry)
+        .map_err(|source| ImportError::Registry { target: opts.target.to_string(), source })?;
+    let ctx = Arc::new(Ctx { archive, opts, registry, progress });
+    // Fail fast on credentials and reachability, before reading gigabytes.
+    ctx.progress.set_phase("connecting");
+    ctx.registry.check_push_access(&target_repo).await.map_err(|e| ctx.reg_err(&target_repo, e))?;
+    match ctx.opts.source.clone() {
+        Location::File(path) => {
+            let (file, codec) = source::open_file(&path).map_err(|source| ImportError::Source { source })?;
+            if codec == Codec::None {
+                import_seekable(ctx, path, file).await
+            } else {
+                ctx.progress.set_total(file.metadata().map(|m| m.len()).unwrap_or(0));
+                import_stream(ctx, Box::new(file)).await
+            }
+        }
+        Location::Stdin => import_stream(ctx, Box::new(io::stdin())).await,
+        Location::Url(url) => {
+            let reader = source::open_url(&url, &ctx.opts.http).await.map_err(|source| ImportError::Source { source })?;
+            import_stream(ctx, reader).await
+        }
+    }
+}
+
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ImportError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ImportError::Internal(e.to_string()))
+}
+
+async fn import_seekable(ctx: Arc<Ctx>, path: PathBuf, file: File) -> Result<Vec<ImageReport>, ImportError> {
+    if let Some(expected) = ctx.opts.expect_sha256.clone() {
+        ctx.progress.set_phase("hashing archive");
+        let p = path.clone();
+        let actual = blocking(move || source::hash_file(&p))
+            .await?
+            .map_err(|e| ctx.archive_err(ArchiveError::Io(e)))?;
+        check_archive_pin(&ctx, &expected, &actual)?;
+    }
+    ctx.progress.set_phase("reading archive index");
+    let catalog = blocking(move || scan::index(&file)).await?.map_err(|e| ctx.archive_err(e))?;
+    let catalog = Arc::new(catalog);
+    let entries = resolve::images(&catalog).map_err(|e| ctx.archive_err(e))?;
+    let planned = plan::plan(&entries, &ctx.opts.selection, &ctx.opts.target, ctx.opts.platform.as_ref())
+        .map_err(|source| ImportError::Plan { archive: ctx.archive.clone(), source })?;
+    check_image_pin(&ctx, &planned)?;
+
+    let stored_codecs = sniff_layers(&path, &catalog, &planned).map_err(|e| ctx.archive_err(ArchiveError::Io(e)))?;
+    let mut reports = Vec::new();
+    let mut todo = Vec::new();
+    ctx.progress.set_phase("comparing with registry");
+    for p in planned {
+        match up_to_date(&ctx, &p, |m| stored_codecs.get(m).copied()).await? {
+            Some(r) => reports.push(r),
+            None => todo.push(p),
+        }
+    }
+    if todo.is_empty() {
+        return Ok(reports);
+    }
+    // Each distinct layer member is read once, uploaded to the first repository needing it.
+    let mut jobs: Vec<(String, String, Option<Descriptor>)> = Vec::new();
+    for p in &todo {
+        for img in &p.images {
+            for l in &img.layers {
+                if !jobs.iter().any(|(m, _, _)| m == &l.member) {
+                    jobs.push((l.member.clone(), p.refs[0].repository.clone(), l.declared.clone()));
+                }
+            }
+        }
+    }
+    let total: u64 = jobs.iter().map(|(m, _, _)| catalog.sizes.get(m).copied().unwrap_or(0)).sum();
+    ctx.progress.set_total(total);
+    ctx.progress.set_phase("pushing layers");
+    let processed: HashMap<String, Processed> = futures::stream::iter(jobs)
+        .map(|(member, repo, declared)| {
+            let ctx = ctx.clone();
+            let path = path.clone();
+            let catalog = catalog.clone();
+            async move { process_seekable(ctx, path, catalog, member, repo, declared).await }
+        })
+        .buffer_unordered(ctx.opts.parallel_layers.max(1))
+        .try_collect()
+        .await?;
+    reports.extend(finish(&ctx, todo, &processed).await?);
+    Ok(reports)
+}
+
+fn sniff_layers(path: &Path, catalog: &Catalog, planned: &[Planned]) -> io::Result<HashMap<String, Codec>> {
+    let mut out = HashMap::new();
+    let mut f = File::open(path)?;
+    for img in planned.iter().flat_map(|p| &p.images) {
+        for l in &img.layers {
+            if out.contains_key(&l.member) {
+                continue;
+            }
+            let offset = catalog.offsets.get(&l.member).copied().unwrap_or(0);
+            let size = catalog.sizes.get(&l.member).copied().unwrap_or(0);
+            f.seek(io::SeekFrom::Start(offset))?;
+            let mut head = [0u8; 4];
+            let n = (&mut f).take(size.min(4)).read(&mut head)?;
+            out.insert(l.member.clone(), Codec::sniff(&head[..n]));
+        }
+    }
+    Ok(out)
+}
+
+type Slot = Arc<Mutex<Option<Result<LayerFacts, LayerError>>>>;
+
+async fn process_seekable(
+    ctx: Arc<Ctx>,
+    path: PathBuf,
+    catalog: Arc<Catalog>,
+    member: String,
+    repo: String,
+    declared: Option<Descriptor>,
+) -> Result<(String, Processed), ImportError> {
+    let offset = catalog.offsets.get(&member).copied().unwrap_or(0);
+    let size = catalog.sizes.get(&member).copied().unwrap_or(0);
+    let policy = ctx.opts.compression;
+    let stored_codec = {
+        let p = path.clone();
+        blocking(move || -> io::Result<Codec> {
+            let mut f = File::open(p)?;
+            f.seek(io::SeekFrom::Start(offset))?;
+            let mut head = [0u8; 4];
+            let n = f.take(size.min(4)).read(&mut head)?;
+            Ok(Codec::sniff(&head[..n]))
+        })
+        .await?
+        .map_err(|e| ctx.archive_err(ArchiveError::Io(e)))?
+    };
+    let (_, as_stored) = policy.plan(stored_codec);
+    let open = {
+        let path = path.clone();
+        let progress = ctx.progress.clone();
+        move || -> io::Result<Counting<io::Take<File>>> {
+            let mut f = File::open(&path)?;
+            f.seek(io::SeekFrom::Start(offset))?;
+            Ok(Counting { inner: f.take(size), progress: progress.clone() })
+        }
+    };
+
+    // A stored blob the registry already has: read it only to verify it.
+    if as_stored
+        && let Some(d) = &declared
+        && ctx.registry.blob_exists(&repo, &d.digest).await.map_err(|e| ctx.reg_err(&repo, e))?
+    {
+        let m = member.clone();
+        let facts = blocking(move || -> Result<LayerFacts, LayerError> {
+            let mut r = open().map_err(LayerError::Read)?;
+            layer::process(&m, &mut r, policy, &mut |_| Ok(()))
+        })
+        .await?
+        .map_err(|e| ImportError::from_layer(&ctx.archive, &repo, e, None))?;
+        let pushed = Pushed { digest: d.digest.clone(), size: d.size, repo, sent: 0 };
+        return Ok((member, Processed { facts, pushed }));
+    }
+
+    let slot: Slot = Arc::new(Mutex::new(None));
+    let producer: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::new(Mutex::new(None));
+    let make = {
+        let slot = slot.clone();
+        let producer = producer.clone();
+        let member = member.clone();
+        move || {
+            // An archive problem does not go away by trying again.
+            if let Some(Err(LayerError::Archive(_) | LayerError::Read(_))) = slot.lock().expect("slot").as_ref() {
+                return None;
+            }
+            let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
+            let slot = slot.clone();
+            let member = member.clone();
+            let open = open.clone();
+            let handle = tokio::task::spawn_blocking(move || {
+                let r = open().map_err(LayerError::Read).and_then(|mut reader| {
+                    layer::process(&member, &mut reader, policy, &mut |b| {
+                        tx.blocking_send(Ok(b)).map_err(|_| io::Error::other("upload stopped"))
+                    })
+                });
+                if let Err(e) = &r {
+                    let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+                }
+                *slot.lock().expect("slot") = Some(r);
+                drop(tx);
+            });
+            *producer.lock().expect("producer") = Some(handle);
+            Some(ReceiverStream::new(rx))
+        }
+    };
+    let uploaded = ctx.registry.upload_blob(&repo, make).await;
+    let handle = producer.lock().expect("producer").take();
+    if let Some(h) = handle {
+        h.await.map_err(|e| ImportError::Internal(e.to_string()))?;
+    }
+    let facts = slot.lock().expect("slot").take();
+    match (facts, uploaded) {
+        (Some(Ok(facts)), Ok((digest, size))) => {
+            ctx.progress.pushed.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+            let pushed = Pushed { digest, size, repo, sent: size };
+            Ok((member, Processed { facts, pushed }))
+        }
+        (Some(Err(e)), up) => Err(ImportError::from_layer(&ctx.archive, &repo, e, up.err())),
+        (_, Err(e)) => Err(ctx.reg_err(&repo, e)),
+        (None, Ok(_)) => Err(ImportError::Internal("layer upload finished without its reader".into())),
+    }
+}
+
+struct StreamVisitor {
+    ctx: Arc<Ctx>,
+    rt: tokio::runtime::Handle,
+    repo: String,
+    processed: HashMap<String, Processed>,
+}
+
+impl scan::LayerVisitor for StreamVisitor {
+    type Error = ImportError;
+
+    fn layer(&mut self, member: &str, _size: u64, data: &mut dyn Read) -> Result<(), ImportError> {
+        let ctx = self.ctx.clone();
+        let policy = ctx.opts.compression;
+        let mut buffered = BufReader::with_capacity(64 << 10, data);
+        let head = buffered.fill_buf().map_err(|e| ctx.archive_err(ArchiveError::Io(e)))?;
+        let (_, as_stored) = policy.plan(Codec::sniff(head));
+        let declared = member
+            .strip_prefix("blobs/sha256/")
+            .filter(|h| digest::is_hex64(h))
+            .map(|h| format!("sha256:{h}"));
+        let repo = self.repo.clone();
+        if as_stored && let Some(d) = &declared {
+            let exists = self
+                .rt
+                .block_on(ctx.registry.blob_exists(&repo, d))
+                .map_err(|e| ctx.reg_err(&repo, e))?;
+            if exists {
+                let facts = layer::process(member, &mut buffered, policy, &mut |_| Ok(()))
+                    .map_err(|e| ImportError::from_layer(&ctx.archive, &repo, e, None))?;
+                let pushed = Pushed { digest: facts.stored_digest.clone(), size: facts.stored_size, repo, sent: 0 };
+                self.processed.insert(member.to_string(), Processed { facts, pushed });
+                return Ok(());
+            }
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
+        let rx = Mutex::new(Some(rx));
+        let registry = ctx.registry.clone();
+        let upload_repo = repo.clone();
+        let upload = self.rt.spawn(async move {
+            // A stream is read once: a broken upload cannot start over.
+            registry.upload_blob(&upload_repo, move || rx.lock().expect("rx").take().map(ReceiverStream::new)).await
+        });
+        let r = layer::process(member, &mut buffered, policy, &mut |b| {
+            tx.blocking_send(Ok(b)).map_err(|_| io::Error::other("upload stopped"))
+        });
+        if let Err(e) = &r {
+            let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+        }
+        drop(tx);
+        let uploaded = self.rt.block_on(upload).map_err(|e| ImportError::Internal(e.to_string()))?;
+        match (r, uploaded) {
+            (Ok(facts), Ok((digest, size))) => {
+                ctx.progress.pushed.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+                let pushed = Pushed { digest, size, repo, sent: size };
+                self.processed.insert(member.to_string(), Processed { facts, pushed });
+                Ok(())
+            }
+            (Err(e), up) => Err(ImportError::from_layer(&ctx.archive, &repo, e, up.err())),
+            (Ok(_), Err(e)) => Err(ctx.reg_err(&repo, e)),
+        }
+    }
+}
+
+impl From<ArchiveError> for ImportError {
+    fn from(source: ArchiveError) -> Self {
+        // The archive name is filled in by `import_stream`, which wraps scan errors.
+        ImportError::Archive { archive: String::new(), source }
+    }
+}
+
+async fn import_stream(ctx: Arc<Ctx>, reader: Box<dyn Read + Send>) -> Result<Vec<ImageReport>, ImportError> {
+    let hash = ctx.opts.expect_sha256.as_ref().map(|_| source::RawHash::default());
+    ctx.progress.set_phase("streaming archive");
+    let rt = tokio::runtime::Handle::current();
+    let c = ctx.clone();
+    let h = hash.clone();
+    let scanned = blocking(move || -> Result<(Catalog, HashMap<String, Processed>), ImportError> {
+        let counted = Counting { inner: reader, progress: c.progress.clone() };
+        let reader = source::decompressing(Box::new(counted), h).map_err(|e| c.archive_err(ArchiveError::Io(e)))?;
+        let repo = c.opts.target.repository.clone();
+        let mut visitor = StreamVisitor { ctx: c.clone(), rt, repo, processed: HashMap::new() };
+        let (catalog, mut rest) = scan::stream(reader, &mut visitor)?;
+        // Read to the very end so the archive's own digest covers every byte.
+        io::copy(&mut rest, &mut io::sink()).map_err(|e| c.archive_err(ArchiveError::Io(e)))?;
+        Ok((catalog, visitor.processed))
+    })
+    .await?;
+    let (catalog, processed) = scanned.map_err(|e| match e {
+        ImportError::Archive { archive, source } if archive.is_empty() => ctx.archive_err(source),
+        other => other,
+    })?;
+    if let (Some(expected), Some(h)) = (&ctx.opts.expect_sha256, &hash) {
+        check_archive_pin(&ctx, expected, &h.digest())?;
+    }
+    let entries = resolve::images(&catalog).map_err(|e| ctx.archive_err(e))?;
+    let planned = plan::plan(&entries, &ctx.opts.selection, &ctx.opts.target, ctx.opts.platform.as_ref())
+        .map_err(|source| ImportError::Plan { archive: ctx.archive.clone(), source })?;
+    check_image_pin(&ctx, &planned)?;
+    finish(&ctx, planned, &processed).await
+}
+
+fn check_archive_pin(ctx: &Ctx, expected: &str, actual: &str) -> Result<(), ImportError> {
+    let expected = digest::normalize(expected).ok_or_else(|| ImportError::Usage(format!("--expect-sha256 {expected:?} is not a sha256 digest")))?;
+    if expected != actual {
+        return Err(ImportError::ArchiveDigestMismatch { archive: ctx.archive.clone(), expected, actual: actual.into() });
+    }
+    Ok(())
+}
+
+fn check_image_pin(ctx: &Ctx, planned: &[Planned]) -> Result<(), ImportError> {
+    let Some(expected) = &ctx.opts.expect_image_id else { return Ok(()) };
+    let expected = digest::normalize(expected)
+        .ok_or_else(|| ImportError::Usage(format!("--expect-image-id {expected:?} is not a sha256 digest")))?;
+    for img in planned.iter().flat_map(|p| &p.images) {
+        if img.config_digest != expected {
+            return Err(ImportError::ImageIdMismatch {
+                archive: ctx.archive.clone(),
+                expected,
+                actual: img.config_digest.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What the pushed manifest of an image will be, known before reading any layer.
+enum Predicted {
+    /// Every layer is pushed as stored and the archive carries the manifest: its digest.
+    Digest(String),
+    /// Every layer is encoded here: config and codec decide the manifest.
+    Encoded { codec: Codec, codec_id: String },
+    Unknown,
+}
+
+fn predict(ctx: &Ctx, img: &ImageSource, stored: &dyn Fn(&str) -> Option<Codec>) -> Predicted {
+    let plans: Vec<Option<(Codec, bool)>> =
+        img.layers.iter().map(|l| stored(&l.member).map(|c| ctx.opts.compression.plan(c))).collect();
+    if plans.iter().any(|p| p.is_none()) {
+        return Predicted::Unknown;
+    }
+    let plans: Vec<(Codec, bool)> = plans.into_iter().flatten().collect();
+    if plans.iter().all(|(_, as_stored)| *as_stored)
+        && img.layers.iter().all(|l| l.declared.is_some())
+        && let Some((bytes, _)) = &img.original_manifest
+    {
+        return Predicted::Digest(digest::sha256_of(bytes));
+    }
+    if let Some((codec, _)) = plans.first()
+        && plans.iter().all(|(c, as_stored)| !as_stored && c == codec)
+    {
+        return Predicted::Encoded { codec: *codec, codec_id: codec::codec_id(*codec) };
+    }
+    if img.layers.is_empty() {
+        let codec = match ctx.opts.compression {
+            CompressionPolicy::Keep(c) | CompressionPolicy::Force(c) => c,
+        };
+        return Predicted::Encoded { codec, codec_id: codec::codec_id(codec) };
+    }
+    Predicted::Unknown
+}
+
+/// If every tag already points at exactly the manifest this import would push, say so.
+async fn up_to_date(
+    ctx: &Ctx,
+    p: &Planned,
+    stored: impl Fn(&str) -> Option<Codec>,
+) -> Result<Option<ImageReport>, ImportError> {
+    let [img] = p.images.as_slice() else { return Ok(None) };
+    let predicted = predict(ctx, img, &stored);
+    if matches!(predicted, Predicted::Unknown) {
+        return Ok(None);
+    }
+    let mut digest_seen: Option<String> = None;
+    for r in &p.refs {
+        let tag = r.tag.clone().unwrap_or_else(|| "latest".into());
+        let Some(remote) = ctx.registry.get_manifest(&r.repository, &tag).await.map_err(|e| ctx.reg_err(&r.repository, e))?
+        else {
+            return Ok(None);
+        };
+        let same = match &predicted {
+            Predicted::Digest(d) => &remote.digest == d,
+            Predicted::Encoded { codec, codec_id } => {
+                let parsed: Option<serde_json::Value> = serde_json::from_slice(&remote.bytes).ok();
+                parsed.is_some_and(|m| {
+                    let layers = m["layers"].as_array().cloned().unwrap_or_default();
+                    m["config"]["digest"].as_str() == Some(img.config_digest.as_str())
+                        && m["annotations"][manifest::ANNOTATION_CODEC].as_str() == Some(codec_id.as_str())
+                        && layers.len() == img.diff_ids.len()
+                        && layers.iter().all(|l| l["mediaType"].as_str() == Some(codec.oci_layer_media_type()))
+                })
+            }
+            Predicted::Unknown => false,
+        };
+        if !same || digest_seen.as_ref().is_some_and(|d| d != &remote.digest) {
+            return Ok(None);
+        }
+        digest_seen = Some(remote.digest);
+    }
+    Ok(digest_seen.map(|digest| ImageReport {
+        name: p.name.clone(),
+        refs: p.refs.iter().map(|r| r.to_string()).collect(),
+        digest,
+        image_ids: vec![img.config_digest.clone()],
+        platforms: vec![img.platform.to_string()],
+        layers: img.layers.len(),
+        pushed_bytes: 0,
+        up_to_date: true,
+        left_out: left_out_lines(&p.left_out),
+    }))
+}
+
+fn left_out_lines(l: &[LeftOut]) -> Vec<String> {
+    l.iter().map(|l| format!("{} ({}: {} is not in the archive)", l.platform, l.digest, l.missing)).collect()
+}
+
+/// Check a layer against the image config and what the archive declared.
+fn verify(img: &ImageSource, processed: &HashMap<String, Processed>) -> Result<(), ArchiveError> {
+    for (i, l) in img.layers.iter().enumerate() {
+        let p = processed.get(&l.member).ok_or_else(|| ArchiveError::BadMetadata {
+            member: l.member.clone(),
+            detail: "is listed as a layer but is not a layer blob".into(),
+        })?;
+        if let Some(hex) = l.member.strip_prefix("blobs/sha256/") {
+            let named = format!("sha256:{hex}");
+            if p.facts.stored_digest != named {
+                return Err(ArchiveError::DigestMismatch {
+                    member: l.member.clone(),
+                    expected: named,
+                    actual: p.facts.stored_digest.clone(),
+                });
+            }
+        }
+        if let Some(d) = &l.declared {
+            if p.facts.stored_digest != d.digest {
+                return Err(ArchiveError::DigestMismatch {
+                    member: l.member.clone(),
+                    expected: d.digest.clone(),
+                    actual: p.facts.stored_digest.clone(),
+                });
+            }
+            if p.facts.stored_size != d.size {
+                return Err(ArchiveError::SizeMismatch { member: l.member.clone(), expected: d.size, actual: p.facts.stored_size });
+            }
+        }
+        if p.facts.diff_id != img.diff_ids[i] {
+            return Err(ArchiveError::DiffIdMismatch {
+                index: i,
+                member: l.member.clone(),
+                expected: img.diff_ids[i].clone(),
+                actual: p.facts.diff_id.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Verify everything, then make sure each repository has its blobs, then push manifests.
+async fn finish(
+    ctx: &Ctx,
+    planned: Vec<Planned>,
+    processed: &HashMap<String, Processed>,
+) -> Result<Vec<ImageReport>, ImportError> {
+    for p in &planned {
+        for img in &p.images {
+            verify(img, processed).map_err(|e| ctx.archive_err(e))?;
+        }
+    }
+    ctx.progress.set_phase("pushing manifests");
+    let mut reports = Vec::new();
+    for p in planned {
+        let mut repos: Vec<String> = p.refs.iter().map(|r| r.repository.clone()).collect();
+        repos.dedup();
+        let mut report = ImageReport {
+            name: p.name.clone(),
+            refs: vec![],
+            digest: String::new(),
+            image_ids: p.images.iter().map(|i| i.config_digest.clone()).collect(),
+            platforms: p.images.iter().map(|i| i.platform.to_string()).collect(),
+            layers: p.images.iter().map(|i| i.layers.len()).sum(),
+            pushed_bytes: 0,
+            up_to_date: false,
+            left_out: left_out_lines(&p.left_out),
+        };
+        let mut counted = std::collections::HashSet::new();
+        for img in &p.images {
+            for l in &img.layers {
+                if counted.insert(l.member.clone()) {
+                    report.pushed_bytes += processed[&l.member].pushed.sent;
+                }
+            }
+        }
+        for repo in &repos {
+            let mut platform_manifests = Vec::new();
+            for img in &p.images {
+                for l in &img.layers {
+                    ensure_blob(ctx, repo, &processed[&l.member].pushed).await?;
+                }
+                report.pushed_bytes += push_config(ctx, repo, img).await?;
+                let (bytes, media_type) = manifest_for(img, processed);
+                platform_manifests.push((bytes, media_type, img.platform.clone()));
+            }
+            let tags: Vec<String> = p
+                .refs
+                .iter()
+                .filter(|r| &r.repository == repo)
+                .map(|r| r.tag.clone().unwrap_or_else(|| "latest".into()))
+                .collect();
+            let (top, top_type) = if platform_manifests.len() == 1 {
+                let (b, t, _) = platform_manifests.pop().expect("one manifest");
+                (b, t)
+            } else {
+                let mut entries = Vec::new();
+                for (b, t, platform) in &platform_manifests {
+                    let d = digest::sha256_of(b);
+                    ctx.registry.put_manifest(repo, &d, b, t).await.map_err(|e| ctx.reg_err(repo, e))?;
+                    entries.push((d, b.len() as u64, t.clone(), platform.clone()));
+                }
+                (manifest::index(&entries), crate::archive::formats::OCI_INDEX.to_string())
+            };
+            for tag in &tags {
+                let d = ctx.registry.put_manifest(repo, tag, &top, &top_type).await.map_err(|e| ctx.reg_err(repo, e))?;
+                report.digest = d;
+                report.refs.push(format!("{}/{}:{}", ctx.opts.target.registry, repo, tag));
+            }
+        }
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+async fn ensure_blob(ctx: &Ctx, repo: &str, pushed: &Pushed) -> Result<(), ImportError> {
+    if pushed.repo == repo {
+        return Ok(());
+    }
+    if ctx.registry.blob_exists(repo, &pushed.digest).await.map_err(|e| ctx.reg_err(repo, e))? {
+        return Ok(());
+    }
+    if ctx.registry.mount_blob(repo, &pushed.repo, &pushed.digest).await {
+        return Ok(());
+    }
+    Err(ctx.reg_err(
+        repo,
+        RegistryError::Protocol {
+            registry: ctx.opts.target.registry.clone(),
+            detail: format!("could not mount {} from {} (the registry refused a cross-repository mount)", pushed.digest, pushed.repo),
+        },
+    ))
+}
+
+/// The config is pushed byte for byte, so the image ID stays what it was.
+async fn push_config(ctx: &Ctx, repo: &str, img: &ImageSource) -> Result<u64, ImportError> {
+    if ctx.registry.blob_exists(repo, &img.config_digest).await.map_err(|e| ctx.reg_err(repo, e))? {
+        return Ok(0);
+    }
+    let bytes = Bytes::from(img.config.clone());
+    let (digest, size) = ctx
+        .registry
+        .upload_blob(repo, || Some(futures::stream::once(futures::future::ready(Ok::<_, io::Error>(bytes.clone())))))
+        .await
+        .map_err(|e| ctx.reg_err(repo, e))?;
+    if digest != img.config_digest {
+        return Err(ImportError::Internal(format!("config uploaded as {digest}, expected {}", img.config_digest)));
+    }
+    Ok(size)
+}
+
+fn manifest_for(img: &ImageSource, processed: &HashMap<String, Processed>) -> (Vec<u8>, String) {
+    let facts: Vec<&Processed> = img.layers.iter().map(|l| &processed[&l.member]).collect();
+    let all_as_stored = facts.iter().all(|p| p.facts.as_stored);
+    if all_as_stored
+        && img.layers.iter().all(|l| l.declared.is_some())
+        && let Some((bytes, media_type)) = &img.original_manifest
+    {
+        return (bytes.clone(), media_type.clone());
+    }
+    let layers: Vec<Descriptor> = img
+        .layers
+        .iter()
+        .zip(&facts)
+        .map(|(l, p)| {
+            let media_type = match (&l.declared, p.facts.as_stored) {
+                (Some(d), true) if !d.media_type.is_empty() => d.media_type.clone(),
+                _ => p.facts.pushed_codec.oci_layer_media_type().to_string(),
+            };
+            Descriptor { media_type, digest: p.pushed.digest.clone(), size: p.pushed.size, platform: None, annotations: None }
+        })
+        .collect();
+    let codec_id = match facts.first() {
+        Some(first) if facts.iter().all(|p| !p.facts.as_stored && p.facts.pushed_codec == first.facts.pushed_codec) => {
+            Some(codec::codec_id(first.facts.pushed_codec))
+        }
+        None => None,
+        _ => None,
+    };
+    let config = manifest::config_descriptor(&img.config_digest, img.config.len() as u64);
+    (manifest::image_manifest(&config, &layers, codec_id), crate::archive::formats::OCI_MANIFEST.to_string())
+}

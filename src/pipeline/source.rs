@@ -1,0 +1,233 @@
+//! Where archive bytes come from: a file (seekable, or compressed as a whole), standard
+//! input, or an HTTP(S) URL. Nothing is staged on disk or in memory.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+
+use super::codec::Codec;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    File(PathBuf),
+    Stdin,
+    Url(url::Url),
+}
+
+impl std::str::FromStr for Location {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "-" {
+            Ok(Location::Stdin)
+        } else if s.starts_with("http://") || s.starts_with("https://") {
+            url::Url::parse(s).map(Location::Url).map_err(|e| format!("invalid URL {s:?}: {e}"))
+        } else {
+            Ok(Location::File(PathBuf::from(s)))
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::File(p) => write!(f, "{}", p.display()),
+            Location::Stdin => f.write_str("<stdin>"),
+            // Never print credentials or tokens that may sit in a URL.
+            Location::Url(u) => {
+                let mut shown = u.clone();
+                let _ = shown.set_username("");
+                let _ = shown.set_password(None);
+                shown.set_query(None);
+                write!(f, "{shown}")
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{0} does not exist")]
+    NotFound(String),
+    #[error("cannot read {what}: {detail}")]
+    Unreadable { what: String, detail: String },
+    #[error("{what}: HTTP {status}")]
+    Http { what: String, status: u16 },
+    #[error("cannot reach {what}: {detail}")]
+    Unreachable { what: String, detail: String },
+}
+
+impl SourceError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SourceError::Unreachable { .. } => true,
+            SourceError::Http { status, .. } => *status == 429 || *status == 408 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// Running sha256 of the raw input bytes (for `--expect-sha256`).
+#[derive(Clone, Default)]
+pub struct RawHash(Arc<Mutex<(Sha256, u64)>>);
+
+impl RawHash {
+    pub fn digest(&self) -> String {
+        let g = self.0.lock().expect("hash lock");
+        format!("sha256:{}", hex::encode(g.0.clone().finalize()))
+    }
+    pub fn bytes(&self) -> u64 {
+        self.0.lock().expect("hash lock").1
+    }
+}
+
+pub struct Hashing<R> {
+    inner: R,
+    hash: RawHash,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut g = self.hash.0.lock().expect("hash lock");
+        g.0.update(&buf[..n]);
+        g.1 += n as u64;
+        Ok(n)
+    }
+}
+
+/// An opened input.
+pub enum Opened {
+    /// An uncompressed tar file: indexed by seeking, layers read in parallel.
+    Seekable(File),
+    /// Everything else: read once, front to back (whole-archive gzip/zstd removed).
+    Stream(Box<dyn Read + Send>),
+}
+
+/// Options for URL sources.
+#[derive(Debug, Clone, Default)]
+pub struct HttpOptions {
+    pub ca_file: Option<PathBuf>,
+    /// Bearer token or `user:password` sent only to the URL's own host.
+    pub authorization: Option<String>,
+}
+
+pub fn open_file(path: &std::path::Path) -> Result<(File, Codec), SourceError> {
+    let shown = path.display().to_string();
+    let mut file = File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => SourceError::NotFound(shown.clone()),
+        _ => SourceError::Unreadable { what: shown.clone(), detail: e.to_string() },
+    })?;
+    if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        return Err(SourceError::Unreadable { what: shown, detail: "is a directory".into() });
+    }
+    let mut head = [0u8; 4];
+    let n = read_up_to(&mut file, &mut head).map_err(|e| SourceError::Unreadable { what: shown.clone(), detail: e.to_string() })?;
+    use std::io::Seek;
+    file.seek(io::SeekFrom::Start(0)).map_err(|e| SourceError::Unreadable { what: shown, detail: e.to_string() })?;
+    Ok((file, Codec::sniff(&head[..n])))
+}
+
+/// Wrap a raw stream: hash it when asked, and remove a whole-archive compression.
+pub fn decompressing(raw: Box<dyn Read + Send>, hash: Option<RawHash>) -> io::Result<Box<dyn Read + Send>> {
+    let raw: Box<dyn Read + Send> = match hash {
+        Some(h) => Box::new(Hashing { inner: raw, hash: h }),
+        None => raw,
+    };
+    let mut buffered = BufReader::with_capacity(256 << 10, raw);
+    let codec = Codec::sniff(buffered.fill_buf()?);
+    Ok(match codec {
+        Codec::None => Box::new(buffered),
+        Codec::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+        Codec::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
+    })
+}
+
+/// Start an HTTP(S) download and return its body as a blocking reader (call from a
+/// blocking thread inside a Tokio runtime).
+pub async fn open_url(url: &url::Url, opts: &HttpOptions) -> Result<Box<dyn Read + Send>, SourceError> {
+    use futures::TryStreamExt;
+    let shown = Location::Url(url.clone()).to_string();
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(15))
+        .read_timeout(Duration::from_secs(120))
+        .user_agent(concat!("imageimport/", env!("CARGO_PKG_VERSION")))
+        .redirect(same_scheme_redirects());
+    if let Some(ca) = &opts.ca_file {
+        let pem = std::fs::read(ca)
+            .map_err(|e| SourceError::Unreadable { what: ca.display().to_string(), detail: e.to_string() })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| SourceError::Unreadable { what: ca.display().to_string(), detail: e.to_string() })?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    let client = builder.build().map_err(|e| SourceError::Unreachable { what: shown.clone(), detail: e.to_string() })?;
+    let mut req = client.get(url.clone());
+    if let Some(a) = &opts.authorization {
+        req = req.header(reqwest::header::AUTHORIZATION, a);
+    }
+    let resp = req.send().await.map_err(|e| SourceError::Unreachable { what: shown.clone(), detail: chain(&e) })?;
+    let status = resp.status();
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Err(SourceError::NotFound(shown));
+    }
+    if !status.is_success() {
+        return Err(SourceError::Http { what: shown, status: status.as_u16() });
+    }
+    let stream = resp.bytes_stream().map_err(io::Error::other);
+    let reader = tokio_util::io::StreamReader::new(stream);
+    Ok(Box::new(tokio_util::io::SyncIoBridge::new(reader)))
+}
+
+/// Follow redirects, but never from https to http, and at most 5 times. Credentials set
+/// on the request are dropped by reqwest when the host changes.
+fn same_scheme_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt.previous().iter().any(|u| u.scheme() == "https") && attempt.url().scheme() != "https";
+        if downgrade {
+            attempt.error("refusing redirect from https to http")
+        } else if attempt.previous().len() >= 5 {
+            attempt.error("too many redirects")
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s = format!("{s}: {x}");
+        src = x.source();
+    }
+    s
+}
+
+fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// sha256 of a whole file (for `--expect-sha256` on seekable inputs, checked before any work).
+pub fn hash_file(path: &std::path::Path) -> io::Result<String> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}

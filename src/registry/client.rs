@@ -1,0 +1,385 @@
+//! A registry connection: oci-client for authentication, blob checks, mounts and
+//! manifests; a streamed upload of our own because oci-client's chunked upload waits for an
+//! answer every 4 MiB (half the throughput on a fast registry).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
+use futures::Stream;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Reference, RegistryOperation};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER};
+use sha2::{Digest as _, Sha256};
+
+use super::auth;
+use super::error::RegistryError;
+use super::reference::Target;
+
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// Plain HTTP (and no certificate checks) for this registry.
+    pub insecure: bool,
+    pub ca_file: Option<PathBuf>,
+    pub auth_file: Option<PathBuf>,
+    /// Attempts per request for transient failures.
+    pub retries: Option<usize>,
+}
+
+pub const MANIFEST_TYPES: &[&str] = &[
+    crate::archive::formats::OCI_MANIFEST,
+    crate::archive::formats::OCI_INDEX,
+    crate::archive::formats::DOCKER_MANIFEST,
+    crate::archive::formats::DOCKER_MANIFEST_LIST,
+];
+
+#[derive(Clone)]
+pub struct Registry {
+    host: String,
+    scheme: &'static str,
+    oci: Arc<oci_client::Client>,
+    http: reqwest::Client,
+    auth: RegistryAuth,
+    retries: usize,
+}
+
+/// A manifest as the registry holds it.
+#[derive(Debug, Clone)]
+pub struct RemoteManifest {
+    pub bytes: Bytes,
+    pub digest: String,
+}
+
+impl Registry {
+    pub fn connect(host: &str, opts: &RegistryOptions) -> Result<Registry, RegistryError> {
+        let auth = auth::credentials_for(host, opts.auth_file.as_deref())?;
+        let mut certs = Vec::new();
+        let mut reqwest_certs = Vec::new();
+        if let Some(ca) = &opts.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| RegistryError::Config(format!("cannot read CA file {}: {e}", ca.display())))?;
+            certs.push(oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Pem,
+                data: pem.clone(),
+            });
+            reqwest_certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| RegistryError::Config(format!("CA file {}: {e}", ca.display())))?;
+        }
+        let config = ClientConfig {
+            protocol: if opts.insecure { ClientProtocol::Http } else { ClientProtocol::Https },
+            extra_root_certificates: certs,
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(Duration::from_secs(120)),
+            user_agent: concat!("imageimport/", env!("CARGO_PKG_VERSION")),
+            ..Default::default()
+        };
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("imageimport/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(300))
+            .tls_certs_merge(reqwest_certs)
+            // Upload locations are followed by hand; never forward credentials elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| RegistryError::Config(e.to_string()))?;
+        Ok(Registry {
+            host: host.to_string(),
+            scheme: if opts.insecure { "http" } else { "https" },
+            oci: Arc::new(oci_client::Client::new(config)),
+            http,
+            auth,
+            retries: opts.retries.unwrap_or(6),
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn reference(&self, repo: &str) -> Reference {
+        Reference::with_tag(self.host.clone(), repo.to_string(), "latest".into())
+    }
+
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(30))
+            .with_max_times(self.retries.saturating_sub(1))
+            .with_jitter()
+    }
+
+    /// Retry transient failures with exponential backoff, honouring Retry-After.
+    async fn retry<T, F, Fut>(&self, what: &str, f: F) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, RegistryError>>,
+    {
+        f.retry(self.backoff())
+            .when(|e: &RegistryError| e.is_transient())
+            .adjust(|e: &RegistryError, d| e.retry_after().map(|r| r.min(Duration::from_secs(120))).or(d))
+            .notify(|e, d| tracing::warn!(operation = what, error = %e, "retrying in {:?}", d))
+            .await
+    }
+
+    /// The Authorization header for pushing to `repo` (a fresh bearer token for each call:
+    /// tokens are short-lived and a layer upload can take minutes).
+    async fn authorization(&self, repo: &str) -> Result<Option<HeaderValue>, RegistryError> {
+        let reference = self.reference(repo);
+        let token = self
+            .oci
+            .auth(&reference, &self.auth, RegistryOperation::Push)
+            .await
+            .map_err(|e| RegistryError::from_oci(&self.host, "authentication", e))?;
+        let value = match (token, &self.auth) {
+            (Some(t), _) => Some(format!("Bearer {t}")),
+            (None, RegistryAuth::Basic(u, p)) => {
+                use base64::Engine;
+                Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))))
+            }
+            _ => None,
+        };
+        value
+            .map(|v| HeaderValue::from_str(&v).map_err(|_| RegistryError::Config("credentials are not a valid header".into())))
+            .transpose()
+    }
+
+    /// Check the registry answers and the credentials are accepted for pushing to `repo`.
+    pub async fn check_push_access(&self, repo: &str) -> Result<(), RegistryError> {
+        self.retry("authentication", || async { self.authorization(repo).await.map(|_| ()) }).await
+    }
+
+    pub async fn blob_exists(&self, repo: &str, digest: &str) -> Result<bool, RegistryError> {
+        let reference = self.reference(repo);
+        self.retry("blob check", || async {
+            self.oci.store_auth_if_needed(&self.host, &self.auth).await;
+            self.oci
+                .blob_exists(&reference, digest)
+                .await
+                .map_err(|e| RegistryError::from_oci(&self.host, "blob check", e))
+        })
+        .await
+    }
+
+    /// Cross-repository mount. False when the registry did not mount (then upload instead).
+    pub async fn mount_blob(&self, repo: &str, from: &str, digest: &str) -> bool {
+        self.oci.store_auth_if_needed(&self.host, &self.auth).await;
+        let to = self.reference(repo);
+        let source = self.reference(from);
+        self.oci.mount_blob(&to, &source, digest).await.is_ok()
+    }
+
+    /// Fetch a manifest by tag or digest; None if the registry has no such manifest.
+    pub async fn get_manifest(&self, repo: &str, reference: &str) -> Result<Option<RemoteManifest>, RegistryError> {
+        let r = if reference.starts_with("sha256:") {
+            Reference::with_digest(self.host.clone(), repo.to_string(), reference.to_string())
+        } else {
+            Reference::with_tag(self.host.clone(), repo.to_string(), reference.to_string())
+        };
+        self.retry("manifest fetch", || async {
+            match self.oci.pull_manifest_raw(&r, &self.auth, MANIFEST_TYPES).await {
+                Ok((bytes, digest)) => Ok(Some(RemoteManifest { bytes, digest })),
+                Err(oci_client::errors::OciDistributionError::ImageManifestNotFoundError(_)) => Ok(None),
+                Err(e) => match RegistryError::from_oci(&self.host, "manifest fetch", e) {
+                    RegistryError::Rejected { status: 404, .. } => Ok(None),
+                    RegistryError::Rejected { detail, .. } if detail.contains("MANIFEST_UNKNOWN") || detail.contains("NAME_UNKNOWN") => Ok(None),
+                    other => Err(other),
+                },
+            }
+        })
+        .await
+    }
+
+    /// Push a manifest under a tag (or its digest). Returns the digest of the bytes sent.
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<String, RegistryError> {
+        let r = if reference.starts_with("sha256:") {
+            Reference::with_digest(self.host.clone(), repo.to_string(), reference.to_string())
+        } else {
+            Reference::with_tag(self.host.clone(), repo.to_string(), reference.to_string())
+        };
+        let content_type = HeaderValue::from_str(media_type)
+            .map_err(|_| RegistryError::Config(format!("bad media type {media_type}")))?;
+        let body = Bytes::copy_from_slice(bytes);
+        self.retry("manifest push", || async {
+            self.oci.store_auth_if_needed(&self.host, &self.auth).await;
+            self.oci
+                .auth(&r, &self.auth, RegistryOperation::Push)
+                .await
+                .map_err(|e| RegistryError::from_oci(&self.host, "authentication", e))?;
+            self.oci
+                .push_manifest_raw(&r, body.clone(), content_type.clone())
+                .await
+                .map_err(|e| RegistryError::from_oci(&self.host, "manifest push", e))
+        })
+        .await?;
+        Ok(crate::archive::digest::sha256_of(bytes))
+    }
+
+    /// Fetch a small blob (a config) to compare it; None if absent or over `cap`.
+    pub async fn get_small_blob(&self, repo: &str, digest: &str, cap: usize) -> Result<Option<Vec<u8>>, RegistryError> {
+        let url = format!("{}://{}/v2/{}/blobs/{}", self.scheme, self.host, repo, digest);
+        self.retry("blob fetch", || async {
+            let mut req = self.http.get(&url);
+            if let Some(a) = self.authorization(repo).await? {
+                req = req.header(AUTHORIZATION, a);
+            }
+            let mut resp = req.send().await.map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
+            // Blob GETs usually redirect to storage: follow within the same host only.
+            if resp.status().is_redirection()
+                && let Some(loc) = resp.headers().get(LOCATION).and_then(|l| l.to_str().ok())
+            {
+                let next = reqwest::Url::parse(&url).and_then(|u| u.join(loc)).map_err(|e| RegistryError::Protocol {
+                    registry: self.host.clone(),
+                    detail: e.to_string(),
+                })?;
+                resp = self.http.get(next).send().await.map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
+            }
+            if resp.status() == reqwest::StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            if !resp.status().is_success() {
+                return Err(status_error(&self.host, resp, "blob fetch").await);
+            }
+            if resp.content_length().is_some_and(|l| l > cap as u64) {
+                return Ok(None);
+            }
+            let bytes = resp.bytes().await.map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
+            Ok((bytes.len() <= cap).then(|| bytes.to_vec()))
+        })
+        .await
+    }
+
+    /// Upload a blob whose bytes arrive as a stream, in one streamed PATCH (chunked transfer
+    /// encoding), then commit it under the digest computed on the way. `make_stream` is
+    /// called again to start over when the upload breaks; it returns None when the source
+    /// cannot be replayed (a pipe or an HTTP body already consumed).
+    pub async fn upload_blob<S, F>(&self, repo: &str, mut make_stream: F) -> Result<(String, u64), RegistryError>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+        F: FnMut() -> Option<S>,
+    {
+        let mut attempt = 0usize;
+        let mut delay = Duration::from_millis(500);
+        loop {
+            attempt += 1;
+            let Some(stream) = make_stream() else {
+                return Err(RegistryError::NotReplayable { operation: "blob upload".into() });
+            };
+            match self.upload_once(repo, stream).await {
+                Ok(r) => return Ok(r),
+                Err(e) if e.is_transient() && attempt < self.retries => {
+                    let wait = e.retry_after().unwrap_or(delay);
+                    tracing::warn!(error = %e, attempt, "blob upload failed; starting it again in {:?}", wait);
+                    tokio::time::sleep(wait).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn upload_once<S>(&self, repo: &str, stream: S) -> Result<(String, u64), RegistryError>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    {
+        use futures::StreamExt;
+        let auth = self.authorization(repo).await?;
+        let start = format!("{}://{}/v2/{}/blobs/uploads/", self.scheme, self.host, repo);
+        let mut req = self.http.post(&start);
+        if let Some(a) = &auth {
+            req = req.header(AUTHORIZATION, a.clone());
+        }
+        let resp = req.send().await.map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
+        if resp.status() != reqwest::StatusCode::ACCEPTED {
+            return Err(status_error(&self.host, resp, "blob upload start").await);
+        }
+        let location = self.location(&start, &resp)?;
+
+        let hasher = Arc::new(std::sync::Mutex::new((Sha256::new(), 0u64)));
+        let h = hasher.clone();
+        let body = stream.map(move |chunk| {
+            if let Ok(c) = &chunk {
+                let mut g = h.lock().expect("hasher lock");
+                g.0.update(c);
+                g.1 += c.len() as u64;
+            }
+            chunk
+        });
+        let mut req = self
+            .http
+            .patch(location.clone())
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(body));
+        if let Some(a) = &auth {
+            req = req.header(AUTHORIZATION, a.clone());
+        }
+        let resp = req.send().await.map_err(|e| upload_error(&self.host, e))?;
+        if resp.status() != reqwest::StatusCode::ACCEPTED {
+            return Err(status_error(&self.host, resp, "blob upload").await);
+        }
+        let location = self.location(location.as_str(), &resp)?;
+        let (digest, size) = {
+            let g = hasher.lock().expect("hasher lock");
+            (format!("sha256:{}", hex::encode(g.0.clone().finalize())), g.1)
+        };
+        let mut commit = location.clone();
+        commit.query_pairs_mut().append_pair("digest", &digest);
+        let mut req = self.http.put(commit).header(reqwest::header::CONTENT_LENGTH, "0");
+        if let Some(a) = &auth {
+            req = req.header(AUTHORIZATION, a.clone());
+        }
+        let resp = req.send().await.map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
+        if resp.status() != reqwest::StatusCode::CREATED {
+            return Err(status_error(&self.host, resp, "blob upload commit").await);
+        }
+        Ok((digest, size))
+    }
+
+    fn location(&self, base: &str, resp: &reqwest::Response) -> Result<reqwest::Url, RegistryError> {
+        let loc = resp
+            .headers()
+            .get(LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .ok_or_else(|| RegistryError::Protocol { registry: self.host.clone(), detail: "upload without Location".into() })?;
+        let url = reqwest::Url::parse(base)
+            .and_then(|b| b.join(loc))
+            .map_err(|e| RegistryError::Protocol { registry: self.host.clone(), detail: e.to_string() })?;
+        // Credentials go only to the registry we were asked to talk to.
+        if url.host_str() != reqwest::Url::parse(base).ok().as_ref().and_then(|u| u.host_str()) {
+            return Err(RegistryError::Protocol {
+                registry: self.host.clone(),
+                detail: "upload Location points at another host".into(),
+            });
+        }
+        Ok(url)
+    }
+
+    pub fn target(&self, t: &Target) -> String {
+        format!("{}/{}", self.host, t.repository)
+    }
+}
+
+/// A broken body (our producer failed) is not a registry problem: keep its message.
+fn upload_error(host: &str, e: reqwest::Error) -> RegistryError {
+    RegistryError::from_reqwest(host, e)
+}
+
+async fn status_error(host: &str, resp: reqwest::Response, operation: &str) -> RegistryError {
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = resp.text().await.unwrap_or_default();
+    RegistryError::from_status(host, status, operation, retry_after, &body)
+}

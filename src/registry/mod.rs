@@ -1,0 +1,10 @@
+//! Talking to OCI registries: targets, credentials, blobs and manifests, with retries.
+
+pub mod auth;
+pub mod client;
+pub mod error;
+pub mod reference;
+
+pub use client::{Registry, RegistryOptions, RemoteManifest};
+pub use error::RegistryError;
+pub use reference::{SavedTag, Target};
