@@ -9,12 +9,17 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use imageimport::archive::formats::Platform;
 use imageimport::pipeline::{
-    self, Codec, CompressionPolicy, HttpOptions, ImportError, ImportOptions, Location, Progress, Selection,
+    self, Codec, CompressionPolicy, HttpOptions, ImportError, ImportOptions, Location, Progress,
+    Selection,
 };
 use imageimport::registry::{RegistryOptions, Target};
 
 #[derive(Parser)]
-#[command(name = "imageimport", version, about = "Import docker/OCI image archives into registries")]
+#[command(
+    name = "imageimport",
+    version,
+    about = "Import docker/OCI image archives into registries"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,7 +29,7 @@ struct Cli {
 enum Command {
     /// Push the image(s) of an archive (file, `-` for stdin, or http(s) URL) to TARGET
     /// (`registry[:port]/repository[:tag]`).
-    Push(PushArgs),
+    Push(Box<PushArgs>),
     /// List the images, tags, IDs and layers of an archive, and verify it.
     Inspect {
         /// Print JSON.
@@ -80,15 +85,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "imageimport=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "imageimport=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = rt.block_on(async {
         match cli.command {
-            Command::Push(args) => push(args).await,
-            Command::Inspect { json, source_ca_file, archive } => inspect(json, source_ca_file, archive).await,
+            Command::Push(args) => push(*args).await,
+            Command::Inspect {
+                json,
+                source_ca_file,
+                archive,
+            } => inspect(json, source_ca_file, archive).await,
         }
     });
     match result {
@@ -122,7 +135,10 @@ async fn push(args: PushArgs) -> Result<ExitCode, ImportError> {
         auth_file: args.auth_file,
         retries: None,
     };
-    opts.http = HttpOptions { ca_file: args.source_ca_file, authorization: None };
+    opts.http = HttpOptions {
+        ca_file: args.source_ca_file,
+        authorization: None,
+    };
     let progress = Arc::new(Progress::default());
     let display = (!args.quiet).then(|| show_progress(progress.clone()));
     let result = pipeline::import(opts, progress).await;
@@ -136,8 +152,18 @@ async fn push(args: PushArgs) -> Result<ExitCode, ImportError> {
             eprintln!("left out: {} of {}", l, r.name);
         }
         if !args.quiet {
-            let what = if r.up_to_date { "already up to date".to_string() } else { format!("{} bytes pushed", r.pushed_bytes) };
-            eprintln!("{}: {} layers, image ID {}, {}", r.name, r.layers, r.image_ids.join(", "), what);
+            let what = if r.up_to_date {
+                "already up to date".to_string()
+            } else {
+                format!("{} bytes pushed", r.pushed_bytes)
+            };
+            eprintln!(
+                "{}: {} layers, image ID {}, {}",
+                r.name,
+                r.layers,
+                r.image_ids.join(", "),
+                what
+            );
         }
         for reference in &r.refs {
             println!("{reference}@{}", r.digest);
@@ -147,16 +173,23 @@ async fn push(args: PushArgs) -> Result<ExitCode, ImportError> {
 }
 
 /// A progress bar on a terminal, a line every few seconds otherwise.
-fn show_progress(progress: Arc<Progress>) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+fn show_progress(
+    progress: Arc<Progress>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
     let tty = std::io::stderr().is_terminal();
     let handle = tokio::spawn(async move {
         let bar = indicatif::ProgressBar::new(0);
         if tty {
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{msg:24} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                    .expect("template")
-                    .progress_chars("=> "),
+                indicatif::ProgressStyle::with_template(
+                    "{msg:24} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .expect("template")
+                .progress_chars("=> "),
             );
         } else {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -181,16 +214,33 @@ fn show_progress(progress: Arc<Progress>) -> (tokio::sync::oneshot::Sender<()>, 
     (tx, handle)
 }
 
-async fn inspect(json: bool, source_ca_file: Option<PathBuf>, archive: String) -> Result<ExitCode, ImportError> {
+async fn inspect(
+    json: bool,
+    source_ca_file: Option<PathBuf>,
+    archive: String,
+) -> Result<ExitCode, ImportError> {
     let location: Location = archive.parse().map_err(ImportError::Usage)?;
-    let http = HttpOptions { ca_file: source_ca_file, authorization: None };
+    let http = HttpOptions {
+        ca_file: source_ca_file,
+        authorization: None,
+    };
     let report = pipeline::inspect::inspect(location, http, Arc::new(Progress::default())).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
     } else {
         for img in &report.images {
-            let tags = if img.tags.is_empty() { "<no tag>".to_string() } else { img.tags.join(", ") };
-            println!("{tags}\n  image ID  {}\n  platform  {}", img.image_id, img.platform);
+            let tags = if img.tags.is_empty() {
+                "<no tag>".to_string()
+            } else {
+                img.tags.join(", ")
+            };
+            println!(
+                "{tags}\n  image ID  {}\n  platform  {}",
+                img.image_id, img.platform
+            );
             for l in &img.layers {
                 println!(
                     "  layer     {} {} ({} bytes stored, {}, {} uncompressed){}",
@@ -211,5 +261,9 @@ async fn inspect(json: bool, source_ca_file: Option<PathBuf>, archive: String) -
             Some(p) => println!("NOT verified: {p}"),
         }
     }
-    Ok(if report.verified { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.verified {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -40,7 +40,12 @@ pub enum Role {
 pub fn role_of(name: &str) -> Role {
     let base = name.rsplit('/').next().unwrap_or(name);
     let top_level = !name.contains('/');
-    if top_level && matches!(name, "manifest.json" | "index.json" | "repositories" | "oci-layout") {
+    if top_level
+        && matches!(
+            name,
+            "manifest.json" | "index.json" | "repositories" | "oci-layout"
+        )
+    {
         return Role::Metadata;
     }
     if top_level && name.ends_with(".json") {
@@ -93,9 +98,8 @@ impl Catalog {
 
     /// Follow symlinks to a regular file member.
     pub fn resolve_file(&self, name: &str, referrer: &str) -> Result<String, ArchiveError> {
-        let name = members::normalize_name(name.as_bytes()).map_err(|(member, problem)| {
-            ArchiveError::ForbiddenMember { member, problem }
-        })?;
+        let name = members::normalize_name(name.as_bytes())
+            .map_err(|(member, problem)| ArchiveError::ForbiddenMember { member, problem })?;
         let resolved = members::resolve(&self.links, &name)?;
         match self.kinds.get(&resolved) {
             Some(MemberKind::File) => Ok(resolved),
@@ -103,13 +107,18 @@ impl Catalog {
                 member: resolved,
                 detail: format!("referred to by {referrer} but is not a regular file"),
             }),
-            None => Err(ArchiveError::MissingMember { member: resolved, referrer: referrer.into() }),
+            None => Err(ArchiveError::MissingMember {
+                member: resolved,
+                referrer: referrer.into(),
+            }),
         }
     }
 
     pub fn has_file(&self, name: &str) -> bool {
         matches!(
-            members::resolve(&self.links, name).ok().and_then(|r| self.kinds.get(&r).cloned()),
+            members::resolve(&self.links, name)
+                .ok()
+                .and_then(|r| self.kinds.get(&r).cloned()),
             Some(MemberKind::File)
         )
     }

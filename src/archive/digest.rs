@@ -5,13 +5,18 @@ use sha2::{Digest as _, Sha256};
 /// Validate a digest string (only sha256 is accepted: it is what every archive format uses).
 pub fn parse(s: &str) -> Option<&str> {
     let hex = s.strip_prefix("sha256:")?;
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-        .then_some(hex)
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then_some(hex)
 }
 
 /// True for a bare 64-char lowercase hex string.
 pub fn is_hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 pub fn sha256_of(bytes: &[u8]) -> String {
@@ -39,7 +44,10 @@ mod tests {
     #[test]
     fn digests() {
         let d = super::sha256_of(b"");
-        assert_eq!(d, "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            d,
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         assert!(super::parse(&d).is_some());
         assert!(super::parse("sha256:XYZ").is_none());
         assert_eq!(super::normalize(&d[7..]).unwrap(), d);

@@ -10,7 +10,10 @@ pub enum ArchiveError {
     #[error("archive is truncated (ended inside {member})")]
     Truncated { member: String },
     #[error("member {member}: {problem}")]
-    ForbiddenMember { member: String, problem: MemberProblem },
+    ForbiddenMember {
+        member: String,
+        problem: MemberProblem,
+    },
     #[error("member {member}: {size} bytes of metadata is over the {cap}-byte limit")]
     MetadataTooLarge { member: String, size: u64, cap: u64 },
     #[error("member {member}: invalid JSON: {detail}")]
@@ -25,14 +28,33 @@ pub enum ArchiveError {
     SymlinkEscape { member: String, target: String },
     #[error("no image in archive: it has neither manifest.json nor an OCI index.json")]
     NoImages,
-    #[error("layer {index} ({member}): content sha256 is {actual} but the config's rootfs.diff_ids[{index}] is {expected}")]
-    DiffIdMismatch { index: usize, member: String, expected: String, actual: String },
+    #[error(
+        "layer {index} ({member}): content sha256 is {actual} but the config's rootfs.diff_ids[{index}] is {expected}"
+    )]
+    DiffIdMismatch {
+        index: usize,
+        member: String,
+        expected: String,
+        actual: String,
+    },
     #[error("image {image}: {layers} layers but the config lists {diff_ids} diff_ids")]
-    LayerCountMismatch { image: String, layers: usize, diff_ids: usize },
+    LayerCountMismatch {
+        image: String,
+        layers: usize,
+        diff_ids: usize,
+    },
     #[error("member {member}: sha256 of its content is {actual}, not {expected}")]
-    DigestMismatch { member: String, expected: String, actual: String },
+    DigestMismatch {
+        member: String,
+        expected: String,
+        actual: String,
+    },
     #[error("member {member}: size is {actual}, the descriptor says {expected}")]
-    SizeMismatch { member: String, expected: u64, actual: u64 },
+    SizeMismatch {
+        member: String,
+        expected: u64,
+        actual: u64,
+    },
     #[error("member {member}: cannot decompress layer: {detail}")]
     BadCompression { member: String, detail: String },
     #[error("reading archive: {0}")]

@@ -91,10 +91,7 @@ pub fn join_link(member: &str, target: &str) -> Result<String, ArchiveError> {
 ///
 /// `links` maps a symlink member to its raw target. Symlinked directories are followed too
 /// (`a/layer.tar` where `a` is a link), one component at a time.
-pub fn resolve(
-    links: &BTreeMap<String, String>,
-    start: &str,
-) -> Result<String, ArchiveError> {
+pub fn resolve(links: &BTreeMap<String, String>, start: &str) -> Result<String, ArchiveError> {
     const MAX_HOPS: usize = 40;
     let mut current = start.to_string();
     for _ in 0..MAX_HOPS {
@@ -103,7 +100,9 @@ pub fn resolve(
             None => return Ok(current),
         }
     }
-    Err(ArchiveError::SymlinkLoop { member: start.to_string() })
+    Err(ArchiveError::SymlinkLoop {
+        member: start.to_string(),
+    })
 }
 
 /// One hop: if any prefix of `path` is a symlink, rewrite it through the link.
@@ -136,9 +135,18 @@ mod tests {
         assert_eq!(normalize_name(b"./a/b/").unwrap(), "a/b");
         assert_eq!(normalize_name(b"a//b").unwrap(), "a/b");
         assert_eq!(normalize_name(b"./").unwrap(), "");
-        assert_eq!(normalize_name(b"/etc/passwd").unwrap_err().1, MemberProblem::AbsolutePath);
-        assert_eq!(normalize_name(b"a/../../x").unwrap_err().1, MemberProblem::ParentComponent);
-        assert_eq!(normalize_name(b"a\xff").unwrap_err().1, MemberProblem::NonUtf8);
+        assert_eq!(
+            normalize_name(b"/etc/passwd").unwrap_err().1,
+            MemberProblem::AbsolutePath
+        );
+        assert_eq!(
+            normalize_name(b"a/../../x").unwrap_err().1,
+            MemberProblem::ParentComponent
+        );
+        assert_eq!(
+            normalize_name(b"a\xff").unwrap_err().1,
+            MemberProblem::NonUtf8
+        );
     }
 
     #[test]
@@ -158,8 +166,17 @@ mod tests {
         links.insert("y/layer.tar".to_string(), "/etc/passwd".to_string());
         links.insert("p".to_string(), "q".to_string());
         links.insert("q".to_string(), "p".to_string());
-        assert!(matches!(resolve(&links, "x/layer.tar"), Err(ArchiveError::SymlinkEscape { .. })));
-        assert!(matches!(resolve(&links, "y/layer.tar"), Err(ArchiveError::SymlinkEscape { .. })));
-        assert!(matches!(resolve(&links, "p"), Err(ArchiveError::SymlinkLoop { .. })));
+        assert!(matches!(
+            resolve(&links, "x/layer.tar"),
+            Err(ArchiveError::SymlinkEscape { .. })
+        ));
+        assert!(matches!(
+            resolve(&links, "y/layer.tar"),
+            Err(ArchiveError::SymlinkEscape { .. })
+        ));
+        assert!(matches!(
+            resolve(&links, "p"),
+            Err(ArchiveError::SymlinkLoop { .. })
+        ));
     }
 }

@@ -57,7 +57,10 @@ impl ImageEntry {
     /// A name for messages: the first tag, or the image ID.
     pub fn display_name(&self) -> String {
         self.tags.first().cloned().unwrap_or_else(|| {
-            self.images.first().map(|i| i.config_digest.clone()).unwrap_or_default()
+            self.images
+                .first()
+                .map(|i| i.config_digest.clone())
+                .unwrap_or_default()
         })
     }
 }
@@ -79,9 +82,14 @@ pub fn images(catalog: &Catalog) -> Result<Vec<ImageEntry>, ArchiveError> {
     Err(ArchiveError::NoImages)
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], member: &str) -> Result<T, ArchiveError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ArchiveError::BadJson { member: member.to_string(), detail: e.to_string() })
+fn parse_json<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    member: &str,
+) -> Result<T, ArchiveError> {
+    serde_json::from_slice(bytes).map_err(|e| ArchiveError::BadJson {
+        member: member.to_string(),
+        detail: e.to_string(),
+    })
 }
 
 fn from_docker_manifest(catalog: &Catalog) -> Result<Vec<ImageEntry>, ArchiveError> {
@@ -101,7 +109,10 @@ fn from_docker_manifest(catalog: &Catalog) -> Result<Vec<ImageEntry>, ArchiveErr
         let mut layers = Vec::new();
         for path in &entry.layers {
             let member = catalog.resolve_file(path, &referrer)?;
-            layers.push(LayerSource { member, declared: None });
+            layers.push(LayerSource {
+                member,
+                declared: None,
+            });
         }
         let image = finish_image(config, config_digest, config_member, parsed, layers, None)?;
         out.push(ImageEntry {
@@ -177,15 +188,27 @@ fn blob_member(d: &Descriptor) -> Result<String, ArchiveError> {
 }
 
 /// Read a JSON blob named by a descriptor, checking digest and size.
-fn blob_json(catalog: &Catalog, d: &Descriptor, referrer: &str) -> Result<(String, Vec<u8>), ArchiveError> {
+fn blob_json(
+    catalog: &Catalog,
+    d: &Descriptor,
+    referrer: &str,
+) -> Result<(String, Vec<u8>), ArchiveError> {
     let member = blob_member(d)?;
     let bytes = catalog.metadata(&member, referrer)?.to_vec();
     let actual = digest::sha256_of(&bytes);
     if actual != d.digest {
-        return Err(ArchiveError::DigestMismatch { member, expected: d.digest.clone(), actual });
+        return Err(ArchiveError::DigestMismatch {
+            member,
+            expected: d.digest.clone(),
+            actual,
+        });
     }
     if bytes.len() as u64 != d.size {
-        return Err(ArchiveError::SizeMismatch { member, expected: d.size, actual: bytes.len() as u64 });
+        return Err(ArchiveError::SizeMismatch {
+            member,
+            expected: d.size,
+            actual: bytes.len() as u64,
+        });
     }
     Ok((member, bytes))
 }
@@ -197,7 +220,11 @@ fn from_oci_index(catalog: &Catalog) -> Result<Vec<ImageEntry>, ArchiveError> {
     let mut by_digest: BTreeMap<String, usize> = BTreeMap::new();
     let mut out: Vec<ImageEntry> = Vec::new();
     for d in &index.manifests {
-        let mut entry = ImageEntry { tags: vec![], images: vec![], left_out: vec![] };
+        let mut entry = ImageEntry {
+            tags: vec![],
+            images: vec![],
+            left_out: vec![],
+        };
         collect_manifests(catalog, d, None, 0, &mut entry)?;
         let mut tags = tags_of(d);
         for img in &entry.images {
@@ -227,17 +254,25 @@ fn from_oci_index(catalog: &Catalog) -> Result<Vec<ImageEntry>, ArchiveError> {
 }
 
 fn tags_of(d: &Descriptor) -> Vec<String> {
-    let Some(ann) = &d.annotations else { return vec![] };
+    let Some(ann) = &d.annotations else {
+        return vec![];
+    };
     if let Some(name) = ann.get(ANNOTATION_IMAGE_NAME) {
         return vec![name.clone()];
     }
-    ann.get(ANNOTATION_REF_NAME).map(|n| vec![n.clone()]).unwrap_or_default()
+    ann.get(ANNOTATION_REF_NAME)
+        .map(|n| vec![n.clone()])
+        .unwrap_or_default()
 }
 
 fn docker_tags_by_config(catalog: &Catalog) -> BTreeMap<String, Vec<String>> {
     let mut map = BTreeMap::new();
-    let Some(bytes) = catalog.meta.get("manifest.json") else { return map };
-    let Ok(entries) = serde_json::from_slice::<Vec<DockerManifestEntry>>(bytes) else { return map };
+    let Some(bytes) = catalog.meta.get("manifest.json") else {
+        return map;
+    };
+    let Ok(entries) = serde_json::from_slice::<Vec<DockerManifestEntry>>(bytes) else {
+        return map;
+    };
     for e in entries {
         if let Ok(member) = catalog.resolve_file(&e.config, "manifest.json")
             && let Some(cfg) = catalog.meta.get(&member)
@@ -257,12 +292,18 @@ fn collect_manifests(
     depth: usize,
     entry: &mut ImageEntry,
 ) -> Result<(), ArchiveError> {
-    let referrer = if depth == 0 { "index.json".to_string() } else { format!("index {}", d.digest) };
+    let referrer = if depth == 0 {
+        "index.json".to_string()
+    } else {
+        format!("index {}", d.digest)
+    };
     let platform = d.platform.as_ref().or(platform);
     let member = blob_member(d)?;
     if !catalog.has_file(&member) {
         entry.left_out.push(LeftOut {
-            platform: platform.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
+            platform: platform
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "unknown".into()),
             digest: d.digest.clone(),
             missing: member,
         });
@@ -272,14 +313,21 @@ fn collect_manifests(
     let media_type = if d.media_type.is_empty() {
         serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
-            .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(String::from))
+            .and_then(|v| {
+                v.get("mediaType")
+                    .and_then(|m| m.as_str())
+                    .map(String::from)
+            })
             .unwrap_or_else(|| OCI_MANIFEST.to_string())
     } else {
         d.media_type.clone()
     };
     if is_index_media_type(&media_type) {
         if depth >= MAX_INDEX_DEPTH {
-            return Err(ArchiveError::BadMetadata { member, detail: "indexes nested too deep".into() });
+            return Err(ArchiveError::BadMetadata {
+                member,
+                detail: "indexes nested too deep".into(),
+            });
         }
         let index: Index = parse_json(&bytes, &member)?;
         for child in &index.manifests {
@@ -302,7 +350,9 @@ fn collect_manifests(
     }
     if let Some(missing) = missing {
         entry.left_out.push(LeftOut {
-            platform: platform.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
+            platform: platform
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "unknown".into()),
             digest: d.digest.clone(),
             missing,
         });
@@ -314,9 +364,19 @@ fn collect_manifests(
     let mut layers = Vec::new();
     for l in &manifest.layers {
         let m = catalog.resolve_file(&blob_member(l)?, &member)?;
-        layers.push(LayerSource { member: m, declared: Some(l.clone()) });
+        layers.push(LayerSource {
+            member: m,
+            declared: Some(l.clone()),
+        });
     }
-    let image = finish_image(config, config_digest, config_member, parsed, layers, Some((bytes, media_type)))?;
+    let image = finish_image(
+        config,
+        config_digest,
+        config_member,
+        parsed,
+        layers,
+        Some((bytes, media_type)),
+    )?;
     entry.images.push(image);
     Ok(())
 }

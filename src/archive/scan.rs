@@ -25,18 +25,25 @@ pub fn stream<R: Read, V: LayerVisitor>(
     let mut archive = tar::Archive::new(reader);
     let mut catalog = Catalog::default();
     {
-        let entries = archive.entries().map_err(|e| ArchiveError::NotTar(e.to_string()))?;
+        let entries = archive
+            .entries()
+            .map_err(|e| ArchiveError::NotTar(e.to_string()))?;
         let mut last = String::from("the first header");
         let mut seen_any = false;
         for entry in entries {
             let mut entry = entry.map_err(|e| tar_error(e, &last, seen_any))?;
             seen_any = true;
-            let Some((name, kind, size)) = admit(&mut catalog, &entry)? else { continue };
+            let Some((name, kind, size)) = admit(&mut catalog, &entry)? else {
+                continue;
+            };
             last = name.clone();
             if kind != MemberKind::File {
                 continue;
             }
-            let mut counted = Counted { inner: &mut entry, n: 0 };
+            let mut counted = Counted {
+                inner: &mut entry,
+                n: 0,
+            };
             match role_of(&name) {
                 Role::Metadata => {
                     catalog.admit_metadata(&name, size)?;
@@ -72,14 +79,18 @@ pub fn index(file: &File) -> Result<Catalog, ArchiveError> {
     let len = file.metadata()?.len();
     let mut archive = tar::Archive::new(file);
     let mut catalog = Catalog::default();
-    let entries = archive.entries_with_seek().map_err(|e| ArchiveError::NotTar(e.to_string()))?;
+    let entries = archive
+        .entries_with_seek()
+        .map_err(|e| ArchiveError::NotTar(e.to_string()))?;
     let mut last = String::from("the first header");
     let mut seen_any = false;
     for entry in entries {
         let mut entry = entry.map_err(|e| tar_error(e, &last, seen_any))?;
         seen_any = true;
         let offset = entry.raw_file_position();
-        let Some((name, kind, size)) = admit(&mut catalog, &entry)? else { continue };
+        let Some((name, kind, size)) = admit(&mut catalog, &entry)? else {
+            continue;
+        };
         last = name.clone();
         // Seeking past the end succeeds silently; a member must lie inside the file.
         if offset.checked_add(size).is_none_or(|end| end > len) {
@@ -143,7 +154,11 @@ fn admit<R: Read>(
     if name.is_empty() {
         return Ok(None);
     }
-    let size = if kind == MemberKind::File { entry.size() } else { 0 };
+    let size = if kind == MemberKind::File {
+        entry.size()
+    } else {
+        0
+    };
     catalog.add(&name, kind.clone(), size)?;
     Ok(Some((name, kind, size)))
 }
@@ -156,16 +171,24 @@ fn tar_error(e: io::Error, last: &str, seen_any: bool) -> ArchiveError {
     if msg.contains("checksum") || msg.contains("numeric field") {
         ArchiveError::NotTar(format!("corrupt tar header after {last}: {msg}"))
     } else {
-        ArchiveError::Truncated { member: last.to_string() }
+        ArchiveError::Truncated {
+            member: last.to_string(),
+        }
     }
 }
 
 /// Read exactly `size` bytes (size already checked against a cap by the caller).
 fn read_exact_len(r: &mut dyn Read, size: u64, name: &str) -> Result<Vec<u8>, ArchiveError> {
     let mut buf = Vec::with_capacity(size as usize);
-    r.take(size).read_to_end(&mut buf).map_err(|_| ArchiveError::Truncated { member: name.into() })?;
+    r.take(size)
+        .read_to_end(&mut buf)
+        .map_err(|_| ArchiveError::Truncated {
+            member: name.into(),
+        })?;
     if buf.len() as u64 != size {
-        return Err(ArchiveError::Truncated { member: name.into() });
+        return Err(ArchiveError::Truncated {
+            member: name.into(),
+        });
     }
     Ok(buf)
 }

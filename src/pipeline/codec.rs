@@ -82,7 +82,9 @@ impl CompressionPolicy {
     pub fn plan(self, stored: Codec) -> (Codec, bool) {
         match self {
             CompressionPolicy::Keep(_) if stored != Codec::None => (stored, true),
-            CompressionPolicy::Keep(c) | CompressionPolicy::Force(c) => (c, c == Codec::None && stored == Codec::None),
+            CompressionPolicy::Keep(c) | CompressionPolicy::Force(c) => {
+                (c, c == Codec::None && stored == Codec::None)
+            }
         }
     }
 }
@@ -97,8 +99,14 @@ pub const ZSTD_LEVEL: i32 = 3;
 pub fn codec_id(codec: Codec) -> String {
     match codec {
         Codec::None => "none".into(),
-        Codec::Gzip => format!("gzip/libdeflate-{}/level-{GZIP_LEVEL}/chunk-{CHUNK}", libdeflate_version()),
-        Codec::Zstd => format!("zstd/{}/level-{ZSTD_LEVEL}/chunk-{CHUNK}", zstd::zstd_safe::version_string()),
+        Codec::Gzip => format!(
+            "gzip/libdeflate-{}/level-{GZIP_LEVEL}/chunk-{CHUNK}",
+            libdeflate_version()
+        ),
+        Codec::Zstd => format!(
+            "zstd/{}/level-{ZSTD_LEVEL}/chunk-{CHUNK}",
+            zstd::zstd_safe::version_string()
+        ),
     }
 }
 
@@ -115,7 +123,10 @@ pub struct ChunkEncoder {
 
 impl ChunkEncoder {
     pub fn new(codec: Codec) -> Self {
-        ChunkEncoder { codec, pending: Vec::with_capacity(CHUNK * BATCH_CHUNKS) }
+        ChunkEncoder {
+            codec,
+            pending: Vec::with_capacity(CHUNK * BATCH_CHUNKS),
+        }
     }
 
     pub fn push(&mut self, mut data: &[u8]) -> Vec<Bytes> {
@@ -147,7 +158,9 @@ fn encode_batch(codec: Codec, data: &[u8]) -> Vec<Bytes> {
     if codec == Codec::None {
         return vec![Bytes::copy_from_slice(data)];
     }
-    data.par_chunks(CHUNK).map(|c| encode_chunk(codec, c)).collect()
+    data.par_chunks(CHUNK)
+        .map(|c| encode_chunk(codec, c))
+        .collect()
 }
 
 thread_local! {
@@ -163,11 +176,15 @@ fn encode_chunk(codec: Codec, chunk: &[u8]) -> Bytes {
         Codec::Gzip => GZIP.with(|c| {
             let mut c = c.borrow_mut();
             let mut out = vec![0u8; c.gzip_compress_bound(chunk.len())];
-            let n = c.gzip_compress(chunk, &mut out).expect("buffer sized by gzip_compress_bound");
+            let n = c
+                .gzip_compress(chunk, &mut out)
+                .expect("buffer sized by gzip_compress_bound");
             out.truncate(n);
             Bytes::from(out)
         }),
-        Codec::Zstd => ZSTD.with(|c| Bytes::from(c.borrow_mut().compress(chunk).expect("zstd compress"))),
+        Codec::Zstd => {
+            ZSTD.with(|c| Bytes::from(c.borrow_mut().compress(chunk).expect("zstd compress")))
+        }
     }
 }
 
@@ -183,7 +200,11 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                if i % 3 == 0 { b'a' + (x % 7) as u8 } else { x as u8 }
+                if i % 3 == 0 {
+                    b'a' + (x % 7) as u8
+                } else {
+                    x as u8
+                }
             })
             .collect()
     }
@@ -211,8 +232,13 @@ mod tests {
             assert_eq!(a, b, "{codec} output must not vary between runs");
             let mut back = Vec::new();
             match codec {
-                Codec::Gzip => flate2::read::MultiGzDecoder::new(&a[..]).read_to_end(&mut back).unwrap(),
-                Codec::Zstd => zstd::stream::read::Decoder::new(&a[..]).unwrap().read_to_end(&mut back).unwrap(),
+                Codec::Gzip => flate2::read::MultiGzDecoder::new(&a[..])
+                    .read_to_end(&mut back)
+                    .unwrap(),
+                Codec::Zstd => zstd::stream::read::Decoder::new(&a[..])
+                    .unwrap()
+                    .read_to_end(&mut back)
+                    .unwrap(),
                 Codec::None => {
                     back = a.clone();
                     0
@@ -228,7 +254,11 @@ mod tests {
         let data = sample(3 * CHUNK);
         let out = encode_all(Codec::Gzip, &data);
         let digest = crate::archive::digest::sha256_of(&out);
-        assert_eq!(digest, include_str!("golden_gzip_digest.txt").trim(), "gzip output changed: update codec_id too");
+        assert_eq!(
+            digest,
+            include_str!("golden_gzip_digest.txt").trim(),
+            "gzip output changed: update codec_id too"
+        );
     }
 
     #[test]
@@ -239,7 +269,13 @@ mod tests {
         let keep = CompressionPolicy::Keep(Codec::Gzip);
         assert_eq!(keep.plan(Codec::Zstd), (Codec::Zstd, true));
         assert_eq!(keep.plan(Codec::None), (Codec::Gzip, false));
-        assert_eq!(CompressionPolicy::Force(Codec::Gzip).plan(Codec::Gzip), (Codec::Gzip, false));
-        assert_eq!(CompressionPolicy::Force(Codec::None).plan(Codec::None), (Codec::None, true));
+        assert_eq!(
+            CompressionPolicy::Force(Codec::Gzip).plan(Codec::Gzip),
+            (Codec::Gzip, false)
+        );
+        assert_eq!(
+            CompressionPolicy::Force(Codec::None).plan(Codec::None),
+            (Codec::None, true)
+        );
     }
 }

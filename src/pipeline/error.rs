@@ -11,17 +11,31 @@ use crate::registry::RegistryError;
 #[derive(Debug, Error)]
 pub enum ImportError {
     #[error("{archive}: {source}")]
-    Archive { archive: String, source: ArchiveError },
+    Archive {
+        archive: String,
+        source: ArchiveError,
+    },
     #[error("{archive}: {source}")]
     Plan { archive: String, source: PlanError },
     #[error("{archive}: image ID is {actual}, expected {expected}")]
-    ImageIdMismatch { archive: String, expected: String, actual: String },
+    ImageIdMismatch {
+        archive: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{archive}: sha256 of the archive is {actual}, expected {expected}")]
-    ArchiveDigestMismatch { archive: String, expected: String, actual: String },
+    ArchiveDigestMismatch {
+        archive: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{source}")]
     Source { source: SourceError },
     #[error("pushing to {target}: {source}")]
-    Registry { target: String, source: RegistryError },
+    Registry {
+        target: String,
+        source: RegistryError,
+    },
     #[error("{0}")]
     Usage(String),
     #[error("internal error: {0}")]
@@ -34,14 +48,27 @@ impl ImportError {
         match self {
             ImportError::Archive { source, .. } if source.is_verification() => "VerificationFailed",
             ImportError::Archive { .. } => "InvalidArchive",
-            ImportError::Plan { source: PlanError::TagRequired { .. } | PlanError::AllWithTag, .. } => "TagRequired",
+            ImportError::Plan {
+                source: PlanError::TagRequired { .. } | PlanError::AllWithTag,
+                ..
+            } => "TagRequired",
             ImportError::Plan { .. } => "ImageNotFound",
-            ImportError::ImageIdMismatch { .. } | ImportError::ArchiveDigestMismatch { .. } => "VerificationFailed",
-            ImportError::Source { source: SourceError::NotFound(_) } => "SourceNotFound",
+            ImportError::ImageIdMismatch { .. } | ImportError::ArchiveDigestMismatch { .. } => {
+                "VerificationFailed"
+            }
+            ImportError::Source {
+                source: SourceError::NotFound(_),
+            } => "SourceNotFound",
             ImportError::Source { .. } => "SourceUnavailable",
-            ImportError::Registry { source: RegistryError::Unauthorized { .. }, .. } => "Unauthorized",
+            ImportError::Registry {
+                source: RegistryError::Unauthorized { .. },
+                ..
+            } => "Unauthorized",
             ImportError::Registry { source, .. } if source.is_transient() => "RegistryUnavailable",
-            ImportError::Registry { source: RegistryError::Config(_), .. } => "InvalidConfiguration",
+            ImportError::Registry {
+                source: RegistryError::Config(_),
+                ..
+            } => "InvalidConfiguration",
             ImportError::Registry { .. } => "RegistryRejected",
             ImportError::Usage(_) => "InvalidSpec",
             ImportError::Internal(_) => "InternalError",
@@ -58,15 +85,26 @@ impl ImportError {
         }
     }
 
-    pub(crate) fn from_layer(archive: &str, target: &str, e: LayerError, upload: Option<RegistryError>) -> Self {
+    pub(crate) fn from_layer(
+        archive: &str,
+        target: &str,
+        e: LayerError,
+        upload: Option<RegistryError>,
+    ) -> Self {
         match e {
-            LayerError::Archive(source) => ImportError::Archive { archive: archive.into(), source },
+            LayerError::Archive(source) => ImportError::Archive {
+                archive: archive.into(),
+                source,
+            },
             LayerError::Read(io) => ImportError::Archive {
                 archive: archive.into(),
                 source: ArchiveError::Io(io),
             },
             LayerError::Sink(io) => match upload {
-                Some(source) => ImportError::Registry { target: target.into(), source },
+                Some(source) => ImportError::Registry {
+                    target: target.into(),
+                    source,
+                },
                 None => ImportError::Internal(format!("upload stopped: {io}")),
             },
         }

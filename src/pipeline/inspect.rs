@@ -49,7 +49,13 @@ struct Collect(HashMap<String, LayerFacts>);
 impl scan::LayerVisitor for Collect {
     type Error = ArchiveError;
     fn layer(&mut self, member: &str, _size: u64, data: &mut dyn Read) -> Result<(), ArchiveError> {
-        let facts = layer::process(member, data, CompressionPolicy::Force(Codec::None), &mut |_| Ok(())).map_err(|e| match e {
+        let facts = layer::process(
+            member,
+            data,
+            CompressionPolicy::Force(Codec::None),
+            &mut |_| Ok(()),
+        )
+        .map_err(|e| match e {
             layer::LayerError::Archive(a) => a,
             layer::LayerError::Read(io) | layer::LayerError::Sink(io) => ArchiveError::Io(io),
         })?;
@@ -60,29 +66,45 @@ impl scan::LayerVisitor for Collect {
 
 /// Read the whole archive once, hashing every layer. Archive problems are reported in the
 /// result (an unreadable archive is an error).
-pub async fn inspect(location: Location, http: super::HttpOptions, progress: Arc<Progress>) -> Result<InspectReport, ImportError> {
+pub async fn inspect(
+    location: Location,
+    http: super::HttpOptions,
+    progress: Arc<Progress>,
+) -> Result<InspectReport, ImportError> {
     let archive = location.to_string();
     let reader: Box<dyn Read + Send> = match &location {
         Location::File(p) => {
-            let (file, _) = source::open_file(p).map_err(|source| ImportError::Source { source })?;
+            let (file, _) =
+                source::open_file(p).map_err(|source| ImportError::Source { source })?;
             progress.set_total(file.metadata().map(|m| m.len()).unwrap_or(0));
             Box::new(file)
         }
         Location::Stdin => Box::new(std::io::stdin()),
-        Location::Url(u) => source::open_url(u, &http).await.map_err(|source| ImportError::Source { source })?,
+        Location::Url(u) => source::open_url(u, &http)
+            .await
+            .map_err(|source| ImportError::Source { source })?,
     };
     let a = archive.clone();
     let p = progress.clone();
     let scanned = blocking(move || {
-        let counted = Counting { inner: reader, progress: p };
+        let counted = Counting {
+            inner: reader,
+            progress: p,
+        };
         let reader = source::decompressing(Box::new(counted), None).map_err(ArchiveError::Io)?;
         let mut c = Collect(HashMap::new());
         let (catalog, _) = scan::stream(reader, &mut c)?;
         Ok::<_, ArchiveError>((catalog, c.0))
     })
     .await?;
-    let (catalog, facts) = scanned.map_err(|source| ImportError::Archive { archive: a.clone(), source })?;
-    let entries = resolve::images(&catalog).map_err(|source| ImportError::Archive { archive: a.clone(), source })?;
+    let (catalog, facts) = scanned.map_err(|source| ImportError::Archive {
+        archive: a.clone(),
+        source,
+    })?;
+    let entries = resolve::images(&catalog).map_err(|source| ImportError::Archive {
+        archive: a.clone(),
+        source,
+    })?;
     let mut problem = None;
     let mut images = Vec::new();
     for e in &entries {
@@ -90,7 +112,10 @@ pub async fn inspect(location: Location, http: super::HttpOptions, progress: Arc
             let mut layers = Vec::new();
             for (i, l) in img.layers.iter().enumerate() {
                 let Some(f) = facts.get(&l.member) else {
-                    problem.get_or_insert(format!("member {} is listed as a layer but is not a layer blob", l.member));
+                    problem.get_or_insert(format!(
+                        "member {} is listed as a layer but is not a layer blob",
+                        l.member
+                    ));
                     continue;
                 };
                 let mut ok = f.diff_id == img.diff_ids[i];
@@ -109,7 +134,10 @@ pub async fn inspect(location: Location, http: super::HttpOptions, progress: Arc
                     && (d.digest != f.stored_digest || d.size != f.stored_size)
                 {
                     ok = false;
-                    problem.get_or_insert(format!("member {}: content does not match its descriptor {}", l.member, d.digest));
+                    problem.get_or_insert(format!(
+                        "member {}: content does not match its descriptor {}",
+                        l.member, d.digest
+                    ));
                 }
                 layers.push(InspectLayer {
                     member: l.member.clone(),
@@ -129,5 +157,10 @@ pub async fn inspect(location: Location, http: super::HttpOptions, progress: Arc
             });
         }
     }
-    Ok(InspectReport { archive, verified: problem.is_none(), problem, images })
+    Ok(InspectReport {
+        archive,
+        verified: problem.is_none(),
+        problem,
+        images,
+    })
 }

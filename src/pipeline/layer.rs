@@ -51,8 +51,8 @@ impl Read for Tee<'_> {
 
 enum Decoded<'a> {
     Plain(BufReader<Tee<'a>>),
-    Gzip(flate2::bufread::MultiGzDecoder<BufReader<Tee<'a>>>),
-    Zstd(zstd::stream::read::Decoder<'static, BufReader<Tee<'a>>>),
+    Gzip(Box<flate2::bufread::MultiGzDecoder<BufReader<Tee<'a>>>>),
+    Zstd(Box<zstd::stream::read::Decoder<'static, BufReader<Tee<'a>>>>),
 }
 
 impl<'a> Decoded<'a> {
@@ -90,18 +90,30 @@ pub fn process(
     emit: &mut Emit<'_>,
 ) -> Result<LayerFacts, LayerError> {
     // Capture from the first byte: sniffing already reads a buffer's worth.
-    let tee = Tee { inner: data, hasher: Sha256::new(), size: 0, capture: Some(Vec::new()) };
+    let tee = Tee {
+        inner: data,
+        hasher: Sha256::new(),
+        size: 0,
+        capture: Some(Vec::new()),
+    };
     let mut buffered = BufReader::with_capacity(256 << 10, tee);
     let stored_codec = sniff(&mut buffered).map_err(LayerError::Read)?;
     let (pushed_codec, as_stored) = policy.plan(stored_codec);
     if !as_stored {
         buffered.get_mut().capture = None;
     }
-    let bad = |e: io::Error| LayerError::Archive(ArchiveError::BadCompression { member: member.into(), detail: e.to_string() });
+    let bad = |e: io::Error| {
+        LayerError::Archive(ArchiveError::BadCompression {
+            member: member.into(),
+            detail: e.to_string(),
+        })
+    };
     let mut decoded = match stored_codec {
         Codec::None => Decoded::Plain(buffered),
-        Codec::Gzip => Decoded::Gzip(flate2::bufread::MultiGzDecoder::new(buffered)),
-        Codec::Zstd => Decoded::Zstd(zstd::stream::read::Decoder::with_buffer(buffered).map_err(bad)?),
+        Codec::Gzip => Decoded::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(buffered))),
+        Codec::Zstd => Decoded::Zstd(Box::new(
+            zstd::stream::read::Decoder::with_buffer(buffered).map_err(bad)?,
+        )),
     };
     let mut encoder = (!as_stored).then(|| ChunkEncoder::new(pushed_codec));
     let mut diff = Sha256::new();
@@ -109,7 +121,11 @@ pub fn process(
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = read_full(&mut decoded, &mut buf).map_err(|e| {
-            if stored_codec == Codec::None { LayerError::Read(e) } else { bad(e) }
+            if stored_codec == Codec::None {
+                LayerError::Read(e)
+            } else {
+                bad(e)
+            }
         })?;
         if n == 0 {
             break;
@@ -217,7 +233,9 @@ mod tests {
         assert_eq!(facts.stored_digest, facts.diff_id);
         assert_eq!(facts.pushed_codec, Codec::Gzip);
         let mut back = Vec::new();
-        flate2::read::MultiGzDecoder::new(&out[..]).read_to_end(&mut back).unwrap();
+        flate2::read::MultiGzDecoder::new(&out[..])
+            .read_to_end(&mut back)
+            .unwrap();
         assert_eq!(back, tar);
     }
 
@@ -241,7 +259,18 @@ mod tests {
     fn corrupt_gzip_is_a_clear_error() {
         let mut bad = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
         bad.extend_from_slice(&[0xde; 100]);
-        let r = process("x/layer.tar", &mut &bad[..], CompressionPolicy::default(), &mut |_| Ok(()));
-        assert!(matches!(r, Err(LayerError::Archive(ArchiveError::BadCompression { .. }))), "{r:?}");
+        let r = process(
+            "x/layer.tar",
+            &mut &bad[..],
+            CompressionPolicy::default(),
+            &mut |_| Ok(()),
+        );
+        assert!(
+            matches!(
+                r,
+                Err(LayerError::Archive(ArchiveError::BadCompression { .. }))
+            ),
+            "{r:?}"
+        );
     }
 }

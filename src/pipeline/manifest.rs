@@ -21,17 +21,33 @@ struct Manifest<'a> {
 }
 
 pub fn config_descriptor(digest: &str, size: u64) -> Descriptor {
-    Descriptor { media_type: OCI_CONFIG.into(), digest: digest.into(), size, platform: None, annotations: None }
+    Descriptor {
+        media_type: OCI_CONFIG.into(),
+        digest: digest.into(),
+        size,
+        platform: None,
+        annotations: None,
+    }
 }
 
 /// An OCI image manifest. `codec_id` is recorded when every layer was encoded here.
-pub fn image_manifest(config: &Descriptor, layers: &[Descriptor], codec_id: Option<String>) -> Vec<u8> {
+pub fn image_manifest(
+    config: &Descriptor,
+    layers: &[Descriptor],
+    codec_id: Option<String>,
+) -> Vec<u8> {
     let mut annotations = BTreeMap::new();
     if let Some(id) = codec_id {
         annotations.insert(ANNOTATION_CODEC, id);
     }
-    serde_json::to_vec(&Manifest { schema_version: 2, media_type: OCI_MANIFEST, config, layers, annotations })
-        .expect("manifest serializes")
+    serde_json::to_vec(&Manifest {
+        schema_version: 2,
+        media_type: OCI_MANIFEST,
+        config,
+        layers,
+        annotations,
+    })
+    .expect("manifest serializes")
 }
 
 #[derive(Serialize)]
@@ -55,5 +71,10 @@ pub fn index(manifests: &[(String, u64, String, Platform)]) -> Vec<u8> {
             annotations: None,
         })
         .collect();
-    serde_json::to_vec(&IndexDoc { schema_version: 2, media_type: OCI_INDEX, manifests }).expect("index serializes")
+    serde_json::to_vec(&IndexDoc {
+        schema_version: 2,
+        media_type: OCI_INDEX,
+        manifests,
+    })
+    .expect("index serializes")
 }

@@ -33,8 +33,8 @@ pub use codec::{Codec, CompressionPolicy};
 pub use error::ImportError;
 use layer::{LayerError, LayerFacts};
 pub use plan::{Planned, Selection};
-pub use progress::Progress;
 use progress::Counting;
+pub use progress::Progress;
 pub use source::{HttpOptions, Location};
 
 #[derive(Debug, Clone)]
@@ -115,46 +115,79 @@ struct Ctx {
 
 impl Ctx {
     fn archive_err(&self, source: ArchiveError) -> ImportError {
-        ImportError::Archive { archive: self.archive.clone(), source }
+        ImportError::Archive {
+            archive: self.archive.clone(),
+            source,
+        }
     }
     fn reg_err(&self, repo: &str, source: RegistryError) -> ImportError {
-        ImportError::Registry { target: format!("{}/{}", self.opts.target.registry, repo), source }
+        ImportError::Registry {
+            target: format!("{}/{}", self.opts.target.registry, repo),
+            source,
+        }
     }
 }
 
 /// Import the archive named in `opts` into the registry.
-pub async fn import(opts: ImportOptions, progress: Arc<Progress>) -> Result<Vec<ImageReport>, ImportError> {
+pub async fn import(
+    opts: ImportOptions,
+    progress: Arc<Progress>,
+) -> Result<Vec<ImageReport>, ImportError> {
     let archive = opts.source.to_string();
     let target_repo = opts.target.repository.clone();
-    let registry = Registry::connect(&opts.target.registry, &opts.registry)
-        .map_err(|source| ImportError::Registry { target: opts.target.to_string(), source })?;
-    let ctx = Arc::new(Ctx { archive, opts, registry, progress });
+    let registry = Registry::connect(&opts.target.registry, &opts.registry).map_err(|source| {
+        ImportError::Registry {
+            target: opts.target.to_string(),
+            source,
+        }
+    })?;
+    let ctx = Arc::new(Ctx {
+        archive,
+        opts,
+        registry,
+        progress,
+    });
     // Fail fast on credentials and reachability, before reading gigabytes.
     ctx.progress.set_phase("connecting");
-    ctx.registry.check_push_access(&target_repo).await.map_err(|e| ctx.reg_err(&target_repo, e))?;
+    ctx.registry
+        .check_push_access(&target_repo)
+        .await
+        .map_err(|e| ctx.reg_err(&target_repo, e))?;
     match ctx.opts.source.clone() {
         Location::File(path) => {
-            let (file, codec) = source::open_file(&path).map_err(|source| ImportError::Source { source })?;
+            let (file, codec) =
+                source::open_file(&path).map_err(|source| ImportError::Source { source })?;
             if codec == Codec::None {
                 import_seekable(ctx, path, file).await
             } else {
-                ctx.progress.set_total(file.metadata().map(|m| m.len()).unwrap_or(0));
+                ctx.progress
+                    .set_total(file.metadata().map(|m| m.len()).unwrap_or(0));
                 import_stream(ctx, Box::new(file)).await
             }
         }
         Location::Stdin => import_stream(ctx, Box::new(io::stdin())).await,
         Location::Url(url) => {
-            let reader = source::open_url(&url, &ctx.opts.http).await.map_err(|source| ImportError::Source { source })?;
+            let reader = source::open_url(&url, &ctx.opts.http)
+                .await
+                .map_err(|source| ImportError::Source { source })?;
             import_stream(ctx, reader).await
         }
     }
 }
 
-pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ImportError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ImportError::Internal(e.to_string()))
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ImportError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ImportError::Internal(e.to_string()))
 }
 
-async fn import_seekable(ctx: Arc<Ctx>, path: PathBuf, file: File) -> Result<Vec<ImageReport>, ImportError> {
+async fn import_seekable(
+    ctx: Arc<Ctx>,
+    path: PathBuf,
+    file: File,
+) -> Result<Vec<ImageReport>, ImportError> {
     if let Some(expected) = ctx.opts.expect_sha256.clone() {
         ctx.progress.set_phase("hashing archive");
         let p = path.clone();
@@ -164,14 +197,25 @@ async fn import_seekable(ctx: Arc<Ctx>, path: PathBuf, file: File) -> Result<Vec
         check_archive_pin(&ctx, &expected, &actual)?;
     }
     ctx.progress.set_phase("reading archive index");
-    let catalog = blocking(move || scan::index(&file)).await?.map_err(|e| ctx.archive_err(e))?;
+    let catalog = blocking(move || scan::index(&file))
+        .await?
+        .map_err(|e| ctx.archive_err(e))?;
     let catalog = Arc::new(catalog);
     let entries = resolve::images(&catalog).map_err(|e| ctx.archive_err(e))?;
-    let planned = plan::plan(&entries, &ctx.opts.selection, &ctx.opts.target, ctx.opts.platform.as_ref())
-        .map_err(|source| ImportError::Plan { archive: ctx.archive.clone(), source })?;
+    let planned = plan::plan(
+        &entries,
+        &ctx.opts.selection,
+        &ctx.opts.target,
+        ctx.opts.platform.as_ref(),
+    )
+    .map_err(|source| ImportError::Plan {
+        archive: ctx.archive.clone(),
+        source,
+    })?;
     check_image_pin(&ctx, &planned)?;
 
-    let stored_codecs = sniff_layers(&path, &catalog, &planned).map_err(|e| ctx.archive_err(ArchiveError::Io(e)))?;
+    let stored_codecs = sniff_layers(&path, &catalog, &planned)
+        .map_err(|e| ctx.archive_err(ArchiveError::Io(e)))?;
     let mut reports = Vec::new();
     let mut todo = Vec::new();
     ctx.progress.set_phase("comparing with registry");
@@ -190,12 +234,19 @@ async fn import_seekable(ctx: Arc<Ctx>, path: PathBuf, file: File) -> Result<Vec
         for img in &p.images {
             for l in &img.layers {
                 if !jobs.iter().any(|(m, _, _)| m == &l.member) {
-                    jobs.push((l.member.clone(), p.refs[0].repository.clone(), l.declared.clone()));
+                    jobs.push((
+                        l.member.clone(),
+                        p.refs[0].repository.clone(),
+                        l.declared.clone(),
+                    ));
                 }
             }
         }
     }
-    let total: u64 = jobs.iter().map(|(m, _, _)| catalog.sizes.get(m).copied().unwrap_or(0)).sum();
+    let total: u64 = jobs
+        .iter()
+        .map(|(m, _, _)| catalog.sizes.get(m).copied().unwrap_or(0))
+        .sum();
     ctx.progress.set_total(total);
     ctx.progress.set_phase("pushing layers");
     let processed: HashMap<String, Processed> = futures::stream::iter(jobs)
@@ -212,7 +263,11 @@ async fn import_seekable(ctx: Arc<Ctx>, path: PathBuf, file: File) -> Result<Vec
     Ok(reports)
 }
 
-fn sniff_layers(path: &Path, catalog: &Catalog, planned: &[Planned]) -> io::Result<HashMap<String, Codec>> {
+fn sniff_layers(
+    path: &Path,
+    catalog: &Catalog,
+    planned: &[Planned],
+) -> io::Result<HashMap<String, Codec>> {
     let mut out = HashMap::new();
     let mut f = File::open(path)?;
     for img in planned.iter().flat_map(|p| &p.images) {
@@ -263,14 +318,21 @@ async fn process_seekable(
         move || -> io::Result<Counting<io::Take<File>>> {
             let mut f = File::open(&path)?;
             f.seek(io::SeekFrom::Start(offset))?;
-            Ok(Counting { inner: f.take(size), progress: progress.clone() })
+            Ok(Counting {
+                inner: f.take(size),
+                progress: progress.clone(),
+            })
         }
     };
 
     // A stored blob the registry already has: read it only to verify it.
     if as_stored
         && let Some(d) = &declared
-        && ctx.registry.blob_exists(&repo, &d.digest).await.map_err(|e| ctx.reg_err(&repo, e))?
+        && ctx
+            .registry
+            .blob_exists(&repo, &d.digest)
+            .await
+            .map_err(|e| ctx.reg_err(&repo, e))?
     {
         let m = member.clone();
         let facts = blocking(move || -> Result<LayerFacts, LayerError> {
@@ -279,7 +341,12 @@ async fn process_seekable(
         })
         .await?
         .map_err(|e| ImportError::from_layer(&ctx.archive, &repo, e, None))?;
-        let pushed = Pushed { digest: d.digest.clone(), size: d.size, repo, sent: 0 };
+        let pushed = Pushed {
+            digest: d.digest.clone(),
+            size: d.size,
+            repo,
+            sent: 0,
+        };
         return Ok((member, Processed { facts, pushed }));
     }
 
@@ -291,7 +358,9 @@ async fn process_seekable(
         let member = member.clone();
         move || {
             // An archive problem does not go away by trying again.
-            if let Some(Err(LayerError::Archive(_) | LayerError::Read(_))) = slot.lock().expect("slot").as_ref() {
+            if let Some(Err(LayerError::Archive(_) | LayerError::Read(_))) =
+                slot.lock().expect("slot").as_ref()
+            {
                 return None;
             }
             let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
@@ -301,7 +370,8 @@ async fn process_seekable(
             let handle = tokio::task::spawn_blocking(move || {
                 let r = open().map_err(LayerError::Read).and_then(|mut reader| {
                     layer::process(&member, &mut reader, policy, &mut |b| {
-                        tx.blocking_send(Ok(b)).map_err(|_| io::Error::other("upload stopped"))
+                        tx.blocking_send(Ok(b))
+                            .map_err(|_| io::Error::other("upload stopped"))
                     })
                 });
                 if let Err(e) = &r {
@@ -322,13 +392,22 @@ async fn process_seekable(
     let facts = slot.lock().expect("slot").take();
     match (facts, uploaded) {
         (Some(Ok(facts)), Ok((digest, size))) => {
-            ctx.progress.pushed.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
-            let pushed = Pushed { digest, size, repo, sent: size };
+            ctx.progress
+                .pushed
+                .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+            let pushed = Pushed {
+                digest,
+                size,
+                repo,
+                sent: size,
+            };
             Ok((member, Processed { facts, pushed }))
         }
         (Some(Err(e)), up) => Err(ImportError::from_layer(&ctx.archive, &repo, e, up.err())),
         (_, Err(e)) => Err(ctx.reg_err(&repo, e)),
-        (None, Ok(_)) => Err(ImportError::Internal("layer upload finished without its reader".into())),
+        (None, Ok(_)) => Err(ImportError::Internal(
+            "layer upload finished without its reader".into(),
+        )),
     }
 }
 
@@ -346,7 +425,9 @@ impl scan::LayerVisitor for StreamVisitor {
         let ctx = self.ctx.clone();
         let policy = ctx.opts.compression;
         let mut buffered = BufReader::with_capacity(64 << 10, data);
-        let head = buffered.fill_buf().map_err(|e| ctx.archive_err(ArchiveError::Io(e)))?;
+        let head = buffered
+            .fill_buf()
+            .map_err(|e| ctx.archive_err(ArchiveError::Io(e)))?;
         let (_, as_stored) = policy.plan(Codec::sniff(head));
         let declared = member
             .strip_prefix("blobs/sha256/")
@@ -361,8 +442,14 @@ impl scan::LayerVisitor for StreamVisitor {
             if exists {
                 let facts = layer::process(member, &mut buffered, policy, &mut |_| Ok(()))
                     .map_err(|e| ImportError::from_layer(&ctx.archive, &repo, e, None))?;
-                let pushed = Pushed { digest: facts.stored_digest.clone(), size: facts.stored_size, repo, sent: 0 };
-                self.processed.insert(member.to_string(), Processed { facts, pushed });
+                let pushed = Pushed {
+                    digest: facts.stored_digest.clone(),
+                    size: facts.stored_size,
+                    repo,
+                    sent: 0,
+                };
+                self.processed
+                    .insert(member.to_string(), Processed { facts, pushed });
                 return Ok(());
             }
         }
@@ -372,21 +459,37 @@ impl scan::LayerVisitor for StreamVisitor {
         let upload_repo = repo.clone();
         let upload = self.rt.spawn(async move {
             // A stream is read once: a broken upload cannot start over.
-            registry.upload_blob(&upload_repo, move || rx.lock().expect("rx").take().map(ReceiverStream::new)).await
+            registry
+                .upload_blob(&upload_repo, move || {
+                    rx.lock().expect("rx").take().map(ReceiverStream::new)
+                })
+                .await
         });
         let r = layer::process(member, &mut buffered, policy, &mut |b| {
-            tx.blocking_send(Ok(b)).map_err(|_| io::Error::other("upload stopped"))
+            tx.blocking_send(Ok(b))
+                .map_err(|_| io::Error::other("upload stopped"))
         });
         if let Err(e) = &r {
             let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
         }
         drop(tx);
-        let uploaded = self.rt.block_on(upload).map_err(|e| ImportError::Internal(e.to_string()))?;
+        let uploaded = self
+            .rt
+            .block_on(upload)
+            .map_err(|e| ImportError::Internal(e.to_string()))?;
         match (r, uploaded) {
             (Ok(facts), Ok((digest, size))) => {
-                ctx.progress.pushed.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
-                let pushed = Pushed { digest, size, repo, sent: size };
-                self.processed.insert(member.to_string(), Processed { facts, pushed });
+                ctx.progress
+                    .pushed
+                    .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+                let pushed = Pushed {
+                    digest,
+                    size,
+                    repo,
+                    sent: size,
+                };
+                self.processed
+                    .insert(member.to_string(), Processed { facts, pushed });
                 Ok(())
             }
             (Err(e), up) => Err(ImportError::from_layer(&ctx.archive, &repo, e, up.err())),
@@ -398,26 +501,47 @@ impl scan::LayerVisitor for StreamVisitor {
 impl From<ArchiveError> for ImportError {
     fn from(source: ArchiveError) -> Self {
         // The archive name is filled in by `import_stream`, which wraps scan errors.
-        ImportError::Archive { archive: String::new(), source }
+        ImportError::Archive {
+            archive: String::new(),
+            source,
+        }
     }
 }
 
-async fn import_stream(ctx: Arc<Ctx>, reader: Box<dyn Read + Send>) -> Result<Vec<ImageReport>, ImportError> {
-    let hash = ctx.opts.expect_sha256.as_ref().map(|_| source::RawHash::default());
+async fn import_stream(
+    ctx: Arc<Ctx>,
+    reader: Box<dyn Read + Send>,
+) -> Result<Vec<ImageReport>, ImportError> {
+    let hash = ctx
+        .opts
+        .expect_sha256
+        .as_ref()
+        .map(|_| source::RawHash::default());
     ctx.progress.set_phase("streaming archive");
     let rt = tokio::runtime::Handle::current();
     let c = ctx.clone();
     let h = hash.clone();
-    let scanned = blocking(move || -> Result<(Catalog, HashMap<String, Processed>), ImportError> {
-        let counted = Counting { inner: reader, progress: c.progress.clone() };
-        let reader = source::decompressing(Box::new(counted), h).map_err(|e| c.archive_err(ArchiveError::Io(e)))?;
-        let repo = c.opts.target.repository.clone();
-        let mut visitor = StreamVisitor { ctx: c.clone(), rt, repo, processed: HashMap::new() };
-        let (catalog, mut rest) = scan::stream(reader, &mut visitor)?;
-        // Read to the very end so the archive's own digest covers every byte.
-        io::copy(&mut rest, &mut io::sink()).map_err(|e| c.archive_err(ArchiveError::Io(e)))?;
-        Ok((catalog, visitor.processed))
-    })
+    let scanned = blocking(
+        move || -> Result<(Catalog, HashMap<String, Processed>), ImportError> {
+            let counted = Counting {
+                inner: reader,
+                progress: c.progress.clone(),
+            };
+            let reader = source::decompressing(Box::new(counted), h)
+                .map_err(|e| c.archive_err(ArchiveError::Io(e)))?;
+            let repo = c.opts.target.repository.clone();
+            let mut visitor = StreamVisitor {
+                ctx: c.clone(),
+                rt,
+                repo,
+                processed: HashMap::new(),
+            };
+            let (catalog, mut rest) = scan::stream(reader, &mut visitor)?;
+            // Read to the very end so the archive's own digest covers every byte.
+            io::copy(&mut rest, &mut io::sink()).map_err(|e| c.archive_err(ArchiveError::Io(e)))?;
+            Ok((catalog, visitor.processed))
+        },
+    )
     .await?;
     let (catalog, processed) = scanned.map_err(|e| match e {
         ImportError::Archive { archive, source } if archive.is_empty() => ctx.archive_err(source),
@@ -427,24 +551,45 @@ async fn import_stream(ctx: Arc<Ctx>, reader: Box<dyn Read + Send>) -> Result<Ve
         check_archive_pin(&ctx, expected, &h.digest())?;
     }
     let entries = resolve::images(&catalog).map_err(|e| ctx.archive_err(e))?;
-    let planned = plan::plan(&entries, &ctx.opts.selection, &ctx.opts.target, ctx.opts.platform.as_ref())
-        .map_err(|source| ImportError::Plan { archive: ctx.archive.clone(), source })?;
+    let planned = plan::plan(
+        &entries,
+        &ctx.opts.selection,
+        &ctx.opts.target,
+        ctx.opts.platform.as_ref(),
+    )
+    .map_err(|source| ImportError::Plan {
+        archive: ctx.archive.clone(),
+        source,
+    })?;
     check_image_pin(&ctx, &planned)?;
     finish(&ctx, planned, &processed).await
 }
 
 fn check_archive_pin(ctx: &Ctx, expected: &str, actual: &str) -> Result<(), ImportError> {
-    let expected = digest::normalize(expected).ok_or_else(|| ImportError::Usage(format!("--expect-sha256 {expected:?} is not a sha256 digest")))?;
+    let expected = digest::normalize(expected).ok_or_else(|| {
+        ImportError::Usage(format!(
+            "--expect-sha256 {expected:?} is not a sha256 digest"
+        ))
+    })?;
     if expected != actual {
-        return Err(ImportError::ArchiveDigestMismatch { archive: ctx.archive.clone(), expected, actual: actual.into() });
+        return Err(ImportError::ArchiveDigestMismatch {
+            archive: ctx.archive.clone(),
+            expected,
+            actual: actual.into(),
+        });
     }
     Ok(())
 }
 
 fn check_image_pin(ctx: &Ctx, planned: &[Planned]) -> Result<(), ImportError> {
-    let Some(expected) = &ctx.opts.expect_image_id else { return Ok(()) };
-    let expected = digest::normalize(expected)
-        .ok_or_else(|| ImportError::Usage(format!("--expect-image-id {expected:?} is not a sha256 digest")))?;
+    let Some(expected) = &ctx.opts.expect_image_id else {
+        return Ok(());
+    };
+    let expected = digest::normalize(expected).ok_or_else(|| {
+        ImportError::Usage(format!(
+            "--expect-image-id {expected:?} is not a sha256 digest"
+        ))
+    })?;
     for img in planned.iter().flat_map(|p| &p.images) {
         if img.config_digest != expected {
             return Err(ImportError::ImageIdMismatch {
@@ -462,13 +607,19 @@ enum Predicted {
     /// Every layer is pushed as stored and the archive carries the manifest: its digest.
     Digest(String),
     /// Every layer is encoded here: config and codec decide the manifest.
-    Encoded { codec: Codec, codec_id: String },
+    Encoded {
+        codec: Codec,
+        codec_id: String,
+    },
     Unknown,
 }
 
 fn predict(ctx: &Ctx, img: &ImageSource, stored: &dyn Fn(&str) -> Option<Codec>) -> Predicted {
-    let plans: Vec<Option<(Codec, bool)>> =
-        img.layers.iter().map(|l| stored(&l.member).map(|c| ctx.opts.compression.plan(c))).collect();
+    let plans: Vec<Option<(Codec, bool)>> = img
+        .layers
+        .iter()
+        .map(|l| stored(&l.member).map(|c| ctx.opts.compression.plan(c)))
+        .collect();
     if plans.iter().any(|p| p.is_none()) {
         return Predicted::Unknown;
     }
@@ -482,13 +633,19 @@ fn predict(ctx: &Ctx, img: &ImageSource, stored: &dyn Fn(&str) -> Option<Codec>)
     if let Some((codec, _)) = plans.first()
         && plans.iter().all(|(c, as_stored)| !as_stored && c == codec)
     {
-        return Predicted::Encoded { codec: *codec, codec_id: codec::codec_id(*codec) };
+        return Predicted::Encoded {
+            codec: *codec,
+            codec_id: codec::codec_id(*codec),
+        };
     }
     if img.layers.is_empty() {
         let codec = match ctx.opts.compression {
             CompressionPolicy::Keep(c) | CompressionPolicy::Force(c) => c,
         };
-        return Predicted::Encoded { codec, codec_id: codec::codec_id(codec) };
+        return Predicted::Encoded {
+            codec,
+            codec_id: codec::codec_id(codec),
+        };
     }
     Predicted::Unknown
 }
@@ -499,7 +656,9 @@ async fn up_to_date(
     p: &Planned,
     stored: impl Fn(&str) -> Option<Codec>,
 ) -> Result<Option<ImageReport>, ImportError> {
-    let [img] = p.images.as_slice() else { return Ok(None) };
+    let [img] = p.images.as_slice() else {
+        return Ok(None);
+    };
     let predicted = predict(ctx, img, &stored);
     if matches!(predicted, Predicted::Unknown) {
         return Ok(None);
@@ -507,7 +666,11 @@ async fn up_to_date(
     let mut digest_seen: Option<String> = None;
     for r in &p.refs {
         let tag = r.tag.clone().unwrap_or_else(|| "latest".into());
-        let Some(remote) = ctx.registry.get_manifest(&r.repository, &tag).await.map_err(|e| ctx.reg_err(&r.repository, e))?
+        let Some(remote) = ctx
+            .registry
+            .get_manifest(&r.repository, &tag)
+            .await
+            .map_err(|e| ctx.reg_err(&r.repository, e))?
         else {
             return Ok(None);
         };
@@ -518,9 +681,12 @@ async fn up_to_date(
                 parsed.is_some_and(|m| {
                     let layers = m["layers"].as_array().cloned().unwrap_or_default();
                     m["config"]["digest"].as_str() == Some(img.config_digest.as_str())
-                        && m["annotations"][manifest::ANNOTATION_CODEC].as_str() == Some(codec_id.as_str())
+                        && m["annotations"][manifest::ANNOTATION_CODEC].as_str()
+                            == Some(codec_id.as_str())
                         && layers.len() == img.diff_ids.len()
-                        && layers.iter().all(|l| l["mediaType"].as_str() == Some(codec.oci_layer_media_type()))
+                        && layers
+                            .iter()
+                            .all(|l| l["mediaType"].as_str() == Some(codec.oci_layer_media_type()))
                 })
             }
             Predicted::Unknown => false,
@@ -544,16 +710,25 @@ async fn up_to_date(
 }
 
 fn left_out_lines(l: &[LeftOut]) -> Vec<String> {
-    l.iter().map(|l| format!("{} ({}: {} is not in the archive)", l.platform, l.digest, l.missing)).collect()
+    l.iter()
+        .map(|l| {
+            format!(
+                "{} ({}: {} is not in the archive)",
+                l.platform, l.digest, l.missing
+            )
+        })
+        .collect()
 }
 
 /// Check a layer against the image config and what the archive declared.
 fn verify(img: &ImageSource, processed: &HashMap<String, Processed>) -> Result<(), ArchiveError> {
     for (i, l) in img.layers.iter().enumerate() {
-        let p = processed.get(&l.member).ok_or_else(|| ArchiveError::BadMetadata {
-            member: l.member.clone(),
-            detail: "is listed as a layer but is not a layer blob".into(),
-        })?;
+        let p = processed
+            .get(&l.member)
+            .ok_or_else(|| ArchiveError::BadMetadata {
+                member: l.member.clone(),
+                detail: "is listed as a layer but is not a layer blob".into(),
+            })?;
         if let Some(hex) = l.member.strip_prefix("blobs/sha256/") {
             let named = format!("sha256:{hex}");
             if p.facts.stored_digest != named {
@@ -573,7 +748,11 @@ fn verify(img: &ImageSource, processed: &HashMap<String, Processed>) -> Result<(
                 });
             }
             if p.facts.stored_size != d.size {
-                return Err(ArchiveError::SizeMismatch { member: l.member.clone(), expected: d.size, actual: p.facts.stored_size });
+                return Err(ArchiveError::SizeMismatch {
+                    member: l.member.clone(),
+                    expected: d.size,
+                    actual: p.facts.stored_size,
+                });
             }
         }
         if p.facts.diff_id != img.diff_ids[i] {
@@ -646,15 +825,27 @@ async fn finish(
                 let mut entries = Vec::new();
                 for (b, t, platform) in &platform_manifests {
                     let d = digest::sha256_of(b);
-                    ctx.registry.put_manifest(repo, &d, b, t).await.map_err(|e| ctx.reg_err(repo, e))?;
+                    ctx.registry
+                        .put_manifest(repo, &d, b, t)
+                        .await
+                        .map_err(|e| ctx.reg_err(repo, e))?;
                     entries.push((d, b.len() as u64, t.clone(), platform.clone()));
                 }
-                (manifest::index(&entries), crate::archive::formats::OCI_INDEX.to_string())
+                (
+                    manifest::index(&entries),
+                    crate::archive::formats::OCI_INDEX.to_string(),
+                )
             };
             for tag in &tags {
-                let d = ctx.registry.put_manifest(repo, tag, &top, &top_type).await.map_err(|e| ctx.reg_err(repo, e))?;
+                let d = ctx
+                    .registry
+                    .put_manifest(repo, tag, &top, &top_type)
+                    .await
+                    .map_err(|e| ctx.reg_err(repo, e))?;
                 report.digest = d;
-                report.refs.push(format!("{}/{}:{}", ctx.opts.target.registry, repo, tag));
+                report
+                    .refs
+                    .push(format!("{}/{}:{}", ctx.opts.target.registry, repo, tag));
             }
         }
         reports.push(report);
@@ -666,34 +857,61 @@ async fn ensure_blob(ctx: &Ctx, repo: &str, pushed: &Pushed) -> Result<(), Impor
     if pushed.repo == repo {
         return Ok(());
     }
-    if ctx.registry.blob_exists(repo, &pushed.digest).await.map_err(|e| ctx.reg_err(repo, e))? {
+    if ctx
+        .registry
+        .blob_exists(repo, &pushed.digest)
+        .await
+        .map_err(|e| ctx.reg_err(repo, e))?
+    {
         return Ok(());
     }
-    if ctx.registry.mount_blob(repo, &pushed.repo, &pushed.digest).await {
+    if ctx
+        .registry
+        .mount_blob(repo, &pushed.repo, &pushed.digest)
+        .await
+    {
         return Ok(());
     }
     Err(ctx.reg_err(
         repo,
         RegistryError::Protocol {
             registry: ctx.opts.target.registry.clone(),
-            detail: format!("could not mount {} from {} (the registry refused a cross-repository mount)", pushed.digest, pushed.repo),
+            detail: format!(
+                "could not mount {} from {} (the registry refused a cross-repository mount)",
+                pushed.digest, pushed.repo
+            ),
         },
     ))
 }
 
 /// The config is pushed byte for byte, so the image ID stays what it was.
 async fn push_config(ctx: &Ctx, repo: &str, img: &ImageSource) -> Result<u64, ImportError> {
-    if ctx.registry.blob_exists(repo, &img.config_digest).await.map_err(|e| ctx.reg_err(repo, e))? {
+    if ctx
+        .registry
+        .blob_exists(repo, &img.config_digest)
+        .await
+        .map_err(|e| ctx.reg_err(repo, e))?
+    {
         return Ok(0);
     }
     let bytes = Bytes::from(img.config.clone());
     let (digest, size) = ctx
         .registry
-        .upload_blob(repo, || Some(futures::stream::once(futures::future::ready(Ok::<_, io::Error>(bytes.clone())))))
+        .upload_blob(repo, || {
+            Some(futures::stream::once(futures::future::ready(Ok::<
+                _,
+                io::Error,
+            >(
+                bytes.clone(),
+            ))))
+        })
         .await
         .map_err(|e| ctx.reg_err(repo, e))?;
     if digest != img.config_digest {
-        return Err(ImportError::Internal(format!("config uploaded as {digest}, expected {}", img.config_digest)));
+        return Err(ImportError::Internal(format!(
+            "config uploaded as {digest}, expected {}",
+            img.config_digest
+        )));
     }
     Ok(size)
 }
@@ -716,16 +934,29 @@ fn manifest_for(img: &ImageSource, processed: &HashMap<String, Processed>) -> (V
                 (Some(d), true) if !d.media_type.is_empty() => d.media_type.clone(),
                 _ => p.facts.pushed_codec.oci_layer_media_type().to_string(),
             };
-            Descriptor { media_type, digest: p.pushed.digest.clone(), size: p.pushed.size, platform: None, annotations: None }
+            Descriptor {
+                media_type,
+                digest: p.pushed.digest.clone(),
+                size: p.pushed.size,
+                platform: None,
+                annotations: None,
+            }
         })
         .collect();
     let codec_id = match facts.first() {
-        Some(first) if facts.iter().all(|p| !p.facts.as_stored && p.facts.pushed_codec == first.facts.pushed_codec) => {
+        Some(first)
+            if facts.iter().all(|p| {
+                !p.facts.as_stored && p.facts.pushed_codec == first.facts.pushed_codec
+            }) =>
+        {
             Some(codec::codec_id(first.facts.pushed_codec))
         }
         None => None,
         _ => None,
     };
     let config = manifest::config_descriptor(&img.config_digest, img.config.len() as u64);
-    (manifest::image_manifest(&config, &layers, codec_id), crate::archive::formats::OCI_MANIFEST.to_string())
+    (
+        manifest::image_manifest(&config, &layers, codec_id),
+        crate::archive::formats::OCI_MANIFEST.to_string(),
+    )
 }

@@ -28,7 +28,9 @@ pub struct Planned {
 pub enum PlanError {
     #[error("no image {wanted:?} in the archive (it holds: {available})")]
     NotFound { wanted: String, available: String },
-    #[error("the archive holds {count} images ({available}): choose one with --image or push all with --all")]
+    #[error(
+        "the archive holds {count} images ({available}): choose one with --image or push all with --all"
+    )]
     Ambiguous { count: usize, available: String },
     #[error("image {image} was saved without a tag: give the target a tag (TARGET:TAG)")]
     TagRequired { image: String },
@@ -36,8 +38,15 @@ pub enum PlanError {
     AllWithTag,
     #[error("image {image}: no platform is complete in the archive (left out: {left_out})")]
     NoCompletePlatform { image: String, left_out: String },
-    #[error("image {image}: platform {wanted} is not in the archive (present: {present}; left out: {left_out})")]
-    PlatformNotFound { image: String, wanted: String, present: String, left_out: String },
+    #[error(
+        "image {image}: platform {wanted} is not in the archive (present: {present}; left out: {left_out})"
+    )]
+    PlatformNotFound {
+        image: String,
+        wanted: String,
+        present: String,
+        left_out: String,
+    },
 }
 
 pub fn plan(
@@ -46,10 +55,21 @@ pub fn plan(
     target: &Target,
     platform: Option<&Platform>,
 ) -> Result<Vec<Planned>, PlanError> {
-    let available = || entries.iter().map(|e| e.display_name()).collect::<Vec<_>>().join(", ");
+    let available = || {
+        entries
+            .iter()
+            .map(|e| e.display_name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let chosen: Vec<(&ImageEntry, Option<SavedTag>)> = match selection {
         Selection::Only if entries.len() == 1 => vec![(&entries[0], None)],
-        Selection::Only => return Err(PlanError::Ambiguous { count: entries.len(), available: available() }),
+        Selection::Only => {
+            return Err(PlanError::Ambiguous {
+                count: entries.len(),
+                available: available(),
+            });
+        }
         Selection::All => {
             if target.tag.is_some() {
                 return Err(PlanError::AllWithTag);
@@ -58,23 +78,37 @@ pub fn plan(
         }
         Selection::Image(wanted) => {
             let by_tag = entries.iter().find_map(|e| {
-                e.tags.iter().filter_map(|t| SavedTag::parse(t)).find(|t| t.matches(wanted)).map(|t| (e, Some(t)))
+                e.tags
+                    .iter()
+                    .filter_map(|t| SavedTag::parse(t))
+                    .find(|t| t.matches(wanted))
+                    .map(|t| (e, Some(t)))
             });
             let by_id = || {
                 let w = wanted.trim_start_matches("sha256:");
                 (w.len() >= 12).then(|| {
                     entries.iter().find(|e| {
-                        e.images.iter().any(|i| i.config_digest.trim_start_matches("sha256:").starts_with(w))
+                        e.images
+                            .iter()
+                            .any(|i| i.config_digest.trim_start_matches("sha256:").starts_with(w))
                     })
                 })?
             };
             match by_tag.or_else(|| by_id().map(|e| (e, None))) {
                 Some(c) => vec![c],
-                None => return Err(PlanError::NotFound { wanted: wanted.clone(), available: available() }),
+                None => {
+                    return Err(PlanError::NotFound {
+                        wanted: wanted.clone(),
+                        available: available(),
+                    });
+                }
             }
         }
     };
-    chosen.into_iter().map(|(e, tag)| plan_one(e, tag, selection, target, platform)).collect()
+    chosen
+        .into_iter()
+        .map(|(e, tag)| plan_one(e, tag, selection, target, platform))
+        .collect()
 }
 
 fn plan_one(
@@ -85,7 +119,12 @@ fn plan_one(
     platform: Option<&Platform>,
 ) -> Result<Planned, PlanError> {
     let name = entry.display_name();
-    let left = entry.left_out.iter().map(|l| l.platform.clone()).collect::<Vec<_>>().join(", ");
+    let left = entry
+        .left_out
+        .iter()
+        .map(|l| l.platform.clone())
+        .collect::<Vec<_>>()
+        .join(", ");
     let images: Vec<ImageSource> = match platform {
         Some(want) => {
             let hit: Vec<ImageSource> = entry
@@ -103,7 +142,12 @@ fn plan_one(
                 return Err(PlanError::PlatformNotFound {
                     image: name,
                     wanted: want.to_string(),
-                    present: entry.images.iter().map(|i| i.platform.to_string()).collect::<Vec<_>>().join(", "),
+                    present: entry
+                        .images
+                        .iter()
+                        .map(|i| i.platform.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     left_out: left,
                 });
             }
@@ -112,14 +156,21 @@ fn plan_one(
         None => entry.images.clone(),
     };
     if images.is_empty() {
-        return Err(PlanError::NoCompletePlatform { image: name, left_out: left });
+        return Err(PlanError::NoCompletePlatform {
+            image: name,
+            left_out: left,
+        });
     }
     let refs = if let Some(tag) = &target.tag {
         vec![target.clone().with_tag(tag)]
     } else {
         let saved: Vec<SavedTag> = match chosen_tag {
             Some(t) => vec![t],
-            None => entry.tags.iter().filter_map(|t| SavedTag::parse(t)).collect(),
+            None => entry
+                .tags
+                .iter()
+                .filter_map(|t| SavedTag::parse(t))
+                .collect(),
         };
         if saved.is_empty() {
             return Err(PlanError::TagRequired { image: name });
@@ -137,5 +188,10 @@ fn plan_one(
         }
         refs
     };
-    Ok(Planned { name, images, left_out: entry.left_out.clone(), refs })
+    Ok(Planned {
+        name,
+        images,
+        left_out: entry.left_out.clone(),
+        refs,
+    })
 }

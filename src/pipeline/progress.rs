@@ -27,7 +27,10 @@ impl Progress {
         self.phase.lock().expect("phase lock").clone()
     }
     pub fn snapshot(&self) -> (u64, u64) {
-        (self.done.load(Ordering::Relaxed), self.total.load(Ordering::Relaxed))
+        (
+            self.done.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
+        )
     }
 }
 

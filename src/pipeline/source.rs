@@ -24,7 +24,9 @@ impl std::str::FromStr for Location {
         if s == "-" {
             Ok(Location::Stdin)
         } else if s.starts_with("http://") || s.starts_with("https://") {
-            url::Url::parse(s).map(Location::Url).map_err(|e| format!("invalid URL {s:?}: {e}"))
+            url::Url::parse(s)
+                .map(Location::Url)
+                .map_err(|e| format!("invalid URL {s:?}: {e}"))
         } else {
             Ok(Location::File(PathBuf::from(s)))
         }
@@ -119,22 +121,41 @@ pub fn open_file(path: &std::path::Path) -> Result<(File, Codec), SourceError> {
     let shown = path.display().to_string();
     let mut file = File::open(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => SourceError::NotFound(shown.clone()),
-        _ => SourceError::Unreadable { what: shown.clone(), detail: e.to_string() },
+        _ => SourceError::Unreadable {
+            what: shown.clone(),
+            detail: e.to_string(),
+        },
     })?;
     if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-        return Err(SourceError::Unreadable { what: shown, detail: "is a directory".into() });
+        return Err(SourceError::Unreadable {
+            what: shown,
+            detail: "is a directory".into(),
+        });
     }
     let mut head = [0u8; 4];
-    let n = read_up_to(&mut file, &mut head).map_err(|e| SourceError::Unreadable { what: shown.clone(), detail: e.to_string() })?;
+    let n = read_up_to(&mut file, &mut head).map_err(|e| SourceError::Unreadable {
+        what: shown.clone(),
+        detail: e.to_string(),
+    })?;
     use std::io::Seek;
-    file.seek(io::SeekFrom::Start(0)).map_err(|e| SourceError::Unreadable { what: shown, detail: e.to_string() })?;
+    file.seek(io::SeekFrom::Start(0))
+        .map_err(|e| SourceError::Unreadable {
+            what: shown,
+            detail: e.to_string(),
+        })?;
     Ok((file, Codec::sniff(&head[..n])))
 }
 
 /// Wrap a raw stream: hash it when asked, and remove a whole-archive compression.
-pub fn decompressing(raw: Box<dyn Read + Send>, hash: Option<RawHash>) -> io::Result<Box<dyn Read + Send>> {
+pub fn decompressing(
+    raw: Box<dyn Read + Send>,
+    hash: Option<RawHash>,
+) -> io::Result<Box<dyn Read + Send>> {
     let raw: Box<dyn Read + Send> = match hash {
-        Some(h) => Box::new(Hashing { inner: raw, hash: h }),
+        Some(h) => Box::new(Hashing {
+            inner: raw,
+            hash: h,
+        }),
         None => raw,
     };
     let mut buffered = BufReader::with_capacity(256 << 10, raw);
@@ -148,7 +169,10 @@ pub fn decompressing(raw: Box<dyn Read + Send>, hash: Option<RawHash>) -> io::Re
 
 /// Start an HTTP(S) download and return its body as a blocking reader (call from a
 /// blocking thread inside a Tokio runtime).
-pub async fn open_url(url: &url::Url, opts: &HttpOptions) -> Result<Box<dyn Read + Send>, SourceError> {
+pub async fn open_url(
+    url: &url::Url,
+    opts: &HttpOptions,
+) -> Result<Box<dyn Read + Send>, SourceError> {
     use futures::TryStreamExt;
     let shown = Location::Url(url.clone()).to_string();
     let mut builder = reqwest::Client::builder()
@@ -157,24 +181,38 @@ pub async fn open_url(url: &url::Url, opts: &HttpOptions) -> Result<Box<dyn Read
         .user_agent(concat!("imageimport/", env!("CARGO_PKG_VERSION")))
         .redirect(same_scheme_redirects());
     if let Some(ca) = &opts.ca_file {
-        let pem = std::fs::read(ca)
-            .map_err(|e| SourceError::Unreadable { what: ca.display().to_string(), detail: e.to_string() })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| SourceError::Unreadable { what: ca.display().to_string(), detail: e.to_string() })?;
+        let pem = std::fs::read(ca).map_err(|e| SourceError::Unreadable {
+            what: ca.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SourceError::Unreadable {
+                what: ca.display().to_string(),
+                detail: e.to_string(),
+            })?;
         builder = builder.tls_certs_merge(certs);
     }
-    let client = builder.build().map_err(|e| SourceError::Unreachable { what: shown.clone(), detail: e.to_string() })?;
+    let client = builder.build().map_err(|e| SourceError::Unreachable {
+        what: shown.clone(),
+        detail: e.to_string(),
+    })?;
     let mut req = client.get(url.clone());
     if let Some(a) = &opts.authorization {
         req = req.header(reqwest::header::AUTHORIZATION, a);
     }
-    let resp = req.send().await.map_err(|e| SourceError::Unreachable { what: shown.clone(), detail: chain(&e) })?;
+    let resp = req.send().await.map_err(|e| SourceError::Unreachable {
+        what: shown.clone(),
+        detail: chain(&e),
+    })?;
     let status = resp.status();
     if status == reqwest::StatusCode::NOT_FOUND {
         return Err(SourceError::NotFound(shown));
     }
     if !status.is_success() {
-        return Err(SourceError::Http { what: shown, status: status.as_u16() });
+        return Err(SourceError::Http {
+            what: shown,
+            status: status.as_u16(),
+        });
     }
     let stream = resp.bytes_stream().map_err(io::Error::other);
     let reader = tokio_util::io::StreamReader::new(stream);
@@ -185,7 +223,8 @@ pub async fn open_url(url: &url::Url, opts: &HttpOptions) -> Result<Box<dyn Read
 /// on the request are dropped by reqwest when the host changes.
 fn same_scheme_redirects() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
-        let downgrade = attempt.previous().iter().any(|u| u.scheme() == "https") && attempt.url().scheme() != "https";
+        let downgrade = attempt.previous().iter().any(|u| u.scheme() == "https")
+            && attempt.url().scheme() != "https";
         if downgrade {
             attempt.error("refusing redirect from https to http")
         } else if attempt.previous().len() >= 5 {

@@ -10,7 +10,10 @@ use super::error::RegistryError;
 
 /// Where credentials come from: an explicit file, else `$DOCKER_CONFIG/config.json`, else
 /// `~/.docker/config.json`. No file, or no entry for the host, means anonymous.
-pub fn credentials_for(host: &str, auth_file: Option<&Path>) -> Result<RegistryAuth, RegistryError> {
+pub fn credentials_for(
+    host: &str,
+    auth_file: Option<&Path>,
+) -> Result<RegistryAuth, RegistryError> {
     let path = match auth_file {
         Some(p) => p.to_path_buf(),
         None => match default_config_path() {
@@ -18,8 +21,9 @@ pub fn credentials_for(host: &str, auth_file: Option<&Path>) -> Result<RegistryA
             _ => return Ok(RegistryAuth::Anonymous),
         },
     };
-    let file = std::fs::File::open(&path)
-        .map_err(|e| RegistryError::Config(format!("cannot read auth file {}: {e}", path.display())))?;
+    let file = std::fs::File::open(&path).map_err(|e| {
+        RegistryError::Config(format!("cannot read auth file {}: {e}", path.display()))
+    })?;
     match docker_credential::get_credential_from_reader(std::io::BufReader::new(file), host) {
         Ok(DockerCredential::UsernamePassword(u, p)) => Ok(RegistryAuth::Basic(u, p)),
         Ok(DockerCredential::IdentityToken(_)) => Err(RegistryError::Config(format!(
@@ -27,7 +31,10 @@ pub fn credentials_for(host: &str, auth_file: Option<&Path>) -> Result<RegistryA
             path.display()
         ))),
         Err(CredentialRetrievalError::NoCredentialConfigured) => Ok(RegistryAuth::Anonymous),
-        Err(e) => Err(RegistryError::Config(format!("auth file {}: {e}", path.display()))),
+        Err(e) => Err(RegistryError::Config(format!(
+            "auth file {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -47,7 +54,11 @@ mod tests {
     fn reads_basic_credentials_and_defaults_to_anonymous() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         // base64("tester:s3cret")
-        write!(f, r#"{{"auths":{{"127.0.0.1:5000":{{"auth":"dGVzdGVyOnMzY3JldA=="}}}}}}"#).unwrap();
+        write!(
+            f,
+            r#"{{"auths":{{"127.0.0.1:5000":{{"auth":"dGVzdGVyOnMzY3JldA=="}}}}}}"#
+        )
+        .unwrap();
         let auth = credentials_for("127.0.0.1:5000", Some(f.path())).unwrap();
         assert!(matches!(auth, RegistryAuth::Basic(u, p) if u == "tester" && p == "s3cret"));
         let other = credentials_for("127.0.0.1:6000", Some(f.path())).unwrap();

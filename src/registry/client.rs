@@ -59,8 +59,9 @@ impl Registry {
         let mut certs = Vec::new();
         let mut reqwest_certs = Vec::new();
         if let Some(ca) = &opts.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| RegistryError::Config(format!("cannot read CA file {}: {e}", ca.display())))?;
+            let pem = std::fs::read(ca).map_err(|e| {
+                RegistryError::Config(format!("cannot read CA file {}: {e}", ca.display()))
+            })?;
             certs.push(oci_client::client::Certificate {
                 encoding: oci_client::client::CertificateEncoding::Pem,
                 data: pem.clone(),
@@ -69,7 +70,11 @@ impl Registry {
                 .map_err(|e| RegistryError::Config(format!("CA file {}: {e}", ca.display())))?;
         }
         let config = ClientConfig {
-            protocol: if opts.insecure { ClientProtocol::Http } else { ClientProtocol::Https },
+            protocol: if opts.insecure {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
             extra_root_certificates: certs,
             connect_timeout: Some(Duration::from_secs(10)),
             read_timeout: Some(Duration::from_secs(120)),
@@ -119,7 +124,11 @@ impl Registry {
     {
         f.retry(self.backoff())
             .when(|e: &RegistryError| e.is_transient())
-            .adjust(|e: &RegistryError, d| e.retry_after().map(|r| r.min(Duration::from_secs(120))).or(d))
+            .adjust(|e: &RegistryError, d| {
+                e.retry_after()
+                    .map(|r| r.min(Duration::from_secs(120)))
+                    .or(d)
+            })
             .notify(|e, d| tracing::warn!(operation = what, error = %e, "retrying in {:?}", d))
             .await
     }
@@ -137,18 +146,27 @@ impl Registry {
             (Some(t), _) => Some(format!("Bearer {t}")),
             (None, RegistryAuth::Basic(u, p)) => {
                 use base64::Engine;
-                Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))))
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+                ))
             }
             _ => None,
         };
         value
-            .map(|v| HeaderValue::from_str(&v).map_err(|_| RegistryError::Config("credentials are not a valid header".into())))
+            .map(|v| {
+                HeaderValue::from_str(&v)
+                    .map_err(|_| RegistryError::Config("credentials are not a valid header".into()))
+            })
             .transpose()
     }
 
     /// Check the registry answers and the credentials are accepted for pushing to `repo`.
     pub async fn check_push_access(&self, repo: &str) -> Result<(), RegistryError> {
-        self.retry("authentication", || async { self.authorization(repo).await.map(|_| ()) }).await
+        self.retry("authentication", || async {
+            self.authorization(repo).await.map(|_| ())
+        })
+        .await
     }
 
     pub async fn blob_exists(&self, repo: &str, digest: &str) -> Result<bool, RegistryError> {
@@ -172,19 +190,29 @@ impl Registry {
     }
 
     /// Fetch a manifest by tag or digest; None if the registry has no such manifest.
-    pub async fn get_manifest(&self, repo: &str, reference: &str) -> Result<Option<RemoteManifest>, RegistryError> {
+    pub async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<RemoteManifest>, RegistryError> {
         let r = if reference.starts_with("sha256:") {
             Reference::with_digest(self.host.clone(), repo.to_string(), reference.to_string())
         } else {
             Reference::with_tag(self.host.clone(), repo.to_string(), reference.to_string())
         };
         self.retry("manifest fetch", || async {
-            match self.oci.pull_manifest_raw(&r, &self.auth, MANIFEST_TYPES).await {
+            match self
+                .oci
+                .pull_manifest_raw(&r, &self.auth, MANIFEST_TYPES)
+                .await
+            {
                 Ok((bytes, digest)) => Ok(Some(RemoteManifest { bytes, digest })),
-                Err(oci_client::errors::OciDistributionError::ImageManifestNotFoundError(_)) => Ok(None),
+                Err(oci_client::errors::OciDistributionError::ImageManifestNotFoundError(_)) => {
+                    Ok(None)
+                }
                 Err(e) => match RegistryError::from_oci(&self.host, "manifest fetch", e) {
                     RegistryError::Rejected { status: 404, .. } => Ok(None),
-                    RegistryError::Rejected { detail, .. } if detail.contains("MANIFEST_UNKNOWN") || detail.contains("NAME_UNKNOWN") => Ok(None),
+                    RegistryError::Rejected { detail, .. } if is_unknown(&detail) => Ok(None),
                     other => Err(other),
                 },
             }
@@ -224,23 +252,41 @@ impl Registry {
     }
 
     /// Fetch a small blob (a config) to compare it; None if absent or over `cap`.
-    pub async fn get_small_blob(&self, repo: &str, digest: &str, cap: usize) -> Result<Option<Vec<u8>>, RegistryError> {
-        let url = format!("{}://{}/v2/{}/blobs/{}", self.scheme, self.host, repo, digest);
+    pub async fn get_small_blob(
+        &self,
+        repo: &str,
+        digest: &str,
+        cap: usize,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        let url = format!(
+            "{}://{}/v2/{}/blobs/{}",
+            self.scheme, self.host, repo, digest
+        );
         self.retry("blob fetch", || async {
             let mut req = self.http.get(&url);
             if let Some(a) = self.authorization(repo).await? {
                 req = req.header(AUTHORIZATION, a);
             }
-            let mut resp = req.send().await.map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
+            let mut resp = req
+                .send()
+                .await
+                .map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
             // Blob GETs usually redirect to storage: follow within the same host only.
             if resp.status().is_redirection()
                 && let Some(loc) = resp.headers().get(LOCATION).and_then(|l| l.to_str().ok())
             {
-                let next = reqwest::Url::parse(&url).and_then(|u| u.join(loc)).map_err(|e| RegistryError::Protocol {
-                    registry: self.host.clone(),
-                    detail: e.to_string(),
-                })?;
-                resp = self.http.get(next).send().await.map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
+                let next = reqwest::Url::parse(&url)
+                    .and_then(|u| u.join(loc))
+                    .map_err(|e| RegistryError::Protocol {
+                        registry: self.host.clone(),
+                        detail: e.to_string(),
+                    })?;
+                resp = self
+                    .http
+                    .get(next)
+                    .send()
+                    .await
+                    .map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
             }
             if resp.status() == reqwest::StatusCode::NOT_FOUND {
                 return Ok(None);
@@ -251,7 +297,10 @@ impl Registry {
             if resp.content_length().is_some_and(|l| l > cap as u64) {
                 return Ok(None);
             }
-            let bytes = resp.bytes().await.map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
             Ok((bytes.len() <= cap).then(|| bytes.to_vec()))
         })
         .await
@@ -261,7 +310,11 @@ impl Registry {
     /// encoding), then commit it under the digest computed on the way. `make_stream` is
     /// called again to start over when the upload breaks; it returns None when the source
     /// cannot be replayed (a pipe or an HTTP body already consumed).
-    pub async fn upload_blob<S, F>(&self, repo: &str, mut make_stream: F) -> Result<(String, u64), RegistryError>
+    pub async fn upload_blob<S, F>(
+        &self,
+        repo: &str,
+        mut make_stream: F,
+    ) -> Result<(String, u64), RegistryError>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
         F: FnMut() -> Option<S>,
@@ -271,7 +324,9 @@ impl Registry {
         loop {
             attempt += 1;
             let Some(stream) = make_stream() else {
-                return Err(RegistryError::NotReplayable { operation: "blob upload".into() });
+                return Err(RegistryError::NotReplayable {
+                    operation: "blob upload".into(),
+                });
             };
             match self.upload_once(repo, stream).await {
                 Ok(r) => return Ok(r),
@@ -297,7 +352,10 @@ impl Registry {
         if let Some(a) = &auth {
             req = req.header(AUTHORIZATION, a.clone());
         }
-        let resp = req.send().await.map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
         if resp.status() != reqwest::StatusCode::ACCEPTED {
             return Err(status_error(&self.host, resp, "blob upload start").await);
         }
@@ -328,32 +386,56 @@ impl Registry {
         let location = self.location(location.as_str(), &resp)?;
         let (digest, size) = {
             let g = hasher.lock().expect("hasher lock");
-            (format!("sha256:{}", hex::encode(g.0.clone().finalize())), g.1)
+            (
+                format!("sha256:{}", hex::encode(g.0.clone().finalize())),
+                g.1,
+            )
         };
         let mut commit = location.clone();
         commit.query_pairs_mut().append_pair("digest", &digest);
-        let mut req = self.http.put(commit).header(reqwest::header::CONTENT_LENGTH, "0");
+        let mut req = self
+            .http
+            .put(commit)
+            .header(reqwest::header::CONTENT_LENGTH, "0");
         if let Some(a) = &auth {
             req = req.header(AUTHORIZATION, a.clone());
         }
-        let resp = req.send().await.map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
         if resp.status() != reqwest::StatusCode::CREATED {
             return Err(status_error(&self.host, resp, "blob upload commit").await);
         }
         Ok((digest, size))
     }
 
-    fn location(&self, base: &str, resp: &reqwest::Response) -> Result<reqwest::Url, RegistryError> {
+    fn location(
+        &self,
+        base: &str,
+        resp: &reqwest::Response,
+    ) -> Result<reqwest::Url, RegistryError> {
         let loc = resp
             .headers()
             .get(LOCATION)
             .and_then(|l| l.to_str().ok())
-            .ok_or_else(|| RegistryError::Protocol { registry: self.host.clone(), detail: "upload without Location".into() })?;
+            .ok_or_else(|| RegistryError::Protocol {
+                registry: self.host.clone(),
+                detail: "upload without Location".into(),
+            })?;
         let url = reqwest::Url::parse(base)
             .and_then(|b| b.join(loc))
-            .map_err(|e| RegistryError::Protocol { registry: self.host.clone(), detail: e.to_string() })?;
+            .map_err(|e| RegistryError::Protocol {
+                registry: self.host.clone(),
+                detail: e.to_string(),
+            })?;
         // Credentials go only to the registry we were asked to talk to.
-        if url.host_str() != reqwest::Url::parse(base).ok().as_ref().and_then(|u| u.host_str()) {
+        if url.host_str()
+            != reqwest::Url::parse(base)
+                .ok()
+                .as_ref()
+                .and_then(|u| u.host_str())
+        {
             return Err(RegistryError::Protocol {
                 registry: self.host.clone(),
                 detail: "upload Location points at another host".into(),
@@ -365,6 +447,12 @@ impl Registry {
     pub fn target(&self, t: &Target) -> String {
         format!("{}/{}", self.host, t.repository)
     }
+}
+
+/// Registries answer an unknown manifest or repository with an error envelope.
+fn is_unknown(detail: &str) -> bool {
+    let d = detail.to_ascii_uppercase().replace('_', "");
+    d.contains("MANIFESTUNKNOWN") || d.contains("NAMEUNKNOWN") || d.contains("NOTFOUND")
 }
 
 /// A broken body (our producer failed) is not a registry problem: keep its message.

@@ -7,13 +7,27 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum RegistryError {
     #[error("registry {registry} refused the credentials (HTTP {status}) for {operation}")]
-    Unauthorized { registry: String, status: u16, operation: String },
+    Unauthorized {
+        registry: String,
+        status: u16,
+        operation: String,
+    },
     #[error("registry {registry} is unreachable: {detail}")]
     Unreachable { registry: String, detail: String },
     #[error("registry {registry} answered HTTP {status} to {operation}{}", retry_hint(.retry_after))]
-    Transient { registry: String, status: u16, operation: String, retry_after: Option<Duration> },
+    Transient {
+        registry: String,
+        status: u16,
+        operation: String,
+        retry_after: Option<Duration>,
+    },
     #[error("registry {registry} rejected {operation}: HTTP {status} {detail}")]
-    Rejected { registry: String, status: u16, operation: String, detail: String },
+    Rejected {
+        registry: String,
+        status: u16,
+        operation: String,
+        detail: String,
+    },
     #[error("registry {registry}: {detail}")]
     Protocol { registry: String, detail: String },
     #[error("invalid registry configuration: {0}")]
@@ -23,14 +37,17 @@ pub enum RegistryError {
 }
 
 fn retry_hint(d: &Option<Duration>) -> String {
-    d.map(|d| format!(" (retry after {}s)", d.as_secs())).unwrap_or_default()
+    d.map(|d| format!(" (retry after {}s)", d.as_secs()))
+        .unwrap_or_default()
 }
 
 impl RegistryError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            RegistryError::Unreachable { .. } | RegistryError::Transient { .. } | RegistryError::NotReplayable { .. }
+            RegistryError::Unreachable { .. }
+                | RegistryError::Transient { .. }
+                | RegistryError::NotReplayable { .. }
         )
     }
 
@@ -53,9 +70,23 @@ impl RegistryError {
         let operation = operation.to_string();
         let code = status.as_u16();
         match code {
-            401 | 403 => RegistryError::Unauthorized { registry, status: code, operation },
-            408 | 429 | 500..=599 => RegistryError::Transient { registry, status: code, operation, retry_after },
-            _ => RegistryError::Rejected { registry, status: code, operation, detail: summarize(body) },
+            401 | 403 => RegistryError::Unauthorized {
+                registry,
+                status: code,
+                operation,
+            },
+            408 | 429 | 500..=599 => RegistryError::Transient {
+                registry,
+                status: code,
+                operation,
+                retry_after,
+            },
+            _ => RegistryError::Rejected {
+                registry,
+                status: code,
+                operation,
+                detail: summarize(body),
+            },
         }
     }
 
@@ -68,26 +99,49 @@ impl RegistryError {
             detail = format!("{detail}: {s}");
             source = s.source();
         }
-        RegistryError::Unreachable { registry: registry.to_string(), detail }
+        RegistryError::Unreachable {
+            registry: registry.to_string(),
+            detail,
+        }
     }
 
-    pub fn from_oci(registry: &str, operation: &str, e: oci_client::errors::OciDistributionError) -> Self {
+    pub fn from_oci(
+        registry: &str,
+        operation: &str,
+        e: oci_client::errors::OciDistributionError,
+    ) -> Self {
         use oci_client::errors::OciDistributionError as E;
         match e {
             E::RequestError(r) => Self::from_reqwest(registry, r),
-            E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => RegistryError::Unauthorized {
-                registry: registry.into(),
-                status: 401,
-                operation: operation.into(),
-            },
+            E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => {
+                RegistryError::Unauthorized {
+                    registry: registry.into(),
+                    status: 401,
+                    operation: operation.into(),
+                }
+            }
             E::ServerError { code, message, .. } => match reqwest::StatusCode::from_u16(code) {
                 Ok(status) => Self::from_status(registry, status, operation, None, &message),
-                Err(_) => RegistryError::Protocol { registry: registry.into(), detail: format!("HTTP {code}") },
+                Err(_) => RegistryError::Protocol {
+                    registry: registry.into(),
+                    detail: format!("HTTP {code}"),
+                },
             },
             E::RegistryError { envelope, .. } => {
-                let text = envelope.errors.iter().map(|e| format!("{:?}: {}", e.code, e.message)).collect::<Vec<_>>();
-                if text.iter().any(|t| t.contains("DENIED") || t.contains("UNAUTHORIZED")) {
-                    RegistryError::Unauthorized { registry: registry.into(), status: 401, operation: operation.into() }
+                let text = envelope
+                    .errors
+                    .iter()
+                    .map(|e| format!("{:?}: {}", e.code, e.message))
+                    .collect::<Vec<_>>();
+                if text
+                    .iter()
+                    .any(|t| t.contains("DENIED") || t.contains("UNAUTHORIZED"))
+                {
+                    RegistryError::Unauthorized {
+                        registry: registry.into(),
+                        status: 401,
+                        operation: operation.into(),
+                    }
                 } else {
                     RegistryError::Rejected {
                         registry: registry.into(),
@@ -97,7 +151,10 @@ impl RegistryError {
                     }
                 }
             }
-            other => RegistryError::Protocol { registry: registry.into(), detail: summarize(&other.to_string()) },
+            other => RegistryError::Protocol {
+                registry: registry.into(),
+                detail: summarize(&other.to_string()),
+            },
         }
     }
 }

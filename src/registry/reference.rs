@@ -20,35 +20,58 @@ impl Target {
     /// Parse a push target. The registry host is required: pushing somewhere implicit
     /// (Docker Hub) by accident is worse than asking for one more word.
     pub fn parse(input: &str) -> Result<Target, TargetError> {
-        let err = |reason: &str| TargetError { input: input.to_string(), reason: reason.to_string() };
+        let err = |reason: &str| TargetError {
+            input: input.to_string(),
+            reason: reason.to_string(),
+        };
         if input.contains('@') {
             return Err(err("a push target cannot name a digest"));
         }
-        let (registry, rest) = input.split_once('/').ok_or_else(|| err("expected registry/repository[:tag]"))?;
-        if !(registry.contains('.') || registry.contains(':') || registry == "localhost" || registry.starts_with('[')) {
-            return Err(err("the first component must be a registry host (with a '.' or a ':port', or localhost)"));
+        let (registry, rest) = input
+            .split_once('/')
+            .ok_or_else(|| err("expected registry/repository[:tag]"))?;
+        if !(registry.contains('.')
+            || registry.contains(':')
+            || registry == "localhost"
+            || registry.starts_with('['))
+        {
+            return Err(err(
+                "the first component must be a registry host (with a '.' or a ':port', or localhost)",
+            ));
         }
         let (repository, tag) = match rest.rsplit_once(':') {
             Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag.to_string())),
             _ => (rest, None),
         };
         if !valid_repository(repository) {
-            return Err(err("repository must be lowercase path components of [a-z0-9._-]"));
+            return Err(err(
+                "repository must be lowercase path components of [a-z0-9._-]",
+            ));
         }
         if let Some(t) = &tag
             && !valid_tag(t)
         {
             return Err(err("tag must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"));
         }
-        Ok(Target { registry: registry.to_string(), repository: repository.to_string(), tag })
+        Ok(Target {
+            registry: registry.to_string(),
+            repository: repository.to_string(),
+            tag,
+        })
     }
 
     pub fn with_tag(&self, tag: &str) -> Target {
-        Target { tag: Some(tag.to_string()), ..self.clone() }
+        Target {
+            tag: Some(tag.to_string()),
+            ..self.clone()
+        }
     }
 
     pub fn with_repository(&self, repository: String) -> Target {
-        Target { repository, ..self.clone() }
+        Target {
+            repository,
+            ..self.clone()
+        }
     }
 
     /// The oci-client reference for this repository (tag `latest` when none; only the
@@ -77,14 +100,17 @@ pub fn valid_tag(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 pub fn valid_repository(r: &str) -> bool {
     !r.is_empty()
         && r.split('/').all(|c| {
             !c.is_empty()
-                && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+                && c.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+                })
                 && c.as_bytes()[0].is_ascii_alphanumeric()
                 && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
         })
@@ -103,7 +129,10 @@ impl SavedTag {
     pub fn parse(s: &str) -> Option<SavedTag> {
         let s = s.split('@').next().unwrap_or(s);
         if valid_tag(s) && !s.contains('/') && !s.contains(':') {
-            return Some(SavedTag { path: None, tag: s.to_string() });
+            return Some(SavedTag {
+                path: None,
+                tag: s.to_string(),
+            });
         }
         let (name, tag) = match s.rsplit_once(':') {
             Some((n, t)) if !t.contains('/') => (n, t.to_string()),
@@ -115,13 +144,20 @@ impl SavedTag {
         let mut parts: Vec<&str> = name.split('/').collect();
         let has_registry = parts.len() > 1
             && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost");
-        let registry = if has_registry { Some(parts.remove(0)) } else { None };
+        let registry = if has_registry {
+            Some(parts.remove(0))
+        } else {
+            None
+        };
         let mut path = parts.join("/");
         let docker_hub = matches!(registry, None | Some("docker.io") | Some("index.docker.io"));
         if docker_hub && !path.contains('/') {
             path = format!("library/{path}");
         }
-        valid_repository(&path).then_some(SavedTag { path: Some(path), tag })
+        valid_repository(&path).then_some(SavedTag {
+            path: Some(path),
+            tag,
+        })
     }
 
     /// Does a user's `--image` reference name this tag?
@@ -141,7 +177,10 @@ mod tests {
     #[test]
     fn targets() {
         let t = Target::parse("127.0.0.1:5000/shop/web:1.4").unwrap();
-        assert_eq!((t.registry.as_str(), t.repository.as_str(), t.tag.as_deref()), ("127.0.0.1:5000", "shop/web", Some("1.4")));
+        assert_eq!(
+            (t.registry.as_str(), t.repository.as_str(), t.tag.as_deref()),
+            ("127.0.0.1:5000", "shop/web", Some("1.4"))
+        );
         let t = Target::parse("registry.internal/shop/web").unwrap();
         assert_eq!(t.tag, None);
         assert!(Target::parse("shop/web:1").is_err());
@@ -153,10 +192,28 @@ mod tests {
     #[test]
     fn saved_tags() {
         let t = SavedTag::parse("nginx:1.25").unwrap();
-        assert_eq!(t, SavedTag { path: Some("library/nginx".into()), tag: "1.25".into() });
+        assert_eq!(
+            t,
+            SavedTag {
+                path: Some("library/nginx".into()),
+                tag: "1.25".into()
+            }
+        );
         assert_eq!(SavedTag::parse("docker.io/library/nginx:1.25").unwrap(), t);
-        assert_eq!(SavedTag::parse("reg:5000/team/app:2").unwrap().path.as_deref(), Some("team/app"));
-        assert_eq!(SavedTag::parse("1.4").unwrap(), SavedTag { path: None, tag: "1.4".into() });
+        assert_eq!(
+            SavedTag::parse("reg:5000/team/app:2")
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("team/app")
+        );
+        assert_eq!(
+            SavedTag::parse("1.4").unwrap(),
+            SavedTag {
+                path: None,
+                tag: "1.4".into()
+            }
+        );
         assert_eq!(SavedTag::parse("team/app").unwrap().tag, "latest");
         assert!(t.matches("docker.io/library/nginx:1.25"));
         assert!(t.matches("nginx:1.25"));
