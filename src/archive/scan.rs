@@ -164,12 +164,19 @@ fn admit<R: Read>(
 }
 
 fn tar_error(e: io::Error, last: &str, seen_any: bool) -> ArchiveError {
-    if !seen_any {
-        return ArchiveError::NotTar(e.to_string());
-    }
+    // The tar crate's messages can quote raw header bytes: never echo them.
     let msg = e.to_string();
-    if msg.contains("checksum") || msg.contains("numeric field") {
-        ArchiveError::NotTar(format!("corrupt tar header after {last}: {msg}"))
+    let header_problem =
+        msg.contains("checksum") || msg.contains("numeric field") || msg.contains("header");
+    if !seen_any {
+        return ArchiveError::NotTar(if header_problem {
+            "the input does not start with a tar header".into()
+        } else {
+            "the input ended before the first tar header".into()
+        });
+    }
+    if header_problem {
+        ArchiveError::NotTar(format!("corrupt tar header after {last}"))
     } else {
         ArchiveError::Truncated {
             member: last.to_string(),

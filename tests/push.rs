@@ -1,0 +1,665 @@
+//! End-to-end: the `imageimport` binary against a real registry (Debian's docker-registry),
+//! checked with an independent client (skopeo pulls the image back and recomputes every
+//! layer's diff_id).
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use support::archives::{self, Comp, Format, ImageSpec, hostile};
+use support::registry::{Registry, skopeo};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_imageimport"))
+}
+
+fn run(args: &[&str]) -> Output {
+    let out = bin()
+        .args(args)
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    eprintln!(
+        "$ imageimport {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn push_ok(args: &[&str]) -> Vec<String> {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "push failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// `host/repo:tag@sha256:…` → (reference, digest)
+fn split_result(line: &str) -> (&str, &str) {
+    line.split_once('@').expect("REF@DIGEST")
+}
+
+fn two_layers(seed: u64) -> Vec<archives::Layer> {
+    vec![
+        archives::layer(seed, 3, 40_000),
+        archives::layer(seed + 1, 2, 70_000),
+    ]
+}
+
+/// Pull back with skopeo and compare config digest and every layer's diff_id.
+fn assert_round_trip(
+    reg: &Registry,
+    reference: &str,
+    image: &archives::BuiltImage,
+    pushed_digest: &str,
+) {
+    let pulled = skopeo::pull(reg, reference);
+    assert_eq!(
+        support::registry::sha256_digest(&pulled.config_bytes),
+        image.config_digest,
+        "config must be pushed byte for byte"
+    );
+    assert_eq!(
+        pulled.diff_ids(),
+        image.diff_ids,
+        "layers must decompress to the config's diff_ids"
+    );
+    assert_eq!(
+        skopeo::manifest_digest(reg, reference),
+        pushed_digest,
+        "printed digest is the tag's manifest digest"
+    );
+}
+
+#[test]
+fn every_archive_format_round_trips() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let formats: Vec<(&str, Format, Option<Comp>)> = vec![
+        ("legacy", Format::DockerLegacy, None),
+        ("docker25", Format::Docker25Oci, None),
+        (
+            "oci-none",
+            Format::OciArchive {
+                layer_compression: Comp::None,
+            },
+            None,
+        ),
+        (
+            "oci-gzip",
+            Format::OciArchive {
+                layer_compression: Comp::Gzip,
+            },
+            None,
+        ),
+        (
+            "oci-zstd",
+            Format::OciArchive {
+                layer_compression: Comp::Zstd,
+            },
+            None,
+        ),
+        (
+            "skopeo-none",
+            Format::SkopeoDockerArchive {
+                layer_compression: Comp::None,
+            },
+            None,
+        ),
+        (
+            "skopeo-gzip",
+            Format::SkopeoDockerArchive {
+                layer_compression: Comp::Gzip,
+            },
+            None,
+        ),
+        (
+            "skopeo-zstd",
+            Format::SkopeoDockerArchive {
+                layer_compression: Comp::Zstd,
+            },
+            None,
+        ),
+        ("legacy-tgz", Format::DockerLegacy, Some(Comp::Gzip)),
+        ("docker25-zst", Format::Docker25Oci, Some(Comp::Zstd)),
+        (
+            "oci-gzip-tgz",
+            Format::OciArchive {
+                layer_compression: Comp::Gzip,
+            },
+            Some(Comp::Gzip),
+        ),
+    ];
+    for (i, (name, format, whole)) in formats.into_iter().enumerate() {
+        let spec = ImageSpec::new(&["shop/web:1.4"], two_layers(10 * i as u64));
+        let built = archives::build(&format, &[spec]);
+        let bytes = match whole {
+            Some(c) => archives::compress_whole(&built.bytes, c),
+            None => built.bytes.clone(),
+        };
+        let path = archives::write_to(dir.path(), &format!("{name}.tar"), &bytes);
+        let target = reg.reference(&format!("fmt/{name}"));
+        let lines = push_ok(&["push", "--insecure", "-q", path.to_str().unwrap(), &target]);
+        let (reference, digest) = split_result(lines.last().unwrap());
+        assert_eq!(
+            reference,
+            format!("{target}:1.4"),
+            "{name}: the image's own tag is used"
+        );
+        assert_round_trip(&reg, &format!("fmt/{name}:1.4"), &built.images[0], digest);
+        // Layers compressed in the archive are pushed as they are: digests kept.
+        if let Format::OciArchive {
+            layer_compression: Comp::Gzip | Comp::Zstd,
+        } = format
+        {
+            let m = skopeo::inspect_raw(&reg, &format!("fmt/{name}:1.4"));
+            let pushed: Vec<String> = m["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["digest"].as_str().unwrap().to_string())
+                .collect();
+            assert_eq!(
+                pushed, built.images[0].layer_digests,
+                "{name}: stored layers pushed unchanged"
+            );
+            assert_eq!(
+                Some(digest.to_string()),
+                built.images[0].manifest_digest,
+                "{name}: archive manifest kept"
+            );
+        }
+    }
+}
+
+#[test]
+fn symlinked_layers_of_old_engines_are_followed() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let shared = archives::layer(77, 2, 30_000);
+    let spec = ImageSpec::new(
+        &["dedup:1"],
+        vec![shared.clone(), archives::layer(78, 1, 1000), shared],
+    );
+    let built = archives::build(&Format::DockerLegacySymlinkDedup, &[spec]);
+    let path = archives::write_to(dir.path(), "dedup.tar", &built.bytes);
+    let lines = push_ok(&[
+        "push",
+        "--insecure",
+        "-q",
+        path.to_str().unwrap(),
+        &reg.reference("dedup"),
+    ]);
+    let (_, digest) = split_result(lines.last().unwrap());
+    assert_round_trip(&reg, "dedup:1", &built.images[0], digest);
+}
+
+#[test]
+fn tls_registry_with_htpasswd_auth() {
+    let reg = Registry::tls_htpasswd();
+    let dir = tempfile::tempdir().unwrap();
+    let built = archives::build(
+        &Format::DockerLegacy,
+        &[ImageSpec::new(&["app:2"], two_layers(500))],
+    );
+    let path = archives::write_to(dir.path(), "app.tar", &built.bytes);
+    let ca = reg.ca_file.clone().unwrap();
+    let auth = reg.auth_file.clone().unwrap();
+    // Without credentials: refused, nothing tagged.
+    let out = run(&[
+        "push",
+        "--ca-file",
+        ca.to_str().unwrap(),
+        path.to_str().unwrap(),
+        &reg.reference("secure/app"),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refused the credentials") || err.contains("401"),
+        "{err}"
+    );
+    // Without the CA: the certificate is not trusted.
+    let out = run(&[
+        "push",
+        "--auth-file",
+        auth.to_str().unwrap(),
+        path.to_str().unwrap(),
+        &reg.reference("secure/app"),
+    ]);
+    assert!(!out.status.success());
+    let lines = push_ok(&[
+        "push",
+        "-q",
+        "--ca-file",
+        ca.to_str().unwrap(),
+        "--auth-file",
+        auth.to_str().unwrap(),
+        path.to_str().unwrap(),
+        &reg.reference("secure/app"),
+    ]);
+    let (_, digest) = split_result(lines.last().unwrap());
+    assert_round_trip(&reg, "secure/app:2", &built.images[0], digest);
+}
+
+#[test]
+fn multi_image_archives_select_one_or_push_all() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let base = archives::layer(900, 2, 20_000);
+    let specs = [
+        ImageSpec::new(
+            &["docker.io/library/nginx:1.25"],
+            vec![base.clone(), archives::layer(901, 1, 5000)],
+        ),
+        ImageSpec::new(
+            &[
+                "registry.example:5000/team/app:2",
+                "registry.example:5000/team/app:latest",
+            ],
+            vec![base, archives::layer(902, 1, 5000)],
+        ),
+    ];
+    let built = archives::build(&Format::DockerLegacy, &specs);
+    let path = archives::write_to(dir.path(), "multi.tar", &built.bytes);
+    let p = path.to_str().unwrap();
+
+    let out = run(&["push", "--insecure", p, &reg.reference("one")]);
+    assert!(!out.status.success(), "two images and no --image: refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--image"));
+
+    let lines = push_ok(&[
+        "push",
+        "--insecure",
+        "-q",
+        "--image",
+        "nginx:1.25",
+        p,
+        &reg.reference("one"),
+    ]);
+    assert_eq!(lines.len(), 1);
+    let (r, d) = split_result(&lines[0]);
+    assert_eq!(r, reg.reference("one:1.25"));
+    assert_round_trip(&reg, "one:1.25", &built.images[0], d);
+
+    let lines = push_ok(&[
+        "push",
+        "--insecure",
+        "-q",
+        "--all",
+        p,
+        &reg.reference("mirror"),
+    ]);
+    let refs: Vec<&str> = lines.iter().map(|l| split_result(l).0).collect();
+    assert_eq!(
+        refs,
+        vec![
+            reg.reference("mirror/library/nginx:1.25"),
+            reg.reference("mirror/team/app:2"),
+            reg.reference("mirror/team/app:latest"),
+        ]
+    );
+    assert_round_trip(
+        &reg,
+        "mirror/team/app:2",
+        &built.images[1],
+        split_result(&lines[1]).1,
+    );
+    assert_eq!(
+        skopeo::manifest_digest(&reg, "mirror/team/app:latest"),
+        split_result(&lines[2]).1
+    );
+}
+
+#[test]
+fn archive_saved_by_id_needs_a_tag() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let built = archives::build(
+        &Format::DockerLegacy,
+        &[ImageSpec::new(&[], two_layers(1200))],
+    );
+    let path = archives::write_to(dir.path(), "byid.tar", &built.bytes);
+    let out = run(&[
+        "push",
+        "--insecure",
+        path.to_str().unwrap(),
+        &reg.reference("byid"),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without a tag"));
+    assert!(reg.tags("byid").is_empty());
+    let lines = push_ok(&[
+        "push",
+        "--insecure",
+        "-q",
+        path.to_str().unwrap(),
+        &reg.reference("byid:v9"),
+    ]);
+    assert_round_trip(&reg, "byid:v9", &built.images[0], split_result(&lines[0]).1);
+}
+
+#[test]
+fn containerd_archive_imports_the_platforms_present() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let specs = [
+        ImageSpec::new(&["multi:3"], two_layers(1300)).platform("linux", "amd64"),
+        ImageSpec::new(&["multi:3"], two_layers(1310)).platform("linux", "arm64"),
+    ];
+    let built = archives::build(
+        &Format::ContainerdMultiPlatform {
+            present: vec![("linux".into(), "amd64".into())],
+        },
+        &specs,
+    );
+    let path = archives::write_to(dir.path(), "containerd.tar", &built.bytes);
+    let out = run(&[
+        "push",
+        "--insecure",
+        path.to_str().unwrap(),
+        &reg.reference("multi"),
+    ]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("left out: linux/arm64"),
+        "says what was left out: {err}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (_, digest) = split_result(stdout.lines().last().unwrap());
+    assert_round_trip(&reg, "multi:3", &built.images[0], digest);
+    // Never a manifest pointing at blobs the registry does not have: the amd64 image alone.
+    let m = skopeo::inspect_raw(&reg, "multi:3");
+    assert!(
+        m.get("manifests").is_none(),
+        "single platform pushed as an image manifest"
+    );
+
+    let out = run(&[
+        "push",
+        "--insecure",
+        "--platform",
+        "linux/arm64",
+        path.to_str().unwrap(),
+        &reg.reference("multi-arm"),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("linux/arm64"));
+    assert!(reg.tags("multi-arm").is_empty());
+}
+
+#[test]
+fn hostile_archives_are_refused_and_nothing_is_tagged() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases = hostile::all();
+    cases.push((
+        "oversized_manifest_json",
+        hostile::oversized_manifest_json(64 << 20),
+    ));
+    for (name, bytes) in cases {
+        let path = archives::write_to(dir.path(), &format!("{name}.tar"), &bytes);
+        let repo = format!("hostile/{}", name.replace('_', "-"));
+        let out = run(&[
+            "push",
+            "--insecure",
+            "-q",
+            path.to_str().unwrap(),
+            &reg.reference(&format!("{repo}:t")),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: must be refused");
+        assert!(out.stdout.is_empty(), "{name}: nothing reported as pushed");
+        let line = err.lines().last().unwrap_or_default();
+        assert!(
+            line.contains(path.to_str().unwrap()),
+            "{name}: the error names the archive: {line}"
+        );
+        assert!(reg.tags(&repo).is_empty(), "{name}: nothing may be tagged");
+        // The same archive through a pipe (the streaming path) is refused as well.
+        let out = bin()
+            .args([
+                "push",
+                "--insecure",
+                "-q",
+                "-",
+                &reg.reference(&format!("{repo}-stdin:t")),
+            ])
+            .env("DOCKER_CONFIG", "/nonexistent")
+            .stdin(std::fs::File::open(&path).unwrap())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{name} via stdin: must be refused");
+        assert!(
+            reg.tags(&format!("{repo}-stdin")).is_empty(),
+            "{name} via stdin: nothing may be tagged"
+        );
+    }
+}
+
+#[test]
+fn a_failed_import_never_moves_an_existing_tag() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let good = archives::build(
+        &Format::DockerLegacy,
+        &[ImageSpec::new(&["hostile:latest"], two_layers(1400))],
+    );
+    let good_path = archives::write_to(dir.path(), "good.tar", &good.bytes);
+    let lines = push_ok(&[
+        "push",
+        "--insecure",
+        "-q",
+        good_path.to_str().unwrap(),
+        &reg.reference("keep:latest"),
+    ]);
+    let before = split_result(&lines[0]).1.to_string();
+    let bad = archives::write_to(dir.path(), "bad.tar", &hostile::tampered_layer());
+    let out = run(&[
+        "push",
+        "--insecure",
+        bad.to_str().unwrap(),
+        &reg.reference("keep:latest"),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("diff_id"),
+        "names the verification failure: {err}"
+    );
+    assert_eq!(reg.manifest_digest("keep", "latest"), Some(before));
+}
+
+#[test]
+fn output_is_deterministic_and_a_repush_is_nearly_free() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let built = archives::build(
+        &Format::DockerLegacy,
+        &[ImageSpec::new(&["det:1"], two_layers(1500))],
+    );
+    let path = archives::write_to(dir.path(), "det.tar", &built.bytes);
+    let p = path.to_str().unwrap();
+    let a = push_ok(&["push", "--insecure", "-q", p, &reg.reference("det-a")]);
+    let b = push_ok(&["push", "--insecure", "-q", p, &reg.reference("det-b")]);
+    // Through a pipe too: the streaming path encodes identically.
+    let piped = bin()
+        .args(["push", "--insecure", "-q", "-", &reg.reference("det-c")])
+        .stdin(std::fs::File::open(&path).unwrap())
+        .output()
+        .unwrap();
+    assert!(piped.status.success());
+    let c = String::from_utf8(piped.stdout).unwrap();
+    assert_eq!(split_result(&a[0]).1, split_result(&b[0]).1);
+    assert_eq!(split_result(&a[0]).1, split_result(c.trim()).1);
+
+    let uploads_before = reg
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .count();
+    let out = run(&["push", "--insecure", p, &reg.reference("det-a")]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already up to date"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), a[0]);
+    let uploads_after = reg
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .count();
+    assert_eq!(uploads_before, uploads_after, "a re-push uploads nothing");
+}
+
+#[test]
+fn pins_on_image_id_and_archive_digest() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let built = archives::build(
+        &Format::DockerLegacy,
+        &[ImageSpec::new(&["pin:1"], two_layers(1600))],
+    );
+    let path = archives::write_to(dir.path(), "pin.tar", &built.bytes);
+    let p = path.to_str().unwrap();
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    for flag in ["--expect-image-id", "--expect-sha256"] {
+        let out = run(&["push", "--insecure", flag, &wrong, p, &reg.reference("pin")]);
+        assert!(!out.status.success(), "{flag} mismatch refused");
+        assert!(reg.tags("pin").is_empty());
+    }
+    let file_digest = support::registry::sha256_digest(&built.bytes);
+    push_ok(&[
+        "push",
+        "--insecure",
+        "-q",
+        "--expect-image-id",
+        &built.images[0].config_digest,
+        "--expect-sha256",
+        &file_digest,
+        p,
+        &reg.reference("pin"),
+    ]);
+    assert_eq!(reg.tags("pin"), vec!["1".to_string()]);
+}
+
+/// Serves one file over HTTP on loopback (a plain std server: the test plays the web server).
+fn serve_once(path: &Path) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/deliveries/web.tar.gz",
+        listener.local_addr().unwrap()
+    );
+    let body = std::fs::read(path).unwrap();
+    let handle = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = s.write_all(&body);
+    });
+    (url, handle)
+}
+
+#[test]
+fn url_and_stdin_sources_stream() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let built = archives::build(
+        &Format::Docker25Oci,
+        &[ImageSpec::new(&["web:1.5"], two_layers(1700))],
+    );
+    let gz = archives::compress_whole(&built.bytes, Comp::Gzip);
+    let path = archives::write_to(dir.path(), "web.tar.gz", &gz);
+    let (url, server) = serve_once(&path);
+    let lines = push_ok(&["push", "--insecure", "-q", &url, &reg.reference("fromurl")]);
+    server.join().unwrap();
+    assert_round_trip(
+        &reg,
+        "fromurl:1.5",
+        &built.images[0],
+        split_result(&lines[0]).1,
+    );
+
+    let out = bin()
+        .args([
+            "push",
+            "--insecure",
+            "-q",
+            "--expect-sha256",
+            &support::registry::sha256_digest(&gz),
+            "-",
+            &reg.reference("fromstdin"),
+        ])
+        .stdin(std::fs::File::open(&path).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert_round_trip(
+        &reg,
+        "fromstdin:1.5",
+        &built.images[0],
+        split_result(line.trim()).1,
+    );
+}
+
+#[test]
+fn inspect_lists_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let built = archives::build(
+        &Format::DockerLegacy,
+        &[ImageSpec::new(&["web:1.4"], two_layers(1800))],
+    );
+    let path = archives::write_to(dir.path(), "web.tar", &built.bytes);
+    let out = bin()
+        .args(["inspect", "--json", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verified"], true);
+    assert_eq!(
+        v["images"][0]["imageId"],
+        built.images[0].config_digest.as_str()
+    );
+    let ids: Vec<&str> = v["images"][0]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["diffId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        built.images[0]
+            .diff_ids
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
+    let bad = archives::write_to(dir.path(), "bad.tar", &hostile::tampered_layer());
+    let out = bin()
+        .args(["inspect", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NOT verified"));
+}
