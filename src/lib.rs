@@ -4,6 +4,8 @@
 //! - [`registry`] talks to registries (auth, blobs, manifests, retries).
 //! - [`pipeline`] is the one-pass streaming import that ties them together.
 
+pub mod api;
 pub mod archive;
 pub mod pipeline;
 pub mod registry;
+pub mod controller;

@@ -31,6 +31,12 @@ enum Command {
     /// (`registry[:port]/repository[:tag]`).
     Push(Box<PushArgs>),
     /// List the images, tags, IDs and layers of an archive, and verify it.
+    /// Print the ImageImport CustomResourceDefinition (YAML).
+    Crd,
+    /// Run the Kubernetes controller.
+    Controller(Box<ControllerArgs>),
+    /// Run one import inside a worker Job (started by the controller).
+    Worker,
     Inspect {
         /// Print JSON.
         #[arg(long)]
@@ -40,6 +46,32 @@ enum Command {
         source_ca_file: Option<PathBuf>,
         archive: String,
     },
+}
+
+#[derive(clap::Args)]
+struct ControllerArgs {
+    /// Container image of worker Jobs (normally this controller's own image).
+    #[arg(long, env = "IMAGEIMPORT_WORKER_IMAGE")]
+    worker_image: String,
+    #[arg(long, env = "IMAGEIMPORT_WORKER_IMAGE_PULL_POLICY")]
+    worker_image_pull_policy: Option<String>,
+    /// ServiceAccount the workers run as (created in each namespace that has imports).
+    #[arg(long, default_value = "imageimport-worker")]
+    worker_service_account: String,
+    /// Imports running at once, over all namespaces.
+    #[arg(long, default_value_t = 4)]
+    max_concurrent_imports: usize,
+    #[arg(long, default_value = "500m")]
+    worker_cpu_request: String,
+    #[arg(long)]
+    worker_cpu_limit: Option<String>,
+    #[arg(long, default_value = "64Mi")]
+    worker_memory_request: String,
+    #[arg(long, default_value = "256Mi")]
+    worker_memory_limit: String,
+    /// Longest an import may run before its Job is stopped.
+    #[arg(long, default_value_t = 6 * 3600)]
+    worker_deadline_seconds: i64,
 }
 
 #[derive(clap::Args)]
@@ -86,7 +118,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "imageimport=warn".into()),
+                .unwrap_or_else(|_| "imageimport=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -102,6 +134,14 @@ fn main() -> ExitCode {
                 source_ca_file,
                 archive,
             } => inspect(json, source_ca_file, archive).await,
+            Command::Crd => {
+                print!("{}", imageimport::api::crd_yaml());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Worker => Ok(ExitCode::from(
+                imageimport::controller::worker::run().await as u8,
+            )),
+            Command::Controller(args) => controller(*args).await,
         }
     });
     match result {
@@ -133,7 +173,7 @@ async fn push(args: PushArgs) -> Result<ExitCode, ImportError> {
         insecure: args.insecure,
         ca_file: args.ca_file,
         auth_file: args.auth_file,
-        retries: None,
+        ..Default::default()
     };
     opts.http = HttpOptions {
         ca_file: args.source_ca_file,
@@ -212,6 +252,38 @@ fn show_progress(
         bar.finish_and_clear();
     });
     (tx, handle)
+}
+
+async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
+    use imageimport::controller::{ControllerConfig, WorkerSettings};
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| ImportError::Usage(format!("no Kubernetes configuration: {e}")))?;
+    let config = ControllerConfig {
+        worker: WorkerSettings {
+            image: args.worker_image,
+            image_pull_policy: args.worker_image_pull_policy,
+            service_account: args.worker_service_account,
+            cpu_request: args.worker_cpu_request,
+            memory_request: args.worker_memory_request,
+            cpu_limit: args.worker_cpu_limit,
+            memory_limit: args.worker_memory_limit,
+            active_deadline_seconds: args.worker_deadline_seconds,
+            ..Default::default()
+        },
+        max_concurrent_imports: args.max_concurrent_imports.max(1),
+    };
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    imageimport::controller::run(client, config, shutdown).await;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn inspect(

@@ -52,6 +52,8 @@ pub struct ImportOptions {
     pub http: HttpOptions,
     /// Layers read at once from a seekable file.
     pub parallel_layers: usize,
+    /// Tags to push (instead of the target's tag or the image's own tags).
+    pub tags: Vec<String>,
 }
 
 impl ImportOptions {
@@ -67,6 +69,7 @@ impl ImportOptions {
             registry: RegistryOptions::default(),
             http: HttpOptions::default(),
             parallel_layers: 2,
+            tags: Vec::new(),
         }
     }
 }
@@ -206,6 +209,7 @@ async fn import_seekable(
         &entries,
         &ctx.opts.selection,
         &ctx.opts.target,
+        &ctx.opts.tags,
         ctx.opts.platform.as_ref(),
     )
     .map_err(|source| ImportError::Plan {
@@ -555,6 +559,7 @@ async fn import_stream(
         &entries,
         &ctx.opts.selection,
         &ctx.opts.target,
+        &ctx.opts.tags,
         ctx.opts.platform.as_ref(),
     )
     .map_err(|source| ImportError::Plan {

@@ -53,6 +53,7 @@ pub fn plan(
     entries: &[ImageEntry],
     selection: &Selection,
     target: &Target,
+    tags: &[String],
     platform: Option<&Platform>,
 ) -> Result<Vec<Planned>, PlanError> {
     let available = || {
@@ -71,7 +72,7 @@ pub fn plan(
             });
         }
         Selection::All => {
-            if target.tag.is_some() {
+            if target.tag.is_some() || !tags.is_empty() {
                 return Err(PlanError::AllWithTag);
             }
             entries.iter().map(|e| (e, None)).collect()
@@ -107,7 +108,7 @@ pub fn plan(
     };
     chosen
         .into_iter()
-        .map(|(e, tag)| plan_one(e, tag, selection, target, platform))
+        .map(|(e, tag)| plan_one(e, tag, selection, target, tags, platform))
         .collect()
 }
 
@@ -116,6 +117,7 @@ fn plan_one(
     chosen_tag: Option<SavedTag>,
     selection: &Selection,
     target: &Target,
+    tags: &[String],
     platform: Option<&Platform>,
 ) -> Result<Planned, PlanError> {
     let name = entry.display_name();
@@ -161,7 +163,9 @@ fn plan_one(
             left_out: left,
         });
     }
-    let refs = if let Some(tag) = &target.tag {
+    let refs = if !tags.is_empty() {
+        tags.iter().map(|t| target.with_tag(t)).collect()
+    } else if let Some(tag) = &target.tag {
         vec![target.clone().with_tag(tag)]
     } else {
         let saved: Vec<SavedTag> = match chosen_tag {

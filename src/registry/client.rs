@@ -27,6 +27,8 @@ pub struct RegistryOptions {
     pub auth_file: Option<PathBuf>,
     /// Attempts per request for transient failures.
     pub retries: Option<usize>,
+    /// No credentials, and no looking for a docker config.
+    pub anonymous: bool,
 }
 
 pub const MANIFEST_TYPES: &[&str] = &[
@@ -55,7 +57,11 @@ pub struct RemoteManifest {
 
 impl Registry {
     pub fn connect(host: &str, opts: &RegistryOptions) -> Result<Registry, RegistryError> {
-        let auth = auth::credentials_for(host, opts.auth_file.as_deref())?;
+        let auth = if opts.anonymous {
+            RegistryAuth::Anonymous
+        } else {
+            auth::credentials_for(host, opts.auth_file.as_deref())?
+        };
         let mut certs = Vec::new();
         let mut reqwest_certs = Vec::new();
         if let Some(ca) = &opts.ca_file {

@@ -1,0 +1,23 @@
+//! Condition types and reasons (stable strings: alerts and scripts match on them).
+
+/// Summary: the image is in the registry as the spec asks.
+pub const READY: &str = "Ready";
+/// The source (claim, Secret, ConfigMap) resolved and the worker Job exists.
+pub const SOURCE_READY: &str = "SourceReady";
+/// An import is running.
+pub const IMPORTING: &str = "Importing";
+/// The archive verified (diff_ids, digests, pins).
+pub const VERIFIED: &str = "Verified";
+
+pub mod reason {
+    pub const SUCCEEDED: &str = "Succeeded";
+    pub const IMPORTING: &str = "Importing";
+    pub const QUEUED: &str = "Queued";
+    pub const JOB_CREATED: &str = "JobCreated";
+    pub const RETRYING: &str = "Retrying";
+    pub const SOURCE_NOT_FOUND: &str = "SourceNotFound";
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const WORKER_FAILED: &str = "WorkerFailed";
+    pub const PENDING: &str = "Pending";
+}

@@ -1,0 +1,250 @@
+//! The `ImageImport` API (`imageimport.dev/v1alpha1`).
+//!
+//! Defaults and validation live in the schema (OpenAPI patterns and CEL rules), so the API
+//! server refuses a bad spec at `kubectl apply` time, before the controller sees it.
+
+mod conditions;
+pub use conditions::*;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "imageimport.dev";
+
+/// Import the image(s) of an archive into a registry repository.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "imageimport.dev",
+    version = "v1alpha1",
+    kind = "ImageImport",
+    namespaced,
+    status = "ImageImportStatus",
+    shortname = "imgi",
+    category = "all",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","priority":1}"#,
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.target.repository"}"#,
+    printcolumn = r#"{"name":"Digest","type":"string","jsonPath":".status.digest"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageImportSpec {
+    pub source: Source,
+    /// Which image of a multi-image archive (a saved tag such as `web:1.4`, or an image ID).
+    /// Default: the only image of the archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 512").message("image must be 1-512 characters"))]
+    pub image: Option<String>,
+    /// Import only this platform (`os/arch[/variant]`) of a multi-platform archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$"))]
+    pub platform: Option<String>,
+    pub target: TargetSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verify>,
+    /// Layer compression for the registry. Unset: uncompressed layers are gzip-compressed
+    /// and layers already compressed in the archive are pushed as stored (digests kept).
+    /// Set: every layer is (re-)encoded with this codec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_compression: Option<LayerCompression>,
+}
+
+/// Where the archive is: exactly one of `pvc` or `url`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.pvc) != has(self.url)").message("exactly one of source.pvc or source.url must be set"))]
+pub struct Source {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<PvcSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<UrlSource>,
+    /// Optional pin of the archive file's sha256 (hex, or `sha256:` + hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(sha256:)?[a-f0-9]{64}$"))]
+    pub sha256: Option<String>,
+}
+
+/// A file on a PersistentVolumeClaim of the ImageImport's namespace, mounted read-only.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcSource {
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: String,
+    /// Path of the archive inside the claim (relative, no `..`).
+    #[schemars(length(min = 1, max = 4096))]
+    #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)')").message("path must be relative to the claim and must not contain '..'"))]
+    pub path: String,
+}
+
+/// An archive served over HTTP(S).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UrlSource {
+    #[schemars(regex(pattern = r"^https?://[^\s]+$"), length(max = 4096))]
+    pub url: String,
+    /// Secret (same namespace) with a `token` key (sent as a Bearer token) or `username` and
+    /// `password` keys (Basic), sent only to the URL's own host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalRef>,
+    /// ConfigMap key (same namespace) with the CA bundle for the URL's server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_ref: Option<KeyRef>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetSpec {
+    /// `registry[:port]/path` without tag.
+    #[schemars(
+        regex(
+            pattern = r"^[a-zA-Z0-9.-]+(:[0-9]+)?/[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$"
+        ),
+        length(max = 512)
+    )]
+    pub repository: String,
+    /// Tags to push. Default: the image's own tag(s) from the archive.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(t, t.matches('^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$'))").message("each tag must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"))]
+    #[schemars(length(max = 32))]
+    pub tags: Vec<String>,
+    /// Secret of type kubernetes.io/dockerconfigjson (same namespace) with credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<LocalRef>,
+    /// Plain HTTP to the registry.
+    #[serde(default)]
+    pub insecure: bool,
+    /// ConfigMap key (same namespace) with the CA bundle of the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_ref: Option<KeyRef>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Verify {
+    /// Pin of the image ID (config digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^sha256:[a-f0-9]{64}$"))]
+    #[serde(rename = "imageID")]
+    pub image_id: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerCompression {
+    Gzip,
+    Zstd,
+    None,
+}
+
+/// Observed state. Conditions follow the Kubernetes API conventions; there is no `phase`.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageImportStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Manifest (or index) digest the pushed tags point at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Config digest (image ID).
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "imageID")]
+    pub image_id: Option<String>,
+    /// `registry/repository:tag@digest` for every pushed tag.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pushed: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<u32>,
+    /// Blob bytes sent to the registry by the last import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_bytes: Option<u64>,
+    /// Platforms the archive's index lists but whose blobs it lacks (not imported).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ImportProgress>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Import attempts for the observed generation.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Earliest start of the next attempt after a worker was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_after: Option<Time>,
+    /// The worker Job of the current attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    /// Outcome reported by the worker (read by the controller to set conditions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<WorkerResult>,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportProgress {
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated: Option<Time>,
+}
+
+/// What a worker reports at the end of its attempt.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerResult {
+    pub generation: i64,
+    pub job_name: String,
+    pub succeeded: bool,
+    /// Condition reason on failure (`InvalidArchive`, `Unauthorized`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// A failure worth retrying without a spec change.
+    #[serde(default)]
+    pub transient: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "imageID")]
+    pub image_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pushed: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<Time>,
+}
+
+/// The CRD as YAML (what `imageimport crd` prints and `crds/` holds).
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let crd = ImageImport::crd();
+    format!(
+        "# Generated by `imageimport crd` from src/api; do not edit.\n{}",
+        serde_yaml::to_string(&crd).expect("CRD serializes")
+    )
+}

@@ -1,0 +1,100 @@
+//! The operator: watches ImageImports, runs each import in a worker Job in the resource's
+//! own namespace, and turns the worker's result into status conditions and events.
+
+pub mod job;
+pub mod rbac;
+pub mod reconcile;
+pub mod status;
+pub mod worker;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
+use kube::{Api, Client, ResourceExt};
+
+use crate::api::ImageImport;
+pub use job::WorkerSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("ImageImport is not namespaced")]
+    NotNamespaced,
+}
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub worker: WorkerSettings,
+    pub max_concurrent_imports: usize,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            worker: WorkerSettings::default(),
+            max_concurrent_imports: 4,
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub config: ControllerConfig,
+    pub recorder: Recorder,
+    /// Namespaces whose worker ServiceAccount and Role are in place.
+    pub prepared_namespaces: Mutex<HashSet<String>>,
+}
+
+/// Per-object exponential backoff for API errors; kube-runtime resets it on success.
+fn error_policy(obj: Arc<ImageImport>, err: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(name = %obj.name_any(), namespace = ?obj.namespace(), error = %err, "reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Run the controller until the shutdown future resolves.
+pub async fn run(
+    client: Client,
+    config: ControllerConfig,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let reporter = Reporter {
+        controller: "imageimport-controller".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        config,
+        recorder: Recorder::new(client.clone(), reporter),
+        prepared_namespaces: Mutex::new(HashSet::new()),
+    });
+    let imports: Api<ImageImport> = Api::all(client.clone());
+    let jobs: Api<Job> = Api::all(client.clone());
+    let (reader, writer) = reflector::store();
+    // Only spec changes (new generations) wake the reconciler from the ImageImport watch:
+    // its own status writes do not. Worker results arrive with their Job's completion.
+    let stream = watcher(imports, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    let job_cfg =
+        watcher::Config::default().labels(&format!("{}={}", job::LABEL_MANAGED_BY, job::MANAGER));
+    Controller::for_stream(stream, reader)
+        .owns(jobs, job_cfg)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(name = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+}

@@ -1,0 +1,95 @@
+//! The worker's identity in each namespace: a ServiceAccount allowed only to write the
+//! status of ImageImports in its own namespace (progress and result). Applied on demand,
+//! the first time a namespace gets an import.
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, Patch, PatchParams};
+
+use super::{Context, Error};
+
+pub async fn ensure_worker_access(ctx: &Context, ns: &str) -> Result<(), Error> {
+    if ctx.prepared_namespaces.lock().expect("lock").contains(ns) {
+        return Ok(());
+    }
+    let sa_name = ctx.config.worker.service_account.clone();
+    let pp = PatchParams::apply("imageimport-controller").force();
+    let labels = Some(
+        std::iter::once((
+            "app.kubernetes.io/managed-by".to_string(),
+            "imageimport".to_string(),
+        ))
+        .collect(),
+    );
+    let meta = |name: &str| ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(ns.to_string()),
+        labels: labels.clone(),
+        ..Default::default()
+    };
+    let sa = ServiceAccount {
+        metadata: meta(&sa_name),
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns)
+        .patch(
+            &sa_name,
+            &pp,
+            &Patch::Apply(&with_kind(&sa, "v1", "ServiceAccount")),
+        )
+        .await?;
+    let role = Role {
+        metadata: meta(&sa_name),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![crate::api::GROUP.into()]),
+            resources: Some(vec!["imageimports/status".into()]),
+            verbs: vec!["get".into(), "patch".into()],
+            ..Default::default()
+        }]),
+    };
+    Api::<Role>::namespaced(ctx.client.clone(), ns)
+        .patch(
+            &sa_name,
+            &pp,
+            &Patch::Apply(&with_kind(&role, "rbac.authorization.k8s.io/v1", "Role")),
+        )
+        .await?;
+    let binding = RoleBinding {
+        metadata: meta(&sa_name),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: sa_name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: sa_name.clone(),
+            namespace: Some(ns.to_string()),
+            api_group: None,
+        }]),
+    };
+    Api::<RoleBinding>::namespaced(ctx.client.clone(), ns)
+        .patch(
+            &sa_name,
+            &pp,
+            &Patch::Apply(&with_kind(
+                &binding,
+                "rbac.authorization.k8s.io/v1",
+                "RoleBinding",
+            )),
+        )
+        .await?;
+    ctx.prepared_namespaces
+        .lock()
+        .expect("lock")
+        .insert(ns.to_string());
+    Ok(())
+}
+
+fn with_kind<T: serde::Serialize>(obj: &T, api_version: &str, kind: &str) -> serde_json::Value {
+    let mut v = serde_json::to_value(obj).expect("serializes");
+    v["apiVersion"] = api_version.into();
+    v["kind"] = kind.into();
+    v
+}

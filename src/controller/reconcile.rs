@@ -1,0 +1,517 @@
+//! The reconciler: level-based, idempotent. Everything it needs to decide is in the
+//! ImageImport's status and the worker Job it names, so a restarted controller picks up
+//! exactly where the last one stopped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::{Api, DeleteParams, ListParams, PostParams, PropagationPolicy};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+
+use super::job::{self, JobState, LABEL_MANAGED_BY, LABEL_NAME, MANAGER};
+use super::status::{self, condition};
+use super::{Context, Error};
+use crate::api::{IMPORTING, READY, SOURCE_READY, VERIFIED};
+use crate::api::{ImageImport, ImageImportStatus, WorkerResult, reason};
+#[allow(unused_imports)]
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+/// Backoff between attempts after a transient failure: 10 s doubling, capped at 10 min.
+pub fn retry_delay(attempts: u32) -> Duration {
+    let exp = attempts.saturating_sub(1).min(6);
+    Duration::from_secs((10u64 << exp).min(600))
+}
+
+pub async fn reconcile(obj: Arc<ImageImport>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = obj.namespace().ok_or(Error::NotNamespaced)?;
+    let name = obj.name_any();
+    let api: Api<ImageImport> = Api::namespaced(ctx.client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    // Read it fresh: a worker's result may be newer than the cache that woke us (the Job's
+    // completion can arrive first), and deciding on stale status would retry a success.
+    let Some(obj) = api.get_opt(&name).await?.map(Arc::new) else {
+        return Ok(Action::await_change());
+    };
+    let generation = obj.metadata.generation.unwrap_or(0);
+    let current = obj.status.clone().unwrap_or_default();
+    let mut st = current.clone();
+
+    if obj.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+
+    // A new generation starts over: the previous generation's Job is stopped.
+    if st.observed_generation != Some(generation) {
+        if let Some(old) = &st.job_name {
+            delete_job(&jobs, old).await;
+        }
+        st = ImageImportStatus {
+            observed_generation: Some(generation),
+            conditions: st.conditions.clone(),
+            result: st.result.clone(),
+            ..Default::default()
+        };
+    }
+
+    let result = st
+        .result
+        .clone()
+        .filter(|r| r.generation == generation && Some(&r.job_name) == st.job_name.as_ref());
+
+    // Finished for this generation: nothing to do until the spec changes.
+    if let Some(r) = &result
+        && (r.succeeded || !r.transient)
+    {
+        finish(&ctx, &obj, &api, &current, st, r).await?;
+        return Ok(Action::await_change());
+    }
+
+    if let Some(r) = &result {
+        // Transient failure: wait out the backoff, then start the next attempt.
+        let wait = retry_delay(st.attempts);
+        let finished = r
+            .finished
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
+        let elapsed = k8s_openapi::jiff::Timestamp::now()
+            .duration_since(finished)
+            .unsigned_abs();
+        let reason_text = r
+            .reason
+            .clone()
+            .unwrap_or_else(|| reason::WORKER_FAILED.into());
+        let msg = format!(
+            "attempt {} failed: {}; retrying in {}s",
+            st.attempts,
+            r.message.clone().unwrap_or_default(),
+            wait.saturating_sub(elapsed).as_secs()
+        );
+        if elapsed < wait {
+            set(&mut st, READY, false, &reason_text, &msg, generation);
+            set(
+                &mut st,
+                IMPORTING,
+                false,
+                reason::RETRYING,
+                &msg,
+                generation,
+            );
+            write(
+                &ctx,
+                &obj,
+                &api,
+                &current,
+                &st,
+                Some((EventType::Warning, reason::RETRYING, &msg)),
+            )
+            .await?;
+            return Ok(Action::requeue(wait - elapsed));
+        }
+        return start_attempt(&ctx, &obj, &api, &jobs, &current, st, generation).await;
+    }
+
+    // An attempt is under way: follow its Job.
+    if let Some(job_name) = st.job_name.clone() {
+        match jobs.get_opt(&job_name).await? {
+            Some(job) => match job::state(&job) {
+                JobState::Running => {
+                    let msg = format!(
+                        "worker Job {job_name} is importing (attempt {})",
+                        st.attempts
+                    );
+                    set(
+                        &mut st,
+                        IMPORTING,
+                        true,
+                        reason::IMPORTING,
+                        &msg,
+                        generation,
+                    );
+                    set(&mut st, READY, false, reason::IMPORTING, &msg, generation);
+                    write(&ctx, &obj, &api, &current, &st, None).await?;
+                    // Job events wake us; this is only a safety net.
+                    return Ok(Action::requeue(Duration::from_secs(60)));
+                }
+                // The worker reports its result before exiting; a Job that ended without one
+                // was killed (OOM, eviction, deadline): transient.
+                state => {
+                    let wait = retry_delay(st.attempts);
+                    let msg = format!(
+                        "worker Job {job_name} {} without reporting a result (killed, out of memory or past its deadline); retrying in {}s",
+                        if state == JobState::Failed {
+                            "failed"
+                        } else {
+                            "completed"
+                        },
+                        wait.as_secs()
+                    );
+                    st.job_name = None;
+                    st.next_attempt_after =
+                        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                            k8s_openapi::jiff::Timestamp::now() + wait,
+                        ));
+                    set(
+                        &mut st,
+                        READY,
+                        false,
+                        reason::WORKER_FAILED,
+                        &msg,
+                        generation,
+                    );
+                    set(
+                        &mut st,
+                        IMPORTING,
+                        false,
+                        reason::RETRYING,
+                        &msg,
+                        generation,
+                    );
+                    write(
+                        &ctx,
+                        &obj,
+                        &api,
+                        &current,
+                        &st,
+                        Some((EventType::Warning, reason::WORKER_FAILED, &msg)),
+                    )
+                    .await?;
+                    return Ok(Action::requeue(wait));
+                }
+            },
+            None => {
+                // Deleted by someone (or not yet visible): create it again under the same name.
+                return start_attempt_named(
+                    &ctx, &obj, &api, &jobs, &current, st, generation, job_name,
+                )
+                .await;
+            }
+        }
+    }
+
+    if let Some(after) = &st.next_attempt_after {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        if after.0 > now {
+            return Ok(Action::requeue(after.0.duration_since(now).unsigned_abs()));
+        }
+    }
+    start_attempt(&ctx, &obj, &api, &jobs, &current, st, generation).await
+}
+
+fn set(
+    st: &mut ImageImportStatus,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: i64,
+) {
+    let c = condition(
+        &st.conditions,
+        type_,
+        status,
+        reason,
+        message,
+        Some(generation),
+    );
+    st.conditions.retain(|x| x.type_ != type_);
+    st.conditions.push(c);
+    st.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+}
+
+/// Write the status if it changed, and record an event for transitions.
+async fn write(
+    ctx: &Context,
+    obj: &ImageImport,
+    api: &Api<ImageImport>,
+    current: &ImageImportStatus,
+    st: &ImageImportStatus,
+    event: Option<(EventType, &str, &str)>,
+) -> Result<(), Error> {
+    let mut a = current.clone();
+    let mut b = st.clone();
+    a.progress = None;
+    b.progress = None;
+    a.result = None;
+    b.result = None;
+    if a == b {
+        return Ok(());
+    }
+    status::apply_controller_status(api, &obj.name_any(), st).await?;
+    if let Some((type_, reason, note)) = event {
+        let ready_changed = status::find(&current.conditions, READY)
+            .map(|c| (&c.status, &c.reason))
+            != status::find(&st.conditions, READY).map(|c| (&c.status, &c.reason));
+        if ready_changed {
+            publish(ctx, obj, type_, reason, note).await;
+        }
+    }
+    Ok(())
+}
+
+async fn publish(ctx: &Context, obj: &ImageImport, type_: EventType, reason: &str, note: &str) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "Import".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not publish event");
+    }
+}
+
+async fn finish(
+    ctx: &Context,
+    obj: &ImageImport,
+    api: &Api<ImageImport>,
+    current: &ImageImportStatus,
+    mut st: ImageImportStatus,
+    r: &WorkerResult,
+) -> Result<(), Error> {
+    let generation = st.observed_generation.unwrap_or(0);
+    if r.succeeded {
+        let msg = format!(
+            "imported {} ({} layers)",
+            r.pushed.join(", "),
+            r.layers.unwrap_or(0)
+        );
+        st.digest = r.digest.clone();
+        st.image_id = r.image_id.clone();
+        st.pushed = r.pushed.clone();
+        st.layers = r.layers;
+        st.pushed_bytes = r.pushed_bytes;
+        st.left_out = r.left_out.clone();
+        st.completion_time = st
+            .completion_time
+            .clone()
+            .or_else(|| r.finished.clone())
+            .or_else(|| Some(status::now()));
+        set(&mut st, READY, true, reason::SUCCEEDED, &msg, generation);
+        set(
+            &mut st,
+            IMPORTING,
+            false,
+            reason::SUCCEEDED,
+            "import finished",
+            generation,
+        );
+        set(
+            &mut st,
+            VERIFIED,
+            true,
+            reason::SUCCEEDED,
+            "every layer matches the config's diff_ids",
+            generation,
+        );
+        set(
+            &mut st,
+            SOURCE_READY,
+            true,
+            reason::SUCCEEDED,
+            "archive read",
+            generation,
+        );
+        write(
+            ctx,
+            obj,
+            api,
+            current,
+            &st,
+            Some((EventType::Normal, reason::SUCCEEDED, &msg)),
+        )
+        .await
+    } else {
+        let reason_text = r
+            .reason
+            .clone()
+            .unwrap_or_else(|| reason::WORKER_FAILED.into());
+        let msg = format!(
+            "{} (not retried: fix the archive or the spec; a spec change starts a new import)",
+            r.message.clone().unwrap_or_default()
+        );
+        st.completion_time = st.completion_time.clone().or_else(|| r.finished.clone());
+        set(&mut st, READY, false, &reason_text, &msg, generation);
+        set(
+            &mut st,
+            IMPORTING,
+            false,
+            &reason_text,
+            "import failed",
+            generation,
+        );
+        if matches!(
+            reason_text.as_str(),
+            "VerificationFailed" | "InvalidArchive"
+        ) {
+            set(&mut st, VERIFIED, false, &reason_text, &msg, generation);
+        }
+        write(
+            ctx,
+            obj,
+            api,
+            current,
+            &st,
+            Some((EventType::Warning, &reason_text, &msg)),
+        )
+        .await
+    }
+}
+
+async fn start_attempt(
+    ctx: &Context,
+    obj: &ImageImport,
+    api: &Api<ImageImport>,
+    jobs: &Api<Job>,
+    current: &ImageImportStatus,
+    st: ImageImportStatus,
+    generation: i64,
+) -> Result<Action, Error> {
+    let name = job::job_name(obj, generation, st.attempts + 1);
+    let mut st = st;
+    st.attempts += 1;
+    start_attempt_named(ctx, obj, api, jobs, current, st, generation, name).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_attempt_named(
+    ctx: &Context,
+    obj: &ImageImport,
+    api: &Api<ImageImport>,
+    jobs: &Api<Job>,
+    current: &ImageImportStatus,
+    mut st: ImageImportStatus,
+    generation: i64,
+    job_name: String,
+) -> Result<Action, Error> {
+    let ns = obj.namespace().unwrap_or_default();
+    // A claim that does not exist (yet) is explained, and looked for again later.
+    if let Some(pvc) = &obj.spec.source.pvc {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+        if claims.get_metadata_opt(&pvc.claim_name).await?.is_none() {
+            let msg = format!(
+                "PersistentVolumeClaim {} not found in namespace {ns}",
+                pvc.claim_name
+            );
+            if st.job_name.is_none() {
+                st.attempts = current.attempts.min(st.attempts);
+            }
+            set(
+                &mut st,
+                SOURCE_READY,
+                false,
+                reason::SOURCE_NOT_FOUND,
+                &msg,
+                generation,
+            );
+            set(
+                &mut st,
+                READY,
+                false,
+                reason::SOURCE_NOT_FOUND,
+                &msg,
+                generation,
+            );
+            write(
+                ctx,
+                obj,
+                api,
+                current,
+                &st,
+                Some((EventType::Warning, reason::SOURCE_NOT_FOUND, &msg)),
+            )
+            .await?;
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
+    }
+    // Concurrency limit over all namespaces.
+    let all: Api<Job> = Api::all(ctx.client.clone());
+    let active = all
+        .list_metadata(&ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}")))
+        .await?;
+    let running = active.items.len();
+    if running >= ctx.config.max_concurrent_imports
+        && jobs.get_metadata_opt(&job_name).await?.is_none()
+    {
+        let running_jobs = all
+            .list(&ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}")))
+            .await?;
+        let busy = running_jobs
+            .items
+            .iter()
+            .filter(|j| job::state(j) == JobState::Running)
+            .count();
+        if busy >= ctx.config.max_concurrent_imports {
+            let msg = format!(
+                "waiting: {busy} imports are running (limit {})",
+                ctx.config.max_concurrent_imports
+            );
+            if st.job_name.is_none() {
+                st.attempts = st
+                    .attempts
+                    .saturating_sub(1)
+                    .max(current.attempts.min(st.attempts));
+            }
+            set(&mut st, READY, false, reason::QUEUED, &msg, generation);
+            write(ctx, obj, api, current, &st, None).await?;
+            return Ok(Action::requeue(Duration::from_secs(10)));
+        }
+    }
+    super::rbac::ensure_worker_access(ctx, &ns).await?;
+    let job = job::build(obj, &ctx.config.worker, &job_name, generation, st.attempts);
+    match jobs.create(&PostParams::default(), &job).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    st.job_name = Some(job_name.clone());
+    st.next_attempt_after = None;
+    st.start_time = st.start_time.clone().or_else(|| Some(status::now()));
+    st.completion_time = None;
+    let msg = format!("worker Job {job_name} created (attempt {})", st.attempts);
+    set(
+        &mut st,
+        SOURCE_READY,
+        true,
+        reason::JOB_CREATED,
+        "source and references resolved",
+        generation,
+    );
+    set(
+        &mut st,
+        IMPORTING,
+        true,
+        reason::JOB_CREATED,
+        &msg,
+        generation,
+    );
+    set(&mut st, READY, false, reason::IMPORTING, &msg, generation);
+    write(
+        ctx,
+        obj,
+        api,
+        current,
+        &st,
+        Some((EventType::Normal, reason::JOB_CREATED, &msg)),
+    )
+    .await?;
+    let _ = LABEL_NAME;
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+async fn delete_job(jobs: &Api<Job>, name: &str) {
+    let dp = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..Default::default()
+    };
+    match jobs.delete(name, &dp).await {
+        Ok(_) => tracing::info!(job = name, "stopped the previous generation's worker"),
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => tracing::warn!(job = name, error = %e, "could not delete old worker Job"),
+    }
+}

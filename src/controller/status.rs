@@ -1,0 +1,89 @@
+//! Status writes: server-side apply on the status subresource, each writer with its own
+//! field manager, so the controller and the worker never clobber each other's fields.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+use crate::api::{ImageImport, ImageImportStatus};
+
+pub const CONTROLLER_MANAGER: &str = "imageimport-controller";
+pub const WORKER_MANAGER: &str = "imageimport-worker";
+
+pub fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// A condition with `lastTransitionTime` kept when its status did not change.
+pub fn condition(
+    existing: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let last = existing
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(now);
+    Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message: message.chars().take(1024).collect(),
+        last_transition_time: last,
+        observed_generation: generation,
+    }
+}
+
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// The controller's part of the status (everything but `result` and `progress`).
+pub async fn apply_controller_status(
+    api: &Api<ImageImport>,
+    name: &str,
+    s: &ImageImportStatus,
+) -> kube::Result<()> {
+    let mut status = serde_json::to_value(s).expect("status serializes");
+    if let Some(obj) = status.as_object_mut() {
+        obj.remove("result");
+        obj.remove("progress");
+    }
+    let patch = json!({
+        "apiVersion": "imageimport.dev/v1alpha1",
+        "kind": "ImageImport",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(CONTROLLER_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The worker's part: progress while running, the result at the end.
+pub async fn apply_worker_status(
+    api: &Api<ImageImport>,
+    name: &str,
+    status: serde_json::Value,
+) -> kube::Result<()> {
+    let patch = json!({
+        "apiVersion": "imageimport.dev/v1alpha1",
+        "kind": "ImageImport",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(WORKER_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
