@@ -6,6 +6,6 @@
 
 pub mod api;
 pub mod archive;
+pub mod controller;
 pub mod pipeline;
 pub mod registry;
-pub mod controller;

@@ -105,9 +105,8 @@ pub struct TargetSpec {
     pub repository: String,
     /// Tags to push. Default: the image's own tag(s) from the archive.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(validation = Rule::new("self.all(t, t.matches('^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$'))").message("each tag must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"))]
     #[schemars(length(max = 32))]
-    pub tags: Vec<String>,
+    pub tags: Vec<Tag>,
     /// Secret of type kubernetes.io/dockerconfigjson (same namespace) with credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<LocalRef>,
@@ -118,6 +117,17 @@ pub struct TargetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle_ref: Option<KeyRef>,
 }
+
+/// A registry tag.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(transparent)]
+pub struct Tag(
+    #[schemars(
+        regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"),
+        length(max = 128)
+    )]
+    pub String,
+);
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]

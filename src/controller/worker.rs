@@ -145,10 +145,13 @@ fn mounted_file(
             return Ok(p);
         }
     }
-    Err(ImportError::Source {
-        source: pipeline::source::SourceError::NotFound(format!(
-            "{what} (or its key) in the ImageImport's namespace"
-        )),
+    Err(ImportError::MissingReference {
+        what: format!("{what} in the ImageImport's namespace"),
+        kind: if what.starts_with("Secret") {
+            "Secret"
+        } else {
+            "ConfigMap"
+        },
     })
 }
 
@@ -263,7 +266,7 @@ fn options(spec: &ImageImportSpec, root: &Path) -> Result<ImportOptions, ImportE
     };
     opts.expect_sha256 = spec.source.sha256.clone();
     opts.expect_image_id = spec.verify.as_ref().and_then(|v| v.image_id.clone());
-    opts.tags = spec.target.tags.clone();
+    opts.tags = spec.target.tags.iter().map(|t| t.0.clone()).collect();
     Ok(opts)
 }
 

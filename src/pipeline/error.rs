@@ -38,6 +38,9 @@ pub enum ImportError {
     },
     #[error("{0}")]
     Usage(String),
+    /// A Secret or ConfigMap the spec names is not there (yet): worth retrying.
+    #[error("{what} not found")]
+    MissingReference { what: String, kind: &'static str },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -71,6 +74,8 @@ impl ImportError {
             } => "InvalidConfiguration",
             ImportError::Registry { .. } => "RegistryRejected",
             ImportError::Usage(_) => "InvalidSpec",
+            ImportError::MissingReference { kind: "Secret", .. } => "SecretNotFound",
+            ImportError::MissingReference { .. } => "ConfigMapNotFound",
             ImportError::Internal(_) => "InternalError",
         }
     }
@@ -80,7 +85,7 @@ impl ImportError {
         match self {
             ImportError::Source { source } => source.is_transient(),
             ImportError::Registry { source, .. } => source.is_transient(),
-            ImportError::Internal(_) => true,
+            ImportError::Internal(_) | ImportError::MissingReference { .. } => true,
             _ => false,
         }
     }

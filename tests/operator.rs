@@ -1,0 +1,668 @@
+//! The operator end to end, on a real kube-apiserver + etcd and a real registry.
+//!
+//! No kubelet or Job controller runs here: where a Pod would run, the test plays the node.
+//! It checks the worker Job's spec (claim mounted read-only, security context, owner), runs
+//! the container's command locally with the claim's mount mapped to a local folder and the
+//! Secret volumes written out, as the worker's own ServiceAccount, and then records the
+//! outcome on the Job's status as the Job controller would.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use imageimport::api::ImageImport;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use support::archives::{self, Format, ImageSpec, hostile};
+use support::kube::ApiServer;
+use support::registry::{Registry, skopeo};
+
+const NS: &str = "shop";
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_imageimport")
+}
+
+struct Cluster {
+    api: ApiServer,
+    client: Client,
+    controller: Option<Child>,
+    work: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let api = ApiServer::start();
+        let crd = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/crds/imageimport.dev_imageimports.yaml"
+        ))
+        .unwrap();
+        api.apply_crd_yaml(&crd).await;
+        api.create_namespace(NS).await;
+        let client = api.client().await;
+        let mut c = Cluster {
+            api,
+            client,
+            controller: None,
+            work: tempfile::tempdir().unwrap(),
+        };
+        c.start_controller();
+        c
+    }
+
+    fn start_controller(&mut self) {
+        let log = std::fs::File::create(self.work.path().join(format!(
+            "controller-{}.log",
+            Instant::now().elapsed().as_nanos()
+        )))
+        .unwrap();
+        let child = Command::new(bin())
+            .args([
+                "controller",
+                "--worker-image",
+                "imageimport:test",
+                "--max-concurrent-imports",
+                "2",
+            ])
+            .env("KUBECONFIG", &self.api.kubeconfig)
+            .env("RUST_LOG", "imageimport=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.controller = Some(child);
+    }
+
+    fn kill_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn imports(&self) -> Api<ImageImport> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    fn jobs(&self) -> Api<Job> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    async fn apply(&self, manifest: serde_json::Value) {
+        let name = manifest["metadata"]["name"].as_str().unwrap().to_string();
+        self.imports()
+            .patch(
+                &name,
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(&manifest),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn claim(&self, name: &str) {
+        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}}
+        }))
+        .unwrap();
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), NS);
+        let _ = api.create(&PostParams::default(), &pvc).await;
+    }
+
+    /// Wait for the controller to create the Job of `attempt` for `name`'s current generation.
+    async fn wait_job(&self, name: &str) -> Job {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let obj = self.imports().get(name).await.unwrap();
+            if let Some(job_name) = obj.status.as_ref().and_then(|s| s.job_name.clone())
+                && let Some(job) = self.jobs().get_opt(&job_name).await.unwrap()
+                && job
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.start_time.as_ref())
+                    .is_none()
+            {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no worker Job for {name}: {:?}",
+                obj.status
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Play the node for one Job: check its Pod spec, run its container locally, record the
+    /// outcome as the Job controller would. `claims` maps claim names to local folders.
+    async fn run_job(&self, job: &Job, claims: &BTreeMap<&str, &Path>) -> i32 {
+        let job_name = job.name_any();
+        let spec = job.spec.as_ref().unwrap();
+        let pod = spec.template.spec.as_ref().unwrap();
+        // What a kubelet would be asked to run.
+        let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("ImageImport", Some(true))
+        );
+        assert_eq!(spec.backoff_limit, Some(0));
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(
+            pod.service_account_name.as_deref(),
+            Some("imageimport-worker")
+        );
+        let psc = pod.security_context.as_ref().unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        let container = &pod.containers[0];
+        let sc = container.security_context.as_ref().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_ref().unwrap(),
+            &vec!["ALL".to_string()]
+        );
+        assert_eq!(
+            container.args.as_ref().unwrap(),
+            &vec!["worker".to_string()]
+        );
+
+        // The container's file system: volumes at their mount paths under a local root.
+        let root = self.work.path().join(format!("node-{job_name}"));
+        std::fs::create_dir_all(&root).unwrap();
+        let volumes = pod.volumes.clone().unwrap_or_default();
+        for m in container.volume_mounts.clone().unwrap_or_default() {
+            let v = volumes.iter().find(|v| v.name == m.name).unwrap();
+            let dest = root.join(m.mount_path.trim_start_matches('/'));
+            if let Some(pvc) = &v.persistent_volume_claim {
+                assert_eq!(pvc.read_only, Some(true), "claims are mounted read-only");
+                assert_eq!(m.read_only, Some(true));
+                std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+                let local = claims
+                    .get(pvc.claim_name.as_str())
+                    .unwrap_or_else(|| panic!("no local folder for claim {}", pvc.claim_name));
+                std::os::unix::fs::symlink(local, &dest).unwrap();
+            } else if let Some(s) = &v.secret {
+                assert_eq!(s.optional, Some(true));
+                std::fs::create_dir_all(&dest).unwrap();
+                let api: Api<Secret> = Api::namespaced(self.client.clone(), NS);
+                if let Some(secret) = api.get_opt(s.secret_name.as_ref().unwrap()).await.unwrap() {
+                    for (k, val) in secret.data.unwrap_or_default() {
+                        std::fs::write(dest.join(k), val.0).unwrap();
+                    }
+                }
+            } else if let Some(cm) = &v.config_map {
+                std::fs::create_dir_all(&dest).unwrap();
+                let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), NS);
+                if let Some(found) = api.get_opt(&cm.name).await.unwrap() {
+                    let data = found.data.unwrap_or_default();
+                    for item in cm.items.clone().unwrap_or_default() {
+                        if let Some(val) = data.get(&item.key) {
+                            std::fs::write(dest.join(&item.path), val).unwrap();
+                        }
+                    }
+                }
+            } else {
+                std::fs::create_dir_all(&dest).unwrap();
+            }
+        }
+        // Run as the worker's ServiceAccount: proves the Role the controller made suffices.
+        let kubeconfig = self
+            .api
+            .service_account_kubeconfig(NS, "imageimport-worker")
+            .await;
+        let mut cmd = Command::new(bin());
+        cmd.args(container.args.clone().unwrap());
+        for e in container.env.clone().unwrap_or_default() {
+            cmd.env(e.name, e.value.unwrap_or_default());
+        }
+        cmd.env("IMAGEIMPORT_ROOT", &root)
+            .env("KUBECONFIG", kubeconfig)
+            .env("HOME", &root);
+        let started = k8s_openapi::jiff::Timestamp::now();
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        eprintln!(
+            "worker {job_name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let code = out.status.code().unwrap_or(137);
+        self.record_job_outcome(&job_name, code == 0, started).await;
+        code
+    }
+
+    /// What the Job controller writes when its Pod ends.
+    async fn record_job_outcome(
+        &self,
+        job_name: &str,
+        succeeded: bool,
+        started: k8s_openapi::jiff::Timestamp,
+    ) {
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let started = started.to_string();
+        let status = if succeeded {
+            json!({"startTime": started, "completionTime": now, "succeeded": 1, "active": 0, "ready": 0, "terminating": 0,
+                   "conditions": [
+                       {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now, "lastProbeTime": now},
+                       {"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now, "lastProbeTime": now}]})
+        } else {
+            json!({"startTime": started, "failed": 1, "active": 0, "ready": 0, "terminating": 0,
+                   "conditions": [
+                       {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded", "lastTransitionTime": now, "lastProbeTime": now},
+                       {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "lastTransitionTime": now, "lastProbeTime": now}]})
+        };
+        self.jobs()
+            .patch_status(
+                job_name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({ "status": status })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("record outcome of Job {job_name}: {e}"));
+    }
+
+    /// Wait until the Ready condition has `status` (and `reason`, if given).
+    async fn wait_ready(&self, name: &str, status: &str, reason: Option<&str>) -> ImageImport {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let obj = self.imports().get(name).await.unwrap();
+            let ready = ready(&obj);
+            if let Some((s, r, _)) = &ready
+                && s == status
+                && reason.is_none_or(|want| want == r)
+                && obj.status.as_ref().and_then(|s| s.observed_generation)
+                    == obj.metadata.generation
+            {
+                return obj;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never became Ready={status} {reason:?}; now {ready:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn jobs_for(&self, name: &str) -> Vec<Job> {
+        self.jobs()
+            .list(&ListParams::default().labels(&format!("imageimport.dev/name={name}")))
+            .await
+            .unwrap()
+            .items
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_controller();
+    }
+}
+
+fn ready(obj: &ImageImport) -> Option<(String, String, String)> {
+    obj.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+fn archive_dir(c: &Cluster, name: &str, spec: ImageSpec) -> (PathBuf, archives::Built) {
+    let dir = c.work.path().join(format!("claim-{name}"));
+    std::fs::create_dir_all(dir.join("web")).unwrap();
+    let built = archives::build(&Format::DockerLegacy, &[spec]);
+    std::fs::write(dir.join("web/web-1.4.tar"), &built.bytes).unwrap();
+    (dir, built)
+}
+
+fn layers(seed: u64) -> Vec<archives::Layer> {
+    vec![
+        archives::layer(seed, 3, 30_000),
+        archives::layer(seed + 1, 1, 9_000),
+    ]
+}
+
+fn pvc_import(name: &str, claim: &str, repo: &str, tags: &[&str]) -> serde_json::Value {
+    json!({
+        "apiVersion": "imageimport.dev/v1alpha1", "kind": "ImageImport",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "source": {"pvc": {"claimName": claim, "path": "web/web-1.4.tar"}},
+            "target": {"repository": repo, "tags": tags, "insecure": true}
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pvc_and_url_sources_reach_ready_and_spec_changes_reimport() {
+    let c = Cluster::start().await;
+    let reg = Registry::plain();
+
+    // PVC source.
+    let (dir, built) = archive_dir(&c, "deliveries", ImageSpec::new(&["web:1.4"], layers(3000)));
+    c.claim("deliveries").await;
+    c.apply(pvc_import(
+        "web",
+        "deliveries",
+        &reg.reference("shop/web"),
+        &["1.4", "stable"],
+    ))
+    .await;
+    let job = c.wait_job("web").await;
+    assert_eq!(
+        c.run_job(&job, &BTreeMap::from([("deliveries", dir.as_path())]))
+            .await,
+        0
+    );
+    let obj = c.wait_ready("web", "True", Some("Succeeded")).await;
+    let st = obj.status.clone().unwrap();
+    assert_eq!(
+        st.digest.as_deref(),
+        Some(skopeo::manifest_digest(&reg, "shop/web:1.4").as_str())
+    );
+    assert_eq!(
+        skopeo::manifest_digest(&reg, "shop/web:stable"),
+        skopeo::manifest_digest(&reg, "shop/web:1.4")
+    );
+    assert_eq!(
+        st.image_id.as_deref(),
+        Some(built.images[0].config_digest.as_str())
+    );
+    assert_eq!(
+        skopeo::pull_diff_ids(&reg, "shop/web:1.4"),
+        built.images[0].diff_ids
+    );
+    assert_eq!(st.pushed.len(), 2);
+    assert_eq!(st.attempts, 1);
+    assert!(
+        st.progress
+            .as_ref()
+            .is_some_and(|p| p.bytes_done > 0 && p.bytes_done == p.bytes_total),
+        "{:?}",
+        st.progress
+    );
+    for t in ["Verified", "SourceReady"] {
+        assert!(
+            st.conditions
+                .iter()
+                .any(|x| x.type_ == t && x.status == "True"),
+            "{t}: {:?}",
+            st.conditions
+        );
+    }
+    // The same generation is never imported twice.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.jobs_for("web").await.len(), 1);
+
+    // A spec change is a new generation: a new Job, a new import.
+    let (dir2, built2) = archive_dir(
+        &c,
+        "deliveries2",
+        ImageSpec::new(&["web:1.5"], layers(3100)),
+    );
+    c.claim("deliveries2").await;
+    c.apply(pvc_import(
+        "web",
+        "deliveries2",
+        &reg.reference("shop/web"),
+        &["1.5"],
+    ))
+    .await;
+    let job2 = c.wait_job("web").await;
+    assert_ne!(job2.name_any(), job.name_any());
+    assert!(job2.name_any().contains("-g2-"), "{}", job2.name_any());
+    assert_eq!(
+        c.run_job(&job2, &BTreeMap::from([("deliveries2", dir2.as_path())]))
+            .await,
+        0
+    );
+    let obj = c.wait_ready("web", "True", Some("Succeeded")).await;
+    assert_eq!(
+        obj.status.unwrap().image_id.as_deref(),
+        Some(built2.images[0].config_digest.as_str())
+    );
+    assert_eq!(
+        skopeo::config(&reg, "shop/web:1.5").1,
+        built2.images[0].config_digest
+    );
+
+    // URL source, served on loopback.
+    let built3 = archives::build(
+        &Format::Docker25Oci,
+        &[ImageSpec::new(&["api:2"], layers(3200))],
+    );
+    let gz = archives::compress_whole(&built3.bytes, archives::Comp::Gzip);
+    let (url, server) = serve(gz);
+    c.apply(json!({
+        "apiVersion": "imageimport.dev/v1alpha1", "kind": "ImageImport",
+        "metadata": {"name": "api", "namespace": NS},
+        "spec": {"source": {"url": {"url": url}}, "target": {"repository": reg.reference("shop/api"), "insecure": true}}
+    }))
+    .await;
+    let job3 = c.wait_job("api").await;
+    assert!(
+        job3.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|v| v.persistent_volume_claim.is_none())
+    );
+    assert_eq!(c.run_job(&job3, &BTreeMap::new()).await, 0);
+    server.join().unwrap();
+    let obj = c.wait_ready("api", "True", Some("Succeeded")).await;
+    assert_eq!(
+        obj.status.unwrap().digest.unwrap(),
+        skopeo::manifest_digest(&reg, "shop/api:2")
+    );
+
+    // Deleting the resource: its Job carries the owner reference the garbage collector
+    // follows (the harness runs no garbage collector; the test deletes as it would).
+    let uid = c.imports().get("api").await.unwrap().uid().unwrap();
+    c.imports()
+        .delete("api", &DeleteParams::default())
+        .await
+        .unwrap();
+    for j in c.jobs_for("api").await {
+        let owners = j.metadata.owner_references.clone().unwrap_or_default();
+        assert!(
+            owners
+                .iter()
+                .any(|o| o.uid == uid && o.block_owner_deletion == Some(true) || o.uid == uid)
+        );
+        c.jobs()
+            .delete(&j.name_any(), &DeleteParams::background())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_explain_themselves_and_bad_specs_are_refused() {
+    let c = Cluster::start().await;
+    let reg = Registry::plain();
+
+    // The API server refuses a spec with both sources (CEL rule), before the controller sees it.
+    let both = json!({
+        "apiVersion": "imageimport.dev/v1alpha1", "kind": "ImageImport",
+        "metadata": {"name": "both", "namespace": NS},
+        "spec": {"source": {"url": {"url": "http://127.0.0.1:1/x.tar"}, "pvc": {"claimName": "c", "path": "x.tar"}},
+                 "target": {"repository": reg.reference("x")}}
+    });
+    let err = c
+        .imports()
+        .patch("both", &PatchParams::apply("test"), &Patch::Apply(&both))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("exactly one of source.pvc or source.url"),
+        "{err}"
+    );
+    let escape = json!({
+        "apiVersion": "imageimport.dev/v1alpha1", "kind": "ImageImport",
+        "metadata": {"name": "escape", "namespace": NS},
+        "spec": {"source": {"pvc": {"claimName": "c", "path": "../etc/passwd"}}, "target": {"repository": reg.reference("x")}}
+    });
+    assert!(
+        c.imports()
+            .patch(
+                "escape",
+                &PatchParams::apply("test"),
+                &Patch::Apply(&escape)
+            )
+            .await
+            .is_err()
+    );
+
+    // A hostile archive: Ready=False with its reason, nothing tagged, not retried.
+    let dir = c.work.path().join("claim-hostile");
+    std::fs::create_dir_all(dir.join("web")).unwrap();
+    std::fs::write(dir.join("web/web-1.4.tar"), hostile::tampered_layer()).unwrap();
+    c.claim("hostile").await;
+    c.apply(pvc_import(
+        "evil",
+        "hostile",
+        &reg.reference("shop/evil"),
+        &["1"],
+    ))
+    .await;
+    let job = c.wait_job("evil").await;
+    assert_eq!(
+        c.run_job(&job, &BTreeMap::from([("hostile", dir.as_path())]))
+            .await,
+        1
+    );
+    let obj = c
+        .wait_ready("evil", "False", Some("VerificationFailed"))
+        .await;
+    let (_, _, msg) = ready(&obj).unwrap();
+    assert!(msg.contains("diff_id"), "{msg}");
+    assert!(reg.tags("shop/evil").is_empty());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        c.jobs_for("evil").await.len(),
+        1,
+        "a permanent failure is not retried"
+    );
+
+    // A claim that does not exist.
+    c.apply(pvc_import(
+        "noclaim",
+        "missing-claim",
+        &reg.reference("shop/x"),
+        &["1"],
+    ))
+    .await;
+    let obj = c
+        .wait_ready("noclaim", "False", Some("SourceNotFound"))
+        .await;
+    assert!(ready(&obj).unwrap().2.contains("missing-claim"));
+    assert!(c.jobs_for("noclaim").await.is_empty());
+
+    // A credentials Secret that does not exist: the worker says which.
+    let (dir, _) = archive_dir(&c, "ok", ImageSpec::new(&["web:1.4"], layers(3300)));
+    c.claim("ok").await;
+    let mut m = pvc_import("nosecret", "ok", &reg.reference("shop/y"), &["1"]);
+    m["spec"]["target"]["credentialsSecretRef"] = json!({"name": "regcred"});
+    c.apply(m).await;
+    let job = c.wait_job("nosecret").await;
+    assert_eq!(
+        c.run_job(&job, &BTreeMap::from([("ok", dir.as_path())]))
+            .await,
+        75
+    );
+    let obj = c
+        .wait_ready("nosecret", "False", Some("SecretNotFound"))
+        .await;
+    assert!(
+        ready(&obj).unwrap().2.contains("regcred"),
+        "{:?}",
+        ready(&obj)
+    );
+    assert!(reg.tags("shop/y").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_outage_retries_and_controller_restart_imports_once() {
+    let mut c = Cluster::start().await;
+    let mut reg = Registry::plain();
+    let (dir, built) = archive_dir(&c, "d", ImageSpec::new(&["web:1.4"], layers(3400)));
+    c.claim("d").await;
+    let claims = BTreeMap::from([("d", dir.as_path())]);
+
+    // Registry down: the worker fails transiently, the controller retries with backoff.
+    reg.stop();
+    c.apply(pvc_import("web", "d", &reg.reference("shop/web"), &["1.4"]))
+        .await;
+    let job = c.wait_job("web").await;
+    assert_eq!(c.run_job(&job, &claims).await, 75);
+    let obj = c
+        .wait_ready("web", "False", Some("RegistryUnavailable"))
+        .await;
+    assert!(
+        ready(&obj).unwrap().2.contains("retrying"),
+        "{:?}",
+        ready(&obj)
+    );
+    reg.restart();
+    // The next attempt (after the backoff) succeeds.
+    let job2 = c.wait_job("web").await;
+    assert_ne!(job2.name_any(), job.name_any());
+    assert!(job2.name_any().ends_with("-a2"));
+
+    // The controller is killed while the import runs, and comes back.
+    c.kill_controller();
+    assert_eq!(c.run_job(&job2, &claims).await, 0);
+    c.start_controller();
+    let obj = c.wait_ready("web", "True", Some("Succeeded")).await;
+    let st = obj.status.unwrap();
+    assert_eq!(st.attempts, 2);
+    assert_eq!(
+        st.digest.unwrap(),
+        skopeo::manifest_digest(&reg, "shop/web:1.4")
+    );
+    assert_eq!(
+        skopeo::pull_diff_ids(&reg, "shop/web:1.4"),
+        built.images[0].diff_ids
+    );
+    // Exactly once: no further Job after the restart.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(c.jobs_for("web").await.len(), 2);
+}
+
+/// Serve one body once over HTTP on loopback.
+fn serve(body: Vec<u8>) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/artifacts/api-2.tar.gz",
+        listener.local_addr().unwrap()
+    );
+    let handle = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = s.write_all(&body);
+    });
+    (url, handle)
+}
