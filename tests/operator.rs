@@ -482,7 +482,7 @@ async fn pvc_and_url_sources_reach_ready_and_spec_changes_reimport() {
         assert!(
             owners
                 .iter()
-                .any(|o| o.uid == uid && o.block_owner_deletion == Some(true) || o.uid == uid)
+                .any(|o| o.uid == uid && o.controller == Some(true))
         );
         c.jobs()
             .delete(&j.name_any(), &DeleteParams::background())
