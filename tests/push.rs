@@ -663,3 +663,63 @@ fn inspect_lists_and_verifies() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("NOT verified"));
 }
+
+#[test]
+fn an_upgrade_reuses_the_layers_already_pushed() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let base = archives::layer(1900, 3, 60_000);
+    let v1 = archives::build(
+        &Format::DockerLegacy,
+        &[ImageSpec::new(
+            &["app:1"],
+            vec![base.clone(), archives::layer(1901, 1, 9000)],
+        )],
+    );
+    let v2 = archives::build(
+        &Format::DockerLegacy,
+        &[ImageSpec::new(
+            &["app:1"],
+            vec![base, archives::layer(1902, 1, 9000)],
+        )],
+    );
+    let p1 = archives::write_to(dir.path(), "v1.tar", &v1.bytes);
+    let p2 = archives::write_to(dir.path(), "v2.tar", &v2.bytes);
+    push_ok(&[
+        "push",
+        "--insecure",
+        "-q",
+        p1.to_str().unwrap(),
+        &reg.reference("up:stable"),
+    ]);
+    let patches = || {
+        reg.requests()
+            .iter()
+            .filter(|r| r.method == "PATCH")
+            .count()
+    };
+    let before = patches();
+    let lines = push_ok(&[
+        "push",
+        "--insecure",
+        "-q",
+        p2.to_str().unwrap(),
+        &reg.reference("up:stable"),
+    ]);
+    // The shared base layer is verified but not encoded or sent again: one new layer + config.
+    assert_eq!(
+        patches() - before,
+        2,
+        "only the new layer and the config are uploaded"
+    );
+    assert_round_trip(&reg, "up:stable", &v2.images[0], split_result(&lines[0]).1);
+    // And the result is the same manifest a fresh push gives (determinism is kept).
+    let fresh = push_ok(&[
+        "push",
+        "--insecure",
+        "-q",
+        p2.to_str().unwrap(),
+        &reg.reference("fresh:stable"),
+    ]);
+    assert_eq!(split_result(&fresh[0]).1, split_result(&lines[0]).1);
+}

@@ -50,12 +50,37 @@ pub struct Context {
     pub recorder: Recorder,
     /// Namespaces whose worker ServiceAccount and Role are in place.
     pub prepared_namespaces: Mutex<HashSet<String>>,
+    /// Consecutive reconcile errors per object, for exponential backoff (reset on success).
+    pub failures: Mutex<std::collections::HashMap<(String, String), u32>>,
 }
 
-/// Per-object exponential backoff for API errors; kube-runtime resets it on success.
-fn error_policy(obj: Arc<ImageImport>, err: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(name = %obj.name_any(), namespace = ?obj.namespace(), error = %err, "reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+impl Context {
+    fn key(obj: &ImageImport) -> (String, String) {
+        (obj.namespace().unwrap_or_default(), obj.name_any())
+    }
+
+    pub(crate) fn succeeded(&self, obj: &ImageImport) {
+        self.failures.lock().expect("lock").remove(&Self::key(obj));
+    }
+}
+
+/// Per-object exponential backoff for API errors (1 s doubling to 5 min), reset on success.
+fn error_policy(obj: Arc<ImageImport>, err: &Error, ctx: Arc<Context>) -> Action {
+    let n = {
+        let mut f = ctx.failures.lock().expect("lock");
+        let n = f.entry(Context::key(&obj)).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let delay = Duration::from_secs((1u64 << (n - 1).min(9)).min(300));
+    tracing::warn!(name = %obj.name_any(), namespace = ?obj.namespace(), error = %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn reconcile(obj: Arc<ImageImport>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let action = reconcile::reconcile(obj.clone(), ctx.clone()).await?;
+    ctx.succeeded(&obj);
+    Ok(action)
 }
 
 /// Run the controller until the shutdown future resolves.
@@ -73,6 +98,7 @@ pub async fn run(
         config,
         recorder: Recorder::new(client.clone(), reporter),
         prepared_namespaces: Mutex::new(HashSet::new()),
+        failures: Mutex::new(Default::default()),
     });
     let imports: Api<ImageImport> = Api::all(client.clone());
     let jobs: Api<Job> = Api::all(client.clone());
@@ -89,7 +115,7 @@ pub async fn run(
     Controller::for_stream(stream, reader)
         .owns(jobs, job_cfg)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile::reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(name = %obj.name, "reconciled"),

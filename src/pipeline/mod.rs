@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod plan;
 pub mod progress;
 pub mod source;
+pub mod url_guard;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -233,32 +234,35 @@ async fn import_seekable(
         return Ok(reports);
     }
     // Each distinct layer member is read once, uploaded to the first repository needing it.
-    let mut jobs: Vec<(String, String, Option<Descriptor>)> = Vec::new();
+    let known = Arc::new(known_layers(&ctx, &todo).await);
+    let mut jobs: Vec<Job> = Vec::new();
     for p in &todo {
         for img in &p.images {
-            for l in &img.layers {
-                if !jobs.iter().any(|(m, _, _)| m == &l.member) {
-                    jobs.push((
-                        l.member.clone(),
-                        p.refs[0].repository.clone(),
-                        l.declared.clone(),
-                    ));
+            for (i, l) in img.layers.iter().enumerate() {
+                if !jobs.iter().any(|j| j.member == l.member) {
+                    jobs.push(Job {
+                        member: l.member.clone(),
+                        repo: p.refs[0].repository.clone(),
+                        declared: l.declared.clone(),
+                        diff_id: img.diff_ids[i].clone(),
+                    });
                 }
             }
         }
     }
     let total: u64 = jobs
         .iter()
-        .map(|(m, _, _)| catalog.sizes.get(m).copied().unwrap_or(0))
+        .map(|j| catalog.sizes.get(&j.member).copied().unwrap_or(0))
         .sum();
     ctx.progress.set_total(total);
     ctx.progress.set_phase("pushing layers");
     let processed: HashMap<String, Processed> = futures::stream::iter(jobs)
-        .map(|(member, repo, declared)| {
+        .map(|job| {
             let ctx = ctx.clone();
             let path = path.clone();
             let catalog = catalog.clone();
-            async move { process_seekable(ctx, path, catalog, member, repo, declared).await }
+            let known = known.clone();
+            async move { process_seekable(ctx, path, catalog, job, known).await }
         })
         .buffer_unordered(ctx.opts.parallel_layers.max(1))
         .try_collect()
@@ -292,14 +296,86 @@ fn sniff_layers(
 
 type Slot = Arc<Mutex<Option<Result<LayerFacts, LayerError>>>>;
 
+/// One distinct layer member to read from a seekable archive.
+struct Job {
+    member: String,
+    repo: String,
+    declared: Option<Descriptor>,
+    /// What the config says its diff_id is (checked after reading).
+    diff_id: String,
+}
+
+/// Blobs this codec already produced for a diff_id, in the target repositories: found
+/// through the manifests the target tags point at now (an upgrade shares its base layers
+/// with the version it replaces). Equal codec id and diff_id mean equal bytes.
+async fn known_layers(ctx: &Ctx, todo: &[Planned]) -> HashMap<String, Pushed> {
+    let codec = match ctx.opts.compression {
+        CompressionPolicy::Keep(c) | CompressionPolicy::Force(c) => c,
+    };
+    let id = codec::codec_id(codec);
+    let mut known = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for r in todo.iter().flat_map(|p| &p.refs) {
+        let tag = r.tag.clone().unwrap_or_else(|| "latest".into());
+        if !seen.insert((r.repository.clone(), tag.clone())) {
+            continue;
+        }
+        let Ok(Some(remote)) = ctx.registry.get_manifest(&r.repository, &tag).await else {
+            continue;
+        };
+        let Ok(m) = serde_json::from_slice::<serde_json::Value>(&remote.bytes) else {
+            continue;
+        };
+        if m["annotations"][manifest::ANNOTATION_CODEC].as_str() != Some(id.as_str()) {
+            continue;
+        }
+        let Some(config_digest) = m["config"]["digest"].as_str() else {
+            continue;
+        };
+        let Ok(Some(config)) = ctx
+            .registry
+            .get_small_blob(&r.repository, config_digest, 4 << 20)
+            .await
+        else {
+            continue;
+        };
+        let Ok(parsed) = serde_json::from_slice::<crate::archive::formats::ImageConfig>(&config)
+        else {
+            continue;
+        };
+        let layers = m["layers"].as_array().cloned().unwrap_or_default();
+        for (diff_id, l) in parsed.rootfs.diff_ids.iter().zip(&layers) {
+            if let (Some(d), Some(size)) = (l["digest"].as_str(), l["size"].as_u64())
+                && l["mediaType"].as_str() == Some(codec.oci_layer_media_type())
+            {
+                known.insert(
+                    diff_id.clone(),
+                    Pushed {
+                        digest: d.to_string(),
+                        size,
+                        repo: r.repository.clone(),
+                        sent: 0,
+                    },
+                );
+            }
+        }
+    }
+    known
+}
+
 async fn process_seekable(
     ctx: Arc<Ctx>,
     path: PathBuf,
     catalog: Arc<Catalog>,
-    member: String,
-    repo: String,
-    declared: Option<Descriptor>,
+    job: Job,
+    known: Arc<HashMap<String, Pushed>>,
 ) -> Result<(String, Processed), ImportError> {
+    let Job {
+        member,
+        repo,
+        declared,
+        diff_id,
+    } = job;
     let offset = catalog.offsets.get(&member).copied().unwrap_or(0);
     let size = catalog.sizes.get(&member).copied().unwrap_or(0);
     let policy = ctx.opts.compression;
@@ -328,6 +404,37 @@ async fn process_seekable(
             })
         }
     };
+
+    // A layer this codec already encoded into the registry: read it only to verify it.
+    if !as_stored
+        && let Some(k) = known.get(&diff_id)
+        && ctx
+            .registry
+            .blob_exists(&repo, &k.digest)
+            .await
+            .map_err(|e| ctx.reg_err(&repo, e))?
+    {
+        let m = member.clone();
+        let mut facts = blocking(move || -> Result<LayerFacts, LayerError> {
+            let mut r = open().map_err(LayerError::Read)?;
+            layer::process(
+                &m,
+                &mut r,
+                CompressionPolicy::Force(Codec::None),
+                &mut |_| Ok(()),
+            )
+        })
+        .await?
+        .map_err(|e| ImportError::from_layer(&ctx.archive, &repo, e, None))?;
+        let (codec, _) = policy.plan(stored_codec);
+        facts.pushed_codec = codec;
+        facts.as_stored = false;
+        let pushed = Pushed {
+            repo: repo.clone(),
+            ..k.clone()
+        };
+        return Ok((member, Processed { facts, pushed }));
+    }
 
     // A stored blob the registry already has: read it only to verify it.
     if as_stored
