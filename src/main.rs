@@ -69,6 +69,20 @@ struct ControllerArgs {
     worker_memory_request: String,
     #[arg(long, default_value = "256Mi")]
     worker_memory_limit: String,
+    /// Address of the /metrics, /healthz and /readyz listener.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_bind_address: std::net::SocketAddr,
+    /// Run as one of several replicas: only the holder of a coordination Lease reconciles.
+    #[arg(long)]
+    leader_elect: bool,
+    /// Namespace of the Lease (default: this Pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    leader_election_namespace: String,
+    #[arg(long, default_value = "imageimport-controller")]
+    leader_election_lease: String,
+    /// Seconds a leader's Lease stays valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
     /// Longest an import may run before its Job is stopped.
     #[arg(long, default_value_t = 6 * 3600)]
     worker_deadline_seconds: i64,
@@ -115,13 +129,18 @@ struct PushArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let json_logs = std::env::var("IMAGEIMPORT_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "imageimport=info".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json_logs {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -255,7 +274,8 @@ fn show_progress(
 }
 
 async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
-    use imageimport::controller::{ControllerConfig, WorkerSettings};
+    use imageimport::controller::{ControllerConfig, WorkerSettings, metrics::Metrics, server};
+    use std::sync::atomic::{AtomicBool, Ordering};
     let client = kube::Client::try_default()
         .await
         .map_err(|e| ImportError::Usage(format!("no Kubernetes configuration: {e}")))?;
@@ -273,7 +293,8 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
         },
         max_concurrent_imports: args.max_concurrent_imports.max(1),
     };
-    let shutdown = async {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
         tokio::select! {
@@ -281,8 +302,82 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
             _ = tokio::signal::ctrl_c() => {}
         }
         tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
     };
-    imageimport::controller::run(client, config, shutdown).await;
+
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = server::Health {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
+    let server = tokio::spawn(server::serve(
+        args.metrics_bind_address,
+        health,
+        stopped(stop_rx.clone()),
+    ));
+    // Ready once the API server answers (a standby is ready too: it is healthy and waiting).
+    if client.apiserver_version().await.is_ok() {
+        ready.store(true, Ordering::Relaxed);
+    }
+
+    if args.leader_elect {
+        let identity = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| format!("imageimport-{}", std::process::id()));
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(
+            client.clone(),
+            &args.leader_election_lease,
+        )
+        .with_namespace(&args.leader_election_namespace)
+        .with_identity(&identity)
+        .with_duration(args.lease_duration_seconds)
+        .with_grace((args.lease_duration_seconds / 3).max(1))
+        .build()
+        .await
+        .map_err(|e| ImportError::Usage(format!("leader election: {e}")))?;
+        let (mut leading, lease_task) = manager.watch().await;
+        tracing::info!(%identity, lease = %args.leader_election_lease, "waiting for leadership");
+        let mut stop = stop_rx.clone();
+        let became_leader = tokio::select! {
+            r = leading.wait_for(|l| *l) => r.is_ok(),
+            _ = stop.wait_for(|s| *s) => false,
+        };
+        if !became_leader {
+            drop(leading);
+            let _ = lease_task.await;
+            server.abort();
+            return Ok(ExitCode::SUCCESS);
+        }
+        tracing::info!(%identity, "leading: starting the controller");
+        // Leadership lost (or SIGTERM): stop reconciling. A lost lease ends the process so the
+        // replica restarts clean as a standby; no import is lost, the next leader resumes it.
+        let mut lost = leading.clone();
+        let stop = stop_rx.clone();
+        let until = async move {
+            tokio::select! {
+                _ = lost.wait_for(|l| !*l) => tracing::warn!("lost leadership"),
+                _ = stopped(stop) => {}
+            }
+        };
+        imageimport::controller::run(client, config, metrics, until).await;
+        let lost = !*leading.borrow();
+        drop(leading);
+        if let Ok(Ok(manager)) = lease_task.await {
+            let _ = manager.release().await;
+        }
+        server.abort();
+        return Ok(if lost {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    imageimport::controller::run(client, config, metrics, stopped(stop_rx)).await;
+    server.abort();
     Ok(ExitCode::SUCCESS)
 }
 

@@ -34,6 +34,35 @@ struct Cluster {
     client: Client,
     controller: Option<Child>,
     work: tempfile::TempDir,
+    /// The controller's /metrics, /healthz, /readyz address.
+    metrics_addr: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP GET on loopback: (status, body).
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
 }
 
 impl Cluster {
@@ -47,23 +76,31 @@ impl Cluster {
         api.apply_crd_yaml(&crd).await;
         api.create_namespace(NS).await;
         let client = api.client().await;
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
         let mut c = Cluster {
             api,
             client,
             controller: None,
             work: tempfile::tempdir().unwrap(),
+            metrics_addr,
         };
         c.start_controller();
         c
     }
 
     fn start_controller(&mut self) {
-        let log = std::fs::File::create(self.work.path().join(format!(
-            "controller-{}.log",
-            Instant::now().elapsed().as_nanos()
-        )))
-        .unwrap();
-        let child = Command::new(bin())
+        let addr = self.metrics_addr.clone();
+        let child = self.spawn_controller(&["--metrics-bind-address", &addr], "ctl");
+        self.controller = Some(child);
+    }
+
+    fn spawn_controller(&self, extra: &[&str], identity: &str) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.work.path().join(format!("controller-{identity}.log")))
+            .unwrap();
+        Command::new(bin())
             .args([
                 "controller",
                 "--worker-image",
@@ -71,13 +108,14 @@ impl Cluster {
                 "--max-concurrent-imports",
                 "2",
             ])
+            .args(extra)
+            .env("POD_NAME", identity)
             .env("KUBECONFIG", &self.api.kubeconfig)
             .env("RUST_LOG", "imageimport=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap();
-        self.controller = Some(child);
+            .unwrap()
     }
 
     fn kill_controller(&mut self) {
@@ -470,6 +508,26 @@ async fn pvc_and_url_sources_reach_ready_and_spec_changes_reimport() {
         skopeo::manifest_digest(&reg, "shop/api:2")
     );
 
+    // The controller's endpoints: health, readiness, and metrics of what it saw.
+    assert_eq!(
+        http_get(&c.metrics_addr, "/healthz").map(|r| r.0),
+        Some(200)
+    );
+    assert_eq!(http_get(&c.metrics_addr, "/readyz").map(|r| r.0), Some(200));
+    let (_, metrics) = http_get(&c.metrics_addr, "/metrics").unwrap();
+    assert!(
+        metrics.contains(r#"imageimport_imports_total{result="succeeded",reason="Succeeded"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("imageimport_import_duration_seconds_count 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("imageimport_imports_in_flight 0"),
+        "{metrics}"
+    );
+
     // Deleting the resource: its Job carries the owner reference the garbage collector
     // follows (the harness runs no garbage collector; the test deletes as it would).
     let uid = c.imports().get("api").await.unwrap().uid().unwrap();
@@ -645,6 +703,98 @@ async fn registry_outage_retries_and_controller_restart_imports_once() {
     assert_eq!(c.jobs_for("web").await.len(), 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_takes_over_when_the_leader_dies() {
+    let mut c = Cluster::start().await;
+    c.kill_controller();
+    let reg = Registry::plain();
+    let elect = [
+        "--leader-elect",
+        "--leader-election-namespace",
+        "default",
+        "--lease-duration-seconds",
+        "4",
+    ];
+    let mut a = c.spawn_controller(
+        &[
+            &elect[..],
+            &[
+                "--metrics-bind-address",
+                &format!("127.0.0.1:{}", free_port()),
+            ],
+        ]
+        .concat(),
+        "ctl-a",
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut b = c.spawn_controller(
+        &[
+            &elect[..],
+            &[
+                "--metrics-bind-address",
+                &format!("127.0.0.1:{}", free_port()),
+            ],
+        ]
+        .concat(),
+        "ctl-b",
+    );
+    let (dir, built) = archive_dir(&c, "d", ImageSpec::new(&["web:1.4"], layers(3500)));
+    c.claim("d").await;
+    c.apply(pvc_import("web", "d", &reg.reference("shop/web"), &["1.4"]))
+        .await;
+    let job = c.wait_job("web").await;
+    // Who leads? The Lease says.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(c.client.clone(), "default");
+    let holder = leases
+        .get("imageimport-controller")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    let (leader, standby) = if holder == "ctl-a" {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    // The leader dies mid-import; the worker (playing the node) finishes meanwhile.
+    leader.kill().unwrap();
+    leader.wait().unwrap();
+    assert_eq!(
+        c.run_job(&job, &BTreeMap::from([("d", dir.as_path())]))
+            .await,
+        0
+    );
+    let obj = c.wait_ready("web", "True", Some("Succeeded")).await;
+    assert_eq!(
+        obj.status.unwrap().digest.unwrap(),
+        skopeo::manifest_digest(&reg, "shop/web:1.4")
+    );
+    assert_eq!(
+        skopeo::pull_diff_ids(&reg, "shop/web:1.4"),
+        built.images[0].diff_ids
+    );
+    let new_holder = leases
+        .get("imageimport-controller")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    assert_ne!(new_holder, holder, "the standby took the Lease");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        c.jobs_for("web").await.len(),
+        1,
+        "the import was neither lost nor done twice"
+    );
+    let _ = standby.kill();
+    let _ = standby.wait();
+}
+
 /// Serve one body once over HTTP on loopback.
 fn serve(body: Vec<u8>) -> (String, std::thread::JoinHandle<()>) {
     use std::io::{Read, Write};
@@ -675,25 +825,57 @@ fn serve(body: Vec<u8>) -> (String, std::thread::JoinHandle<()>) {
 async fn demo() {
     let c = Cluster::start().await;
     let reg = Registry::plain();
-    println!("\n== kube-apiserver at {} (KUBECONFIG={})", c.api.url, c.api.kubeconfig.display());
+    println!(
+        "\n== kube-apiserver at {} (KUBECONFIG={})",
+        c.api.url,
+        c.api.kubeconfig.display()
+    );
     println!("== registry at {}", reg.base_url());
     let (dir, built) = archive_dir(&c, "deliveries", ImageSpec::new(&["web:1.4"], layers(42)));
-    println!("== generated archive {}/web/web-1.4.tar (image ID {})", dir.display(), built.images[0].config_digest);
+    println!(
+        "== generated archive {}/web/web-1.4.tar (image ID {})",
+        dir.display(),
+        built.images[0].config_digest
+    );
     c.claim("deliveries").await;
-    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/imageimport-pvc.yaml")).unwrap();
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/imageimport-pvc.yaml"
+    ))
+    .unwrap();
     let mut manifest: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
     manifest["spec"]["target"]["repository"] = json!(reg.reference("shop/web"));
     manifest["spec"]["target"]["insecure"] = json!(true);
-    manifest["spec"]["target"].as_object_mut().unwrap().remove("credentialsSecretRef");
-    println!("== applying examples/imageimport-pvc.yaml (target: {})", reg.reference("shop/web"));
+    manifest["spec"]["target"]
+        .as_object_mut()
+        .unwrap()
+        .remove("credentialsSecretRef");
+    println!(
+        "== applying examples/imageimport-pvc.yaml (target: {})",
+        reg.reference("shop/web")
+    );
     c.apply(manifest).await;
     let job = c.wait_job("web-1-4").await;
-    println!("== controller created Job {}; playing the node (no kubelet here)", job.name_any());
-    c.run_job(&job, &BTreeMap::from([("deliveries", dir.as_path())])).await;
+    println!(
+        "== controller created Job {}; playing the node (no kubelet here)",
+        job.name_any()
+    );
+    c.run_job(&job, &BTreeMap::from([("deliveries", dir.as_path())]))
+        .await;
     let obj = c.wait_ready("web-1-4", "True", Some("Succeeded")).await;
     let st = obj.status.unwrap();
     println!("\nNAME      READY   TARGET                              DIGEST");
-    println!("web-1-4   True    {}   {}", obj.spec.target.repository, st.digest.clone().unwrap_or_default());
-    println!("\nstatus:\n{}", serde_yaml::to_string(&serde_json::to_value(&st).unwrap()).unwrap());
-    println!("skopeo reads {} for shop/web:1.4", skopeo::manifest_digest(&reg, "shop/web:1.4"));
+    println!(
+        "web-1-4   True    {}   {}",
+        obj.spec.target.repository,
+        st.digest.clone().unwrap_or_default()
+    );
+    println!(
+        "\nstatus:\n{}",
+        serde_yaml::to_string(&serde_json::to_value(&st).unwrap()).unwrap()
+    );
+    println!(
+        "skopeo reads {} for shop/web:1.4",
+        skopeo::manifest_digest(&reg, "shop/web:1.4")
+    );
 }

@@ -2,8 +2,10 @@
 //! own namespace, and turns the worker's result into status conditions and events.
 
 pub mod job;
+pub mod metrics;
 pub mod rbac;
 pub mod reconcile;
+pub mod server;
 pub mod status;
 pub mod worker;
 
@@ -50,6 +52,9 @@ pub struct Context {
     pub recorder: Recorder,
     /// Namespaces whose worker ServiceAccount and Role are in place.
     pub prepared_namespaces: Mutex<HashSet<String>>,
+    pub metrics: Arc<metrics::Metrics>,
+    /// Objects whose worker Job is running (the in-flight gauge).
+    pub running: Mutex<HashSet<(String, String)>>,
     /// Consecutive reconcile errors per object, for exponential backoff (reset on success).
     pub failures: Mutex<std::collections::HashMap<(String, String), u32>>,
 }
@@ -59,6 +64,16 @@ impl Context {
         (obj.namespace().unwrap_or_default(), obj.name_any())
     }
 
+    pub(crate) fn set_running(&self, obj: &ImageImport, running: bool) {
+        let mut r = self.running.lock().expect("lock");
+        if running {
+            r.insert(Self::key(obj));
+        } else {
+            r.remove(&Self::key(obj));
+        }
+        self.metrics.in_flight.set(r.len() as i64);
+    }
+
     pub(crate) fn succeeded(&self, obj: &ImageImport) {
         self.failures.lock().expect("lock").remove(&Self::key(obj));
     }
@@ -66,6 +81,7 @@ impl Context {
 
 /// Per-object exponential backoff for API errors (1 s doubling to 5 min), reset on success.
 fn error_policy(obj: Arc<ImageImport>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_errors.inc();
     let n = {
         let mut f = ctx.failures.lock().expect("lock");
         let n = f.entry(Context::key(&obj)).or_insert(0);
@@ -78,6 +94,7 @@ fn error_policy(obj: Arc<ImageImport>, err: &Error, ctx: Arc<Context>) -> Action
 }
 
 async fn reconcile(obj: Arc<ImageImport>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciliations.inc();
     let action = reconcile::reconcile(obj.clone(), ctx.clone()).await?;
     ctx.succeeded(&obj);
     Ok(action)
@@ -87,6 +104,7 @@ async fn reconcile(obj: Arc<ImageImport>, ctx: Arc<Context>) -> Result<Action, E
 pub async fn run(
     client: Client,
     config: ControllerConfig,
+    metrics: Arc<metrics::Metrics>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let reporter = Reporter {
@@ -99,6 +117,8 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), reporter),
         prepared_namespaces: Mutex::new(HashSet::new()),
         failures: Mutex::new(Default::default()),
+        metrics,
+        running: Mutex::new(HashSet::new()),
     });
     let imports: Api<ImageImport> = Api::all(client.clone());
     let jobs: Api<Job> = Api::all(client.clone());

@@ -91,6 +91,12 @@ pub async fn reconcile(obj: Arc<ImageImport>, ctx: Arc<Context>) -> Result<Actio
             r.message.clone().unwrap_or_default(),
             wait.saturating_sub(elapsed).as_secs()
         );
+        ctx.set_running(&obj, false);
+        let first =
+            status::find(&current.conditions, READY).is_none_or(|c| c.reason != reason_text);
+        if first {
+            count_result(&ctx, &obj, &st, r);
+        }
         if elapsed < wait {
             set(&mut st, READY, false, &reason_text, &msg, generation);
             set(
@@ -120,6 +126,7 @@ pub async fn reconcile(obj: Arc<ImageImport>, ctx: Arc<Context>) -> Result<Actio
         match jobs.get_opt(&job_name).await? {
             Some(job) => match job::state(&job) {
                 JobState::Running => {
+                    ctx.set_running(&obj, true);
                     let msg = format!(
                         "worker Job {job_name} is importing (attempt {})",
                         st.attempts
@@ -202,6 +209,33 @@ pub async fn reconcile(obj: Arc<ImageImport>, ctx: Arc<Context>) -> Result<Actio
     start_attempt(&ctx, &obj, &api, &jobs, &current, st, generation).await
 }
 
+/// Metrics for a finished attempt (counted once, when its outcome is first recorded).
+fn count_result(ctx: &Context, obj: &ImageImport, st: &ImageImportStatus, r: &WorkerResult) {
+    let m = &ctx.metrics;
+    let reason = if r.succeeded {
+        reason::SUCCEEDED.to_string()
+    } else {
+        r.reason.clone().unwrap_or_default()
+    };
+    let result = if r.succeeded { "succeeded" } else { "failed" };
+    m.imports
+        .get_or_create(&super::metrics::ResultLabels {
+            result: result.into(),
+            reason,
+        })
+        .inc();
+    m.bytes_pushed.inc_by(r.pushed_bytes.unwrap_or(0));
+    if let Some(p) = obj.status.as_ref().and_then(|s| s.progress.as_ref()) {
+        m.bytes_read.inc_by(p.bytes_done);
+    }
+    if let (Some(start), Some(end)) = (&st.start_time, &r.finished) {
+        let secs = end.0.duration_since(start.0).as_secs_f64();
+        if secs >= 0.0 {
+            m.duration.observe(secs);
+        }
+    }
+}
+
 fn set(
     st: &mut ImageImportStatus,
     type_: &str,
@@ -275,6 +309,15 @@ async fn finish(
     r: &WorkerResult,
 ) -> Result<(), Error> {
     let generation = st.observed_generation.unwrap_or(0);
+    ctx.set_running(obj, false);
+    let already = status::find(&current.conditions, READY).is_some_and(|c| {
+        c.observed_generation == Some(generation)
+            && (c.status == "True") == r.succeeded
+            && (r.succeeded || Some(&c.reason) == r.reason.as_ref())
+    });
+    if !already {
+        count_result(ctx, obj, &st, r);
+    }
     if r.succeeded {
         let msg = format!(
             "imported {} ({} layers)",
