@@ -120,6 +120,13 @@ pub enum AddressKind {
 }
 
 impl AddressKind {
+    fn article(self) -> &'static str {
+        match self {
+            AddressKind::Unspecified => "an",
+            _ => "a",
+        }
+    }
+
     fn hint(self) -> &'static str {
         match self {
             AddressKind::Loopback | AddressKind::Private => " (not allowed: allow_private is off)",
@@ -158,7 +165,7 @@ pub enum UrlError {
     UserInfo { host: String },
     #[error("refusing {host}: not in the allowed hosts")]
     HostNotAllowed { host: String },
-    #[error("refusing {host}: {addr} is a {kind} address{}", kind.hint())]
+    #[error("refusing {host}: {addr} is {} {kind} address{}", kind.article(), kind.hint())]
     Forbidden {
         host: String,
         addr: IpAddr,
@@ -534,7 +541,8 @@ pub fn describe(e: &reqwest::Error) -> String {
 }
 
 /// Bound a body stream to `limit` bytes: past it, the stream yields an error (an
-/// `io::Error` wrapping [`UrlError::TooLarge`]) and ends. reqwest errors lose their URL.
+/// `io::Error` wrapping [`UrlError::TooLarge`]) and ends. reqwest errors become
+/// `io::Error`s carrying [`describe`]'s text (no query string), `TimedOut` for timeouts.
 pub fn limit_stream<S>(
     stream: S,
     limit: Option<u64>,
@@ -557,7 +565,14 @@ where
                     _ => Ok(chunk),
                 }
             }
-            Err(e) => Err(io::Error::other(e.without_url())),
+            Err(e) => {
+                let kind = if e.is_timeout() {
+                    io::ErrorKind::TimedOut
+                } else {
+                    io::ErrorKind::Other
+                };
+                Err(io::Error::new(kind, describe(&e)))
+            }
         })
         .take_while(move |item| {
             let go = !done;
