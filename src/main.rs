@@ -69,6 +69,9 @@ struct ControllerArgs {
     worker_memory_request: String,
     #[arg(long, default_value = "256Mi")]
     worker_memory_limit: String,
+    /// Policy file (YAML) limiting repositories and URL hosts per namespace; re-read on use.
+    #[arg(long, env = "IMAGEIMPORT_POLICY_FILE")]
+    policy_file: Option<PathBuf>,
     /// Address of the /metrics, /healthz and /readyz listener.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_bind_address: std::net::SocketAddr,
@@ -292,8 +295,13 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
             ..Default::default()
         },
         max_concurrent_imports: args.max_concurrent_imports.max(1),
+        policy: imageimport::controller::policy::PolicySource {
+            path: args.policy_file,
+        },
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx_listener = Arc::new(stop_tx);
+    let stop_tx = stop_tx_listener.clone();
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
@@ -314,11 +322,15 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
         metrics: metrics.clone(),
         ready: ready.clone(),
     };
-    let server = tokio::spawn(server::serve(
-        args.metrics_bind_address,
-        health,
-        stopped(stop_rx.clone()),
-    ));
+    // Without its listener the Pod's probes fail: a bind error stops the controller.
+    let listener_stop = stop_tx_listener.clone();
+    let server_future = server::serve(args.metrics_bind_address, health, stopped(stop_rx.clone()));
+    let server = tokio::spawn(async move {
+        if let Err(e) = server_future.await {
+            tracing::error!(error = %e, "metrics/health listener failed");
+            let _ = listener_stop.send(true);
+        }
+    });
     // Ready once the API server answers (a standby is ready too: it is healthy and waiting).
     if client.apiserver_version().await.is_ok() {
         ready.store(true, Ordering::Relaxed);

@@ -795,6 +795,65 @@ async fn standby_takes_over_when_the_leader_dies() {
     let _ = standby.wait();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_policy_limits_targets_and_hosts() {
+    let mut c = Cluster::start().await;
+    c.kill_controller();
+    let reg = Registry::plain();
+    let policy = c.work.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!("rules:\n  - namespaces: [\"sh*\"]\n    repositories: [\"{}/shop/*\"]\n    urlHosts: [\"artifacts.example\"]\n", reg.host),
+    )
+    .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    c.controller = Some(c.spawn_controller(
+        &[
+            "--policy-file",
+            policy.to_str().unwrap(),
+            "--metrics-bind-address",
+            &addr,
+        ],
+        "ctl-policy",
+    ));
+    c.claim("d").await;
+    c.apply(pvc_import(
+        "elsewhere",
+        "d",
+        &reg.reference("other/web"),
+        &["1"],
+    ))
+    .await;
+    let obj = c
+        .wait_ready("elsewhere", "False", Some("PolicyViolation"))
+        .await;
+    assert!(
+        ready(&obj).unwrap().2.contains("other/web"),
+        "{:?}",
+        ready(&obj)
+    );
+    c.apply(json!({
+        "apiVersion": "imageimport.dev/v1alpha1", "kind": "ImageImport",
+        "metadata": {"name": "metadata", "namespace": NS},
+        "spec": {"source": {"url": {"url": "http://169.254.169.254/latest/x.tar"}}, "target": {"repository": reg.reference("shop/x")}}
+    }))
+    .await;
+    let obj = c
+        .wait_ready("metadata", "False", Some("PolicyViolation"))
+        .await;
+    assert!(ready(&obj).unwrap().2.contains("169.254.169.254"));
+    assert!(c.jobs_for("elsewhere").await.is_empty() && c.jobs_for("metadata").await.is_empty());
+    // Allowed: the Job is created.
+    c.apply(pvc_import(
+        "allowed",
+        "d",
+        &reg.reference("shop/web"),
+        &["1"],
+    ))
+    .await;
+    c.wait_job("allowed").await;
+}
+
 /// Serve one body once over HTTP on loopback.
 fn serve(body: Vec<u8>) -> (String, std::thread::JoinHandle<()>) {
     use std::io::{Read, Write};

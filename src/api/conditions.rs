@@ -20,4 +20,5 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const WORKER_FAILED: &str = "WorkerFailed";
     pub const PENDING: &str = "Pending";
+    pub const POLICY_VIOLATION: &str = "PolicyViolation";
 }

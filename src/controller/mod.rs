@@ -3,6 +3,7 @@
 
 pub mod job;
 pub mod metrics;
+pub mod policy;
 pub mod rbac;
 pub mod reconcile;
 pub mod server;
@@ -35,6 +36,8 @@ pub enum Error {
 pub struct ControllerConfig {
     pub worker: WorkerSettings,
     pub max_concurrent_imports: usize,
+    /// The platform team's policy (allowed repositories and URL hosts per namespace).
+    pub policy: policy::PolicySource,
 }
 
 impl Default for ControllerConfig {
@@ -42,6 +45,7 @@ impl Default for ControllerConfig {
         ControllerConfig {
             worker: WorkerSettings::default(),
             max_concurrent_imports: 4,
+            policy: Default::default(),
         }
     }
 }

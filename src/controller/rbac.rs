@@ -10,9 +10,8 @@ use kube::api::{Api, Patch, PatchParams};
 use super::{Context, Error};
 
 pub async fn ensure_worker_access(ctx: &Context, ns: &str) -> Result<(), Error> {
-    if ctx.prepared_namespaces.lock().expect("lock").contains(ns) {
-        return Ok(());
-    }
+    // Applied before every worker Job (three idempotent requests), so a deleted Role or
+    // ServiceAccount is put back instead of failing every later import.
     let sa_name = ctx.config.worker.service_account.clone();
     let pp = PatchParams::apply("imageimport-controller").force();
     let labels = Some(

@@ -433,6 +433,31 @@ async fn start_attempt_named(
     job_name: String,
 ) -> Result<Action, Error> {
     let ns = obj.namespace().unwrap_or_default();
+    // The cluster policy first: nothing runs that the platform team did not allow.
+    if let Some(msg) = ctx.config.policy.check(&ns, &obj.spec) {
+        if st.job_name.is_none() {
+            st.attempts = current.attempts.min(st.attempts);
+        }
+        set(
+            &mut st,
+            READY,
+            false,
+            reason::POLICY_VIOLATION,
+            &msg,
+            generation,
+        );
+        write(
+            ctx,
+            obj,
+            api,
+            current,
+            &st,
+            Some((EventType::Warning, reason::POLICY_VIOLATION, &msg)),
+        )
+        .await?;
+        // The policy may change: look again now and then.
+        return Ok(Action::requeue(Duration::from_secs(120)));
+    }
     // A claim that does not exist (yet) is explained, and looked for again later.
     if let Some(pvc) = &obj.spec.source.pvc {
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);

@@ -1,0 +1,228 @@
+//! The platform team's policy: which registry repositories each namespace may push to, and
+//! which hosts its URL sources may be fetched from. A YAML file (mounted from a ConfigMap by
+//! the Helm chart), read again at every check so an edited ConfigMap applies without a restart.
+//!
+//! ```yaml
+//! rules:
+//!   - namespaces: ["shop", "team-*"]
+//!     repositories: ["registry.internal:5000/shop/*"]
+//!     urlHosts: ["artifacts.example", "*.corp.example"]
+//! ```
+//! Without a policy file everything is allowed. With one, an import is allowed when some rule
+//! matching its namespace allows its target repository (and its URL host, for URL sources).
+
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobMatcher};
+use serde::Deserialize;
+
+use crate::api::ImageImportSpec;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyFile {
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleSpec {
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub repositories: Vec<String>,
+    #[serde(default)]
+    pub url_hosts: Vec<String>,
+}
+
+struct Rule {
+    namespaces: Vec<GlobMatcher>,
+    repositories: Vec<GlobMatcher>,
+    url_hosts: Vec<GlobMatcher>,
+}
+
+pub struct Policy {
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy {path}: {detail}")]
+    Unreadable { path: String, detail: String },
+    #[error("invalid policy {path}: {detail}")]
+    Invalid { path: String, detail: String },
+}
+
+fn matchers(patterns: &[String], path: &Path) -> Result<Vec<GlobMatcher>, PolicyError> {
+    patterns
+        .iter()
+        .map(|p| {
+            Glob::new(p)
+                .map(|g| g.compile_matcher())
+                .map_err(|e| PolicyError::Invalid {
+                    path: path.display().to_string(),
+                    detail: format!("pattern {p:?}: {e}"),
+                })
+        })
+        .collect()
+}
+
+impl Policy {
+    pub fn parse(yaml: &str, path: &Path) -> Result<Policy, PolicyError> {
+        let file: PolicyFile = serde_yaml::from_str(yaml).map_err(|e| PolicyError::Invalid {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        let rules = file
+            .rules
+            .iter()
+            .map(|r| {
+                Ok(Rule {
+                    namespaces: matchers(&r.namespaces, path)?,
+                    repositories: matchers(&r.repositories, path)?,
+                    url_hosts: matchers(&r.url_hosts, path)?,
+                })
+            })
+            .collect::<Result<_, PolicyError>>()?;
+        Ok(Policy { rules })
+    }
+
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError::Unreadable {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        Policy::parse(&text, path)
+    }
+
+    /// None when allowed; otherwise what the user is told.
+    pub fn check(&self, namespace: &str, spec: &ImageImportSpec) -> Option<String> {
+        let rules: Vec<&Rule> = self
+            .rules
+            .iter()
+            .filter(|r| r.namespaces.iter().any(|m| m.is_match(namespace)))
+            .collect();
+        let repo = spec.target.repository.as_str();
+        if !rules
+            .iter()
+            .any(|r| r.repositories.iter().any(|m| m.is_match(repo)))
+        {
+            return Some(format!(
+                "the cluster policy does not allow namespace {namespace} to push to {repo}"
+            ));
+        }
+        if let Some(u) = &spec.source.url {
+            let host = url::Url::parse(&u.url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string))
+                .unwrap_or_default();
+            if !rules
+                .iter()
+                .any(|r| r.url_hosts.iter().any(|m| m.is_match(&host)))
+            {
+                return Some(format!(
+                    "the cluster policy does not allow namespace {namespace} to fetch from {host}"
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// Where the policy lives; read on every check.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySource {
+    pub path: Option<PathBuf>,
+}
+
+impl PolicySource {
+    /// Ok(None) when allowed. An unreadable or invalid policy denies (fail closed).
+    pub fn check(&self, namespace: &str, spec: &ImageImportSpec) -> Option<String> {
+        let path = self.path.as_ref()?;
+        match Policy::load(path) {
+            Ok(p) => p.check(namespace, spec),
+            Err(e) => Some(format!(
+                "{e} (imports are refused until the policy is fixed)"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{PvcSource, Source, TargetSpec, UrlSource};
+
+    fn spec(repo: &str, url: Option<&str>) -> ImageImportSpec {
+        ImageImportSpec {
+            source: Source {
+                pvc: url.is_none().then(|| PvcSource {
+                    claim_name: "c".into(),
+                    path: "a.tar".into(),
+                }),
+                url: url.map(|u| UrlSource {
+                    url: u.into(),
+                    ..Default::default()
+                }),
+                sha256: None,
+            },
+            image: None,
+            platform: None,
+            target: TargetSpec {
+                repository: repo.into(),
+                ..Default::default()
+            },
+            verify: None,
+            layer_compression: None,
+        }
+    }
+
+    #[test]
+    fn rules_match_namespace_repository_and_host() {
+        let p = Policy::parse(
+            r#"
+rules:
+  - namespaces: ["shop", "team-*"]
+    repositories: ["registry.internal:5000/shop/*"]
+    urlHosts: ["artifacts.example", "*.corp.example"]
+"#,
+            Path::new("policy.yaml"),
+        )
+        .unwrap();
+        assert_eq!(
+            p.check("shop", &spec("registry.internal:5000/shop/web", None)),
+            None
+        );
+        assert_eq!(
+            p.check(
+                "team-a",
+                &spec(
+                    "registry.internal:5000/shop/web",
+                    Some("https://dl.corp.example/x.tar")
+                )
+            ),
+            None
+        );
+        assert!(
+            p.check("shop", &spec("registry.internal:5000/other/web", None))
+                .unwrap()
+                .contains("push to")
+        );
+        assert!(
+            p.check("other", &spec("registry.internal:5000/shop/web", None))
+                .is_some()
+        );
+        assert!(
+            p.check(
+                "shop",
+                &spec(
+                    "registry.internal:5000/shop/web",
+                    Some("http://169.254.169.254/x")
+                )
+            )
+            .unwrap()
+            .contains("fetch from")
+        );
+        assert!(Policy::parse("rules: [{namespaces: [a], bogus: 1}]", Path::new("p")).is_err());
+    }
+}
