@@ -183,6 +183,24 @@ impl Cluster {
     /// outcome as the Job controller would. `claims` maps claim names to local folders.
     async fn run_job(&self, job: &Job, claims: &BTreeMap<&str, &Path>) -> i32 {
         let job_name = job.name_any();
+        let mut cmd = self.prepare_job(job, claims).await;
+        let started = k8s_openapi::jiff::Timestamp::now();
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        eprintln!(
+            "worker {job_name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let code = out.status.code().unwrap_or(137);
+        self.record_job_outcome(&job_name, code == 0, started).await;
+        code
+    }
+
+    /// The node's part before the container starts: check the Pod spec, lay out its volumes
+    /// under a local root, and return the container's command (run as the worker's account).
+    async fn prepare_job(&self, job: &Job, claims: &BTreeMap<&str, &Path>) -> Command {
+        let job_name = job.name_any();
         let spec = job.spec.as_ref().unwrap();
         let pod = spec.template.spec.as_ref().unwrap();
         // What a kubelet would be asked to run.
@@ -264,17 +282,7 @@ impl Cluster {
         cmd.env("IMAGEIMPORT_ROOT", &root)
             .env("KUBECONFIG", kubeconfig)
             .env("HOME", &root);
-        let started = k8s_openapi::jiff::Timestamp::now();
-        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-            .await
-            .unwrap();
-        eprintln!(
-            "worker {job_name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let code = out.status.code().unwrap_or(137);
-        self.record_job_outcome(&job_name, code == 0, started).await;
-        code
+        cmd
     }
 
     /// What the Job controller writes when its Pod ends.
@@ -852,6 +860,63 @@ async fn cluster_policy_limits_targets_and_hosts() {
     ))
     .await;
     c.wait_job("allowed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_restart_and_killed_worker_end_with_one_good_import() {
+    let mut c = Cluster::start().await;
+    let reg = Registry::plain();
+    let (dir, built) = archive_dir(&c, "d", ImageSpec::new(&["web:1.4"], layers(3600)));
+    c.claim("d").await;
+    let claims = BTreeMap::from([("d", dir.as_path())]);
+    c.apply(pvc_import("web", "d", &reg.reference("shop/web"), &["1.4"]))
+        .await;
+
+    // The worker is killed mid-import (OOM, eviction): the Job fails without a result.
+    let job = c.wait_job("web").await;
+    let mut cmd = c.prepare_job(&job, &claims).await;
+    let started = k8s_openapi::jiff::Timestamp::now();
+    let mut child = cmd.stderr(Stdio::null()).spawn().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    c.record_job_outcome(&job.name_any(), false, started).await;
+    let obj = c.wait_ready("web", "False", Some("WorkerFailed")).await;
+    assert!(ready(&obj).unwrap().2.contains("retrying"));
+    assert!(reg.tags("shop/web").is_empty(), "no half-pushed tag");
+
+    // The next attempt runs while the API server restarts under it: the worker keeps trying
+    // to report, the controller's watches reconnect, and the import completes once.
+    let job2 = c.wait_job("web").await;
+    assert!(job2.name_any().ends_with("-a2"));
+    let mut cmd = c.prepare_job(&job2, &claims).await;
+    c.api.kill_apiserver();
+    let started = k8s_openapi::jiff::Timestamp::now();
+    let worker = std::thread::spawn(move || cmd.output().unwrap());
+    std::thread::sleep(Duration::from_secs(3));
+    c.api.start_apiserver();
+    let out = tokio::task::spawn_blocking(move || worker.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.client = c.api.client().await;
+    c.record_job_outcome(&job2.name_any(), true, started).await;
+    let obj = c.wait_ready("web", "True", Some("Succeeded")).await;
+    let st = obj.status.unwrap();
+    assert_eq!(st.attempts, 2);
+    assert_eq!(
+        st.digest.unwrap(),
+        skopeo::manifest_digest(&reg, "shop/web:1.4")
+    );
+    assert_eq!(
+        skopeo::pull_diff_ids(&reg, "shop/web:1.4"),
+        built.images[0].diff_ids
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.jobs_for("web").await.len(), 2);
 }
 
 /// Serve one body once over HTTP on loopback.
