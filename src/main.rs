@@ -86,6 +86,15 @@ struct ControllerArgs {
     /// Seconds a leader's Lease stays valid without renewal.
     #[arg(long, default_value_t = 15)]
     lease_duration_seconds: u64,
+    /// URL sources may use link-local addresses (169.254.0.0/16, fe80::/10).
+    #[arg(long)]
+    url_allow_link_local: bool,
+    /// URL sources may not use private or loopback addresses.
+    #[arg(long)]
+    url_deny_private: bool,
+    /// Largest archive a URL source may deliver, in bytes (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    url_max_bytes: u64,
     /// Longest an import may run before its Job is stopped.
     #[arg(long, default_value_t = 6 * 3600)]
     worker_deadline_seconds: i64,
@@ -199,7 +208,7 @@ async fn push(args: PushArgs) -> Result<ExitCode, ImportError> {
     };
     opts.http = HttpOptions {
         ca_file: args.source_ca_file,
-        authorization: None,
+        ..Default::default()
     };
     let progress = Arc::new(Progress::default());
     let display = (!args.quiet).then(|| show_progress(progress.clone()));
@@ -292,6 +301,9 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
             cpu_limit: args.worker_cpu_limit,
             memory_limit: args.worker_memory_limit,
             active_deadline_seconds: args.worker_deadline_seconds,
+            url_allow_link_local: args.url_allow_link_local,
+            url_deny_private: args.url_deny_private,
+            url_max_bytes: args.url_max_bytes,
             ..Default::default()
         },
         max_concurrent_imports: args.max_concurrent_imports.max(1),
@@ -401,7 +413,7 @@ async fn inspect(
     let location: Location = archive.parse().map_err(ImportError::Usage)?;
     let http = HttpOptions {
         ca_file: source_ca_file,
-        authorization: None,
+        ..Default::default()
     };
     let report = pipeline::inspect::inspect(location, http, Arc::new(Progress::default())).await?;
     if json {

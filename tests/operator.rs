@@ -1003,3 +1003,99 @@ async fn demo() {
         skopeo::manifest_digest(&reg, "shop/web:1.4")
     );
 }
+
+/// Sum of `apiserver_request_total` samples (all verbs and resources) from the API server.
+async fn apiserver_requests(client: &Client) -> f64 {
+    let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client.request_text(req).await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Load: 50 ImageImports applied at once all reach Ready, never more than the concurrency
+/// limit of worker Jobs running at a time. Reports the controller's memory and the API
+/// request rate it caused (figures, not assertions on speed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_imports_at_once_respect_the_concurrency_limit() {
+    const N: usize = 50;
+    const LIMIT: usize = 2; // --max-concurrent-imports of Cluster::start
+    let c = Cluster::start().await;
+    let reg = Registry::plain();
+    let (dir, _) = archive_dir(&c, "bulk", ImageSpec::new(&["web:1.4"], layers(3700)));
+    c.claim("bulk").await;
+    let claims = BTreeMap::from([("bulk", dir.as_path())]);
+    let requests_before = apiserver_requests(&c.client).await;
+    let t0 = Instant::now();
+    for i in 0..N {
+        c.apply(pvc_import(
+            &format!("bulk-{i}"),
+            "bulk",
+            &reg.reference(&format!("bulk/app{i}")),
+            &["1"],
+        ))
+        .await;
+    }
+    // Play the node: run every Job that exists and has not run yet, checking the limit.
+    let mut done = std::collections::HashSet::new();
+    let mut max_running = 0;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while done.len() < N {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {N} imports ran",
+            done.len()
+        );
+        let jobs = c.jobs().list(&ListParams::default()).await.unwrap().items;
+        let pending: Vec<&Job> = jobs
+            .iter()
+            .filter(|j| !done.contains(&j.name_any()))
+            .collect();
+        max_running = max_running.max(pending.len());
+        assert!(
+            pending.len() <= LIMIT,
+            "{} worker Jobs running at once (limit {LIMIT})",
+            pending.len()
+        );
+        if pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let runs = pending.iter().map(|j| c.run_job(j, &claims));
+        for code in futures::future::join_all(runs).await {
+            assert_eq!(code, 0);
+        }
+        for j in pending {
+            done.insert(j.name_any());
+        }
+    }
+    for i in 0..N {
+        c.wait_ready(&format!("bulk-{i}"), "True", Some("Succeeded"))
+            .await;
+    }
+    let elapsed = t0.elapsed();
+    let requests = apiserver_requests(&c.client).await - requests_before;
+    let pid = c.controller.as_ref().unwrap().id();
+    eprintln!(
+        "load: {N} imports Ready in {:.1}s; at most {max_running} Jobs at once (limit {LIMIT}); controller peak RSS {} KiB; \
+         {requests:.0} API requests in all ({:.1}/s, {:.1} per import, controller + workers + test)",
+        elapsed.as_secs_f64(),
+        peak_rss_kib(pid),
+        requests / elapsed.as_secs_f64(),
+        requests / N as f64
+    );
+    assert_eq!(
+        max_running, LIMIT,
+        "the limit was reached, so it was tested"
+    );
+}

@@ -723,3 +723,26 @@ fn an_upgrade_reuses_the_layers_already_pushed() {
     ]);
     assert_eq!(split_result(&fresh[0]).1, split_result(&lines[0]).1);
 }
+
+#[test]
+fn url_sources_refuse_metadata_and_link_local_addresses() {
+    let reg = Registry::plain();
+    for url in [
+        "http://169.254.169.254/latest/meta-data/x.tar",
+        "http://2852039166/x.tar",
+        "http://0xa9fea9fe/x.tar",
+        "http://[::ffff:169.254.169.254]/x.tar",
+        "http://[fd00:ec2::254]/x.tar",
+    ] {
+        let out = run(&["push", "--insecure", url, &reg.reference("ssrf:1")]);
+        assert!(!out.status.success(), "{url} must be refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("refusing"), "{url}: {err}");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "a refusal is permanent, not retried"
+        );
+    }
+    assert!(reg.tags("ssrf").is_empty());
+}

@@ -41,6 +41,10 @@ pub struct WorkerSettings {
     pub memory_limit: String,
     pub active_deadline_seconds: i64,
     pub ttl_seconds_after_finished: i32,
+    /// URL-source guard settings handed to workers.
+    pub url_allow_link_local: bool,
+    pub url_deny_private: bool,
+    pub url_max_bytes: u64,
 }
 
 impl Default for WorkerSettings {
@@ -55,6 +59,9 @@ impl Default for WorkerSettings {
             memory_limit: "256Mi".into(),
             active_deadline_seconds: 6 * 3600,
             ttl_seconds_after_finished: 24 * 3600,
+            url_allow_link_local: false,
+            url_deny_private: false,
+            url_max_bytes: 0,
         }
     }
 }
@@ -75,6 +82,7 @@ pub fn job_name(obj: &ImageImport, generation: i64, attempt: u32) -> String {
 pub fn build(
     obj: &ImageImport,
     settings: &WorkerSettings,
+    url_hosts: Option<Vec<String>>,
     name: &str,
     generation: i64,
     attempt: u32,
@@ -189,6 +197,23 @@ pub fn build(
         ),
         env("RUST_LOG", "imageimport=info"),
     ];
+    let mut env = env;
+    if settings.url_allow_link_local {
+        env.push(env_var("IMAGEIMPORT_URL_ALLOW_LINK_LOCAL", "true"));
+    }
+    if settings.url_deny_private {
+        env.push(env_var("IMAGEIMPORT_URL_DENY_PRIVATE", "true"));
+    }
+    if settings.url_max_bytes > 0 {
+        env.push(env_var(
+            "IMAGEIMPORT_URL_MAX_BYTES",
+            &settings.url_max_bytes.to_string(),
+        ));
+    }
+    // The policy's URL hosts for this namespace: every redirect hop must stay among them.
+    if let Some(hosts) = url_hosts {
+        env.push(env_var("IMAGEIMPORT_URL_ALLOWED_HOSTS", &hosts.join(",")));
+    }
     let mut limits = BTreeMap::new();
     limits.insert(
         "memory".to_string(),
@@ -279,6 +304,10 @@ pub fn build(
         }),
         status: None,
     }
+}
+
+fn env_var(name: &str, value: &str) -> EnvVar {
+    env(name, value)
 }
 
 fn env(name: &str, value: &str) -> EnvVar {

@@ -57,6 +57,9 @@ pub struct Context {
     /// Namespaces whose worker ServiceAccount and Role are in place.
     pub prepared_namespaces: Mutex<HashSet<String>>,
     pub metrics: Arc<metrics::Metrics>,
+    /// Serializes "count running Jobs, then create one": reconciles run concurrently, and
+    /// without this two of them could both see room under the limit.
+    pub admission: tokio::sync::Mutex<()>,
     /// Objects whose worker Job is running (the in-flight gauge).
     pub running: Mutex<HashSet<(String, String)>>,
     /// Consecutive reconcile errors per object, for exponential backoff (reset on success).
@@ -122,6 +125,7 @@ pub async fn run(
         prepared_namespaces: Mutex::new(HashSet::new()),
         failures: Mutex::new(Default::default()),
         metrics,
+        admission: tokio::sync::Mutex::new(()),
         running: Mutex::new(HashSet::new()),
     });
     let imports: Api<ImageImport> = Api::all(client.clone());

@@ -148,6 +148,29 @@ impl PolicySource {
     }
 }
 
+impl Policy {
+    /// The URL host patterns the rules grant to a namespace.
+    pub fn url_hosts(&self, namespace: &str) -> Vec<String> {
+        self.rules
+            .iter()
+            .filter(|r| r.namespaces.iter().any(|m| m.is_match(namespace)))
+            .flat_map(|r| r.url_hosts.iter().map(|m| m.glob().glob().to_string()))
+            .collect()
+    }
+}
+
+impl PolicySource {
+    /// None without a policy file (any host).
+    pub fn url_hosts(&self, namespace: &str) -> Option<Vec<String>> {
+        let path = self.path.as_ref()?;
+        Some(
+            Policy::load(path)
+                .map(|p| p.url_hosts(namespace))
+                .unwrap_or_default(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

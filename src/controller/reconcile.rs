@@ -192,8 +192,9 @@ pub async fn reconcile(obj: Arc<ImageImport>, ctx: Arc<Context>) -> Result<Actio
             },
             None => {
                 // Deleted by someone (or not yet visible): create it again under the same name.
+                let attempt = st.attempts.max(1);
                 return start_attempt_named(
-                    &ctx, &obj, &api, &jobs, &current, st, generation, job_name,
+                    &ctx, &obj, &api, &jobs, &current, st, generation, job_name, attempt,
                 )
                 .await;
             }
@@ -415,10 +416,9 @@ async fn start_attempt(
     st: ImageImportStatus,
     generation: i64,
 ) -> Result<Action, Error> {
-    let name = job::job_name(obj, generation, st.attempts + 1);
-    let mut st = st;
-    st.attempts += 1;
-    start_attempt_named(ctx, obj, api, jobs, current, st, generation, name).await
+    let attempt = st.attempts + 1;
+    let name = job::job_name(obj, generation, attempt);
+    start_attempt_named(ctx, obj, api, jobs, current, st, generation, name, attempt).await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -431,13 +431,11 @@ async fn start_attempt_named(
     mut st: ImageImportStatus,
     generation: i64,
     job_name: String,
+    attempt: u32,
 ) -> Result<Action, Error> {
     let ns = obj.namespace().unwrap_or_default();
     // The cluster policy first: nothing runs that the platform team did not allow.
     if let Some(msg) = ctx.config.policy.check(&ns, &obj.spec) {
-        if st.job_name.is_none() {
-            st.attempts = current.attempts.min(st.attempts);
-        }
         set(
             &mut st,
             READY,
@@ -466,9 +464,6 @@ async fn start_attempt_named(
                 "PersistentVolumeClaim {} not found in namespace {ns}",
                 pvc.claim_name
             );
-            if st.job_name.is_none() {
-                st.attempts = current.attempts.min(st.attempts);
-            }
             set(
                 &mut st,
                 SOURCE_READY,
@@ -497,7 +492,8 @@ async fn start_attempt_named(
             return Ok(Action::requeue(Duration::from_secs(30)));
         }
     }
-    // Concurrency limit over all namespaces.
+    // Concurrency limit over all namespaces (held until the Job exists).
+    let _admission = ctx.admission.lock().await;
     let all: Api<Job> = Api::all(ctx.client.clone());
     let active = all
         .list_metadata(&ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}")))
@@ -519,25 +515,28 @@ async fn start_attempt_named(
                 "waiting: {busy} imports are running (limit {})",
                 ctx.config.max_concurrent_imports
             );
-            if st.job_name.is_none() {
-                st.attempts = st
-                    .attempts
-                    .saturating_sub(1)
-                    .max(current.attempts.min(st.attempts));
-            }
             set(&mut st, READY, false, reason::QUEUED, &msg, generation);
             write(ctx, obj, api, current, &st, None).await?;
-            return Ok(Action::requeue(Duration::from_secs(10)));
+            return Ok(Action::requeue(Duration::from_secs(3)));
         }
     }
     super::rbac::ensure_worker_access(ctx, &ns).await?;
-    let job = job::build(obj, &ctx.config.worker, &job_name, generation, st.attempts);
+    let url_hosts = ctx.config.policy.url_hosts(&ns);
+    let job = job::build(
+        obj,
+        &ctx.config.worker,
+        url_hosts,
+        &job_name,
+        generation,
+        attempt,
+    );
     match jobs.create(&PostParams::default(), &job).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 409 => {}
         Err(e) => return Err(e.into()),
     }
     st.job_name = Some(job_name.clone());
+    st.attempts = attempt;
     st.next_attempt_after = None;
     st.start_time = st.start_time.clone().or_else(|| Some(status::now()));
     st.completion_time = None;

@@ -158,6 +158,20 @@ fn mounted_file(
 fn options(spec: &ImageImportSpec, root: &Path) -> Result<ImportOptions, ImportError> {
     let usage = |m: String| ImportError::Usage(m);
     let mut http = HttpOptions::default();
+    let flag = |k: &str| std::env::var(k).is_ok_and(|v| v == "true");
+    http.url_policy.allow_link_local = flag("IMAGEIMPORT_URL_ALLOW_LINK_LOCAL");
+    http.url_policy.allow_private = !flag("IMAGEIMPORT_URL_DENY_PRIVATE");
+    http.url_policy.max_bytes = std::env::var("IMAGEIMPORT_URL_MAX_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    http.url_policy.allowed_hosts = std::env::var("IMAGEIMPORT_URL_ALLOWED_HOSTS")
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .filter(|h| !h.is_empty())
+                .map(String::from)
+                .collect()
+        });
     let source = match (&spec.source.pvc, &spec.source.url) {
         (Some(pvc), None) => {
             if pvc.path.starts_with('/') || pvc.path.split('/').any(|c| c == "..") {

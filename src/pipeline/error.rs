@@ -62,6 +62,9 @@ impl ImportError {
             ImportError::Source {
                 source: SourceError::NotFound(_),
             } => "SourceNotFound",
+            ImportError::Source {
+                source: SourceError::Refused(_),
+            } => "SourceRefused",
             ImportError::Source { .. } => "SourceUnavailable",
             ImportError::Registry {
                 source: RegistryError::Unauthorized { .. },

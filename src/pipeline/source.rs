@@ -5,11 +5,11 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
 use super::codec::Codec;
+use super::url_guard;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
@@ -60,6 +60,9 @@ pub enum SourceError {
     Http { what: String, status: u16 },
     #[error("cannot reach {what}: {detail}")]
     Unreachable { what: String, detail: String },
+    /// Refused by the URL policy (internal address, redirect downgrade, size limit).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl SourceError {
@@ -115,6 +118,8 @@ pub struct HttpOptions {
     pub ca_file: Option<PathBuf>,
     /// Bearer token or `user:password` sent only to the URL's own host.
     pub authorization: Option<String>,
+    /// Which addresses and hosts may be fetched from (SSRF protection).
+    pub url_policy: super::url_guard::UrlPolicy,
 }
 
 pub fn open_file(path: &std::path::Path) -> Result<(File, Codec), SourceError> {
@@ -173,37 +178,44 @@ pub async fn open_url(
     url: &url::Url,
     opts: &HttpOptions,
 ) -> Result<Box<dyn Read + Send>, SourceError> {
-    use futures::TryStreamExt;
     let shown = Location::Url(url.clone()).to_string();
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(15))
-        .read_timeout(Duration::from_secs(120))
-        .user_agent(concat!("imageimport/", env!("CARGO_PKG_VERSION")))
-        .redirect(same_scheme_redirects());
-    if let Some(ca) = &opts.ca_file {
-        let pem = std::fs::read(ca).map_err(|e| SourceError::Unreadable {
-            what: ca.display().to_string(),
-            detail: e.to_string(),
-        })?;
-        let certs =
-            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SourceError::Unreadable {
+    // Literal addresses are checked here; host names by the guarded resolver at connect
+    // time, on every redirect hop too (see url_guard).
+    url_guard::check_url(url, &opts.url_policy).map_err(|e| SourceError::Refused(e.to_string()))?;
+    let ca = match &opts.ca_file {
+        Some(ca) => {
+            let pem = std::fs::read(ca).map_err(|e| SourceError::Unreadable {
                 what: ca.display().to_string(),
                 detail: e.to_string(),
             })?;
-        builder = builder.tls_certs_merge(certs);
-    }
-    let client = builder.build().map_err(|e| SourceError::Unreachable {
+            Some(reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                SourceError::Unreadable {
+                    what: ca.display().to_string(),
+                    detail: e.to_string(),
+                }
+            })?)
+        }
+        None => None,
+    };
+    let policy = std::sync::Arc::new(opts.url_policy.clone());
+    let client = url_guard::client(policy.clone(), ca).map_err(|e| SourceError::Unreachable {
         what: shown.clone(),
-        detail: e.to_string(),
+        detail: url_guard::describe(&e),
     })?;
     let mut req = client.get(url.clone());
     if let Some(a) = &opts.authorization {
         req = req.header(reqwest::header::AUTHORIZATION, a);
     }
-    let resp = req.send().await.map_err(|e| SourceError::Unreachable {
-        what: shown.clone(),
-        detail: chain(&e),
-    })?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| match url_guard::guard_error(&e) {
+            Some(g) => SourceError::Refused(g.to_string()),
+            None => SourceError::Unreachable {
+                what: shown.clone(),
+                detail: url_guard::describe(&e),
+            },
+        })?;
     let status = resp.status();
     if status == reqwest::StatusCode::NOT_FOUND {
         return Err(SourceError::NotFound(shown));
@@ -214,35 +226,7 @@ pub async fn open_url(
             status: status.as_u16(),
         });
     }
-    let stream = resp.bytes_stream().map_err(io::Error::other);
-    let reader = tokio_util::io::StreamReader::new(stream);
-    Ok(Box::new(tokio_util::io::SyncIoBridge::new(reader)))
-}
-
-/// Follow redirects, but never from https to http, and at most 5 times. Credentials set
-/// on the request are dropped by reqwest when the host changes.
-fn same_scheme_redirects() -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(|attempt| {
-        let downgrade = attempt.previous().iter().any(|u| u.scheme() == "https")
-            && attempt.url().scheme() != "https";
-        if downgrade {
-            attempt.error("refusing redirect from https to http")
-        } else if attempt.previous().len() >= 5 {
-            attempt.error("too many redirects")
-        } else {
-            attempt.follow()
-        }
-    })
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s = format!("{s}: {x}");
-        src = x.source();
-    }
-    s
+    url_guard::body_reader(resp, &policy).map_err(|e| SourceError::Refused(e.to_string()))
 }
 
 fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
