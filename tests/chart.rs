@@ -382,8 +382,23 @@ fn chart_renders_and_values_reach_the_controller() {
     // Combinations that would install something broken are refused.
     let err = render_fails(&["--set", "replicas=2,leaderElection.enabled=false"]);
     assert!(err.contains("leaderElection"), "{err}");
-    let err = render_fails(&["--set", "policy.allowedRegistries[0]=registry.internal"]);
-    assert!(err.contains("not implemented"), "{err}");
+    // A policy becomes a ConfigMap mounted into the controller, and the flag that reads it.
+    let with_policy = render(&[
+        "--set",
+        "policy.rules[0].namespaces[0]=shop,policy.rules[0].repositories[0]=registry.internal/shop/*",
+    ]);
+    let cm = find(&with_policy, "ConfigMap");
+    let policy_yaml = cm["data"]["policy.yaml"].as_str().unwrap();
+    let parsed: serde_json::Value = serde_yaml::from_str(policy_yaml).unwrap();
+    assert_eq!(
+        parsed["rules"][0]["repositories"][0],
+        "registry.internal/shop/*"
+    );
+    let policy_args = args(&with_policy).join(" ");
+    assert!(
+        policy_args.contains("--policy-file=/etc/imageimport/policy/policy.yaml"),
+        "{policy_args}"
+    );
     let err = render_fails(&["--set", "logFormat=xml"]);
     assert!(err.contains("logFormat"), "{err}");
     let err = render_fails(&["--set", "controler.maxConcurrentImports=1"]);

@@ -62,9 +62,6 @@ app.kubernetes.io/component: controller
 {{- if not (has .Values.logFormat (list "text" "json")) }}
 {{- fail (printf "logFormat must be text or json, not %q" .Values.logFormat) }}
 {{- end }}
-{{- if .Values.policy.allowedRegistries }}
-{{- fail "policy.allowedRegistries is not implemented by this controller version yet (see docs/operations.md); leave it empty" }}
-{{- end }}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.service.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.service.enabled" }}
 {{- end }}
