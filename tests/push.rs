@@ -746,3 +746,71 @@ fn url_sources_refuse_metadata_and_link_local_addresses() {
     }
     assert!(reg.tags("ssrf").is_empty());
 }
+
+/// Total bytes of upload data files in the registry's storage (uploads in progress).
+fn uploading_bytes(root: &Path) -> u64 {
+    fn walk(p: &Path, total: &mut u64) {
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    walk(&path, total);
+                } else if path.file_name().is_some_and(|n| n == "data")
+                    && path.to_string_lossy().contains("_uploads")
+                {
+                    *total += e.metadata().map(|m| m.len()).unwrap_or(0);
+                }
+            }
+        }
+    }
+    let mut total = 0;
+    walk(root, &mut total);
+    total
+}
+
+#[test]
+fn registry_killed_mid_upload_is_retried_and_the_import_completes() {
+    let mut reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    // Big enough that the upload is still running when the registry dies.
+    let big = vec![
+        archives::layer(2100, 40, 1 << 20),
+        archives::layer(2101, 20, 1 << 20),
+    ];
+    let built = archives::build(&Format::DockerLegacy, &[ImageSpec::new(&["big:1"], big)]);
+    let path = archives::write_to(dir.path(), "big.tar", &built.bytes);
+    let mut child = bin()
+        .args([
+            "push",
+            "--insecure",
+            "-q",
+            path.to_str().unwrap(),
+            &reg.reference("big"),
+        ])
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while uploading_bytes(&reg.storage_dir()) < (1 << 20) {
+        assert!(std::time::Instant::now() < deadline, "no upload seen");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "push ended before the registry could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    reg.stop();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    reg.restart();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("starting it again") || err.contains("retrying"),
+        "the failure was retried: {err}"
+    );
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert_round_trip(&reg, "big:1", &built.images[0], split_result(line.trim()).1);
+}

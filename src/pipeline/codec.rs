@@ -91,7 +91,8 @@ impl CompressionPolicy {
 
 pub const CHUNK: usize = 1 << 20;
 const BATCH_CHUNKS: usize = 4;
-pub const GZIP_LEVEL: i32 = 2;
+/// Level 1: measured on real layers (bench/) at 1.02x the peer's bytes for 30% less CPU than level 2.
+pub const GZIP_LEVEL: i32 = 1;
 pub const ZSTD_LEVEL: i32 = 3;
 
 /// Names the exact encoder, recorded in pushed manifests: equal ids and equal diff_ids
@@ -119,13 +120,20 @@ fn libdeflate_version() -> &'static str {
 pub struct ChunkEncoder {
     codec: Codec,
     pending: Vec<u8>,
+    /// Batches being compressed on the thread pool, oldest first: the reader fills the next
+    /// batch while earlier ones compress, so both cores stay busy on a single big layer.
+    in_flight: std::collections::VecDeque<std::sync::mpsc::Receiver<Vec<Bytes>>>,
 }
+
+/// Batches compressing at once per layer (bounded memory: this many × 4 MiB in, plus output).
+const MAX_IN_FLIGHT: usize = 2;
 
 impl ChunkEncoder {
     pub fn new(codec: Codec) -> Self {
         ChunkEncoder {
             codec,
             pending: Vec::with_capacity(CHUNK * BATCH_CHUNKS),
+            in_flight: Default::default(),
         }
     }
 
@@ -137,17 +145,39 @@ impl ChunkEncoder {
             self.pending.extend_from_slice(&data[..take]);
             data = &data[take..];
             if self.pending.len() == batch {
-                out.extend(encode_batch(self.codec, &self.pending));
-                self.pending.clear();
+                self.submit();
+                while self.in_flight.len() > MAX_IN_FLIGHT {
+                    out.extend(self.collect_oldest());
+                }
             }
         }
         out
     }
 
     pub fn finish(&mut self) -> Vec<Bytes> {
-        let out = encode_batch(self.codec, &self.pending);
-        self.pending.clear();
+        if !self.pending.is_empty() {
+            self.submit();
+        }
+        let mut out = Vec::new();
+        while !self.in_flight.is_empty() {
+            out.extend(self.collect_oldest());
+        }
         out
+    }
+
+    fn submit(&mut self) {
+        let data = std::mem::replace(&mut self.pending, Vec::with_capacity(CHUNK * BATCH_CHUNKS));
+        let codec = self.codec;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        rayon::spawn(move || {
+            let _ = tx.send(encode_batch(codec, &data));
+        });
+        self.in_flight.push_back(rx);
+    }
+
+    fn collect_oldest(&mut self) -> Vec<Bytes> {
+        let rx = self.in_flight.pop_front().expect("a batch in flight");
+        rx.recv().expect("compression task ended without a result")
     }
 }
 

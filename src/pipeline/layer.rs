@@ -130,7 +130,10 @@ pub fn process(
         if n == 0 {
             break;
         }
-        diff.update(&buf[..n]);
+        // Uncompressed layers: the stored digest is the diff_id; hash the bytes once.
+        if stored_codec != Codec::None {
+            diff.update(&buf[..n]);
+        }
         uncompressed_size += n as u64;
         match &mut encoder {
             Some(enc) => {
@@ -152,12 +155,18 @@ pub fn process(
         None => flush_capture(decoded.tee(), emit)?,
     }
     let tee = decoded.tee().get_mut();
+    let stored_digest = digest::finish(std::mem::take(&mut tee.hasher));
+    let diff_id = if stored_codec == Codec::None {
+        stored_digest.clone()
+    } else {
+        digest::finish(diff)
+    };
     Ok(LayerFacts {
         member: member.to_string(),
-        stored_digest: digest::finish(std::mem::take(&mut tee.hasher)),
+        stored_digest,
         stored_size: tee.size,
         stored_codec,
-        diff_id: digest::finish(diff),
+        diff_id,
         uncompressed_size,
         pushed_codec,
         as_stored,
