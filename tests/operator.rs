@@ -444,6 +444,21 @@ async fn pvc_and_url_sources_reach_ready_and_spec_changes_reimport() {
             st.conditions
         );
     }
+    // Kubernetes Events on each transition.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), NS);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web"))
+        .filter_map(|e| e.reason.clone())
+        .collect();
+    assert!(
+        reasons.contains(&"JobCreated".to_string()) && reasons.contains(&"Succeeded".to_string()),
+        "{reasons:?}"
+    );
     // The same generation is never imported twice.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(c.jobs_for("web").await.len(), 1);

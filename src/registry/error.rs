@@ -131,12 +131,12 @@ impl RegistryError {
                 let text = envelope
                     .errors
                     .iter()
-                    .map(|e| format!("{:?}: {}", e.code, e.message))
+                    .map(|e| format!("{:?}", e.code))
                     .collect::<Vec<_>>();
-                if text
-                    .iter()
-                    .any(|t| t.contains("DENIED") || t.contains("UNAUTHORIZED"))
-                {
+                if text.iter().any(|t| {
+                    let t = t.to_ascii_uppercase();
+                    t.contains("DENIED") || t.contains("UNAUTHORIZED")
+                }) {
                     RegistryError::Unauthorized {
                         registry: registry.into(),
                         status: 401,
@@ -147,24 +147,39 @@ impl RegistryError {
                         registry: registry.into(),
                         status: 400,
                         operation: operation.into(),
-                        detail: summarize(&text.join("; ")),
+                        detail: text.join(", "),
                     }
                 }
             }
             other => RegistryError::Protocol {
                 registry: registry.into(),
-                detail: summarize(&other.to_string()),
+                detail: protocol_kind(&other),
             },
         }
     }
 }
 
-/// Registry error bodies are JSON envelopes; keep a short single line of them.
+/// Registry error bodies are JSON envelopes (`{"errors":[{"code":…,"message":…}]}`). Only
+/// the error codes are kept: bodies are never copied into messages, status or events.
 fn summarize(body: &str) -> String {
-    let one_line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
-    let mut s: String = one_line.chars().take(200).collect();
-    if one_line.chars().count() > 200 {
-        s.push('…');
-    }
-    s
+    let codes: Vec<String> = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["errors"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| e["code"].as_str())
+        .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .map(String::from)
+        .collect();
+    codes.join(", ")
+}
+
+/// What went wrong in oci-client's terms, without the response text it may carry.
+fn protocol_kind(e: &oci_client::errors::OciDistributionError) -> String {
+    let debug = format!("{e:?}");
+    let kind: String = debug
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect();
+    format!("unexpected answer ({kind})")
 }
