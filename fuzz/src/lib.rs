@@ -227,19 +227,19 @@ fn resolve_and_plan(catalog: &Catalog, out: &mut Outcome) {
     check_entries(catalog, &entries);
     let bare = Target::parse("localhost:5000/fuzz/app").expect("target");
     let tagged = Target::parse("localhost:5000/fuzz/app:t").expect("target");
-    let _ = plan::plan(&entries, &Selection::All, &bare, None);
-    let _ = plan::plan(&entries, &Selection::Only, &tagged, None);
-    let _ = plan::plan(&entries, &Selection::Only, &bare, None);
+    let _ = plan::plan(&entries, &Selection::All, &bare, &[], None);
+    let _ = plan::plan(&entries, &Selection::Only, &tagged, &[], None);
+    let _ = plan::plan(&entries, &Selection::Only, &bare, &[], None);
     for e in entries.iter().take(4) {
         if let Some(t) = e.tags.first() {
-            let _ = plan::plan(&entries, &Selection::Image(t.clone()), &bare, None);
+            let _ = plan::plan(&entries, &Selection::Image(t.clone()), &bare, &[], None);
         }
         if let Some(i) = e.images.first() {
             let id = i.config_digest.trim_start_matches("sha256:");
             let short = &id[..id.len().min(12)];
-            let _ = plan::plan(&entries, &Selection::Image(short.to_string()), &bare, None);
+            let _ = plan::plan(&entries, &Selection::Image(short.to_string()), &bare, &[], None);
             let p = i.platform.clone();
-            let _ = plan::plan(&entries, &Selection::All, &bare, Some(&p));
+            let _ = plan::plan(&entries, &Selection::All, &bare, &[], Some(&p));
         }
     }
 }
