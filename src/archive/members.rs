@@ -92,6 +92,16 @@ pub fn join_link(member: &str, target: &str) -> Result<String, ArchiveError> {
 /// `links` maps a symlink member to its raw target. Symlinked directories are followed too
 /// (`a/layer.tar` where `a` is a link), one component at a time.
 pub fn resolve(links: &BTreeMap<String, String>, start: &str) -> Result<String, ArchiveError> {
+    // Longer than any file system path: refused before the per-prefix walk below.
+    if start.len() > MAX_PATH {
+        return Err(ArchiveError::BadMetadata {
+            member: start.chars().take(64).collect::<String>() + "…",
+            detail: format!("path is longer than {MAX_PATH} bytes"),
+        });
+    }
+    if links.is_empty() {
+        return Ok(start.to_string());
+    }
     const MAX_HOPS: usize = 40;
     let mut current = start.to_string();
     for _ in 0..MAX_HOPS {
@@ -104,6 +114,9 @@ pub fn resolve(links: &BTreeMap<String, String>, start: &str) -> Result<String, 
         member: start.to_string(),
     })
 }
+
+/// PATH_MAX on Linux; archive paths beyond it cannot have come from a file system.
+pub const MAX_PATH: usize = 4096;
 
 /// One hop: if any prefix of `path` is a symlink, rewrite it through the link.
 fn resolve_step(

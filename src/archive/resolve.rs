@@ -225,7 +225,7 @@ fn from_oci_index(catalog: &Catalog) -> Result<Vec<ImageEntry>, ArchiveError> {
             images: vec![],
             left_out: vec![],
         };
-        collect_manifests(catalog, d, None, 0, &mut entry)?;
+        collect_manifests(catalog, d, None, 0, &mut entry, &mut Default::default())?;
         let mut tags = tags_of(d);
         for img in &entry.images {
             for t in docker_tags.get(&img.config_digest).into_iter().flatten() {
@@ -284,6 +284,9 @@ fn docker_tags_by_config(catalog: &Catalog) -> BTreeMap<String, Vec<String>> {
 }
 
 const MAX_INDEX_DEPTH: usize = 4;
+/// Manifests and indexes visited for one index.json entry: real multi-platform images list
+/// a few dozen; a crafted archive can repeat children to make the walk exponential.
+const MAX_VISITS: usize = 1024;
 
 fn collect_manifests(
     catalog: &Catalog,
@@ -291,7 +294,18 @@ fn collect_manifests(
     platform: Option<&Platform>,
     depth: usize,
     entry: &mut ImageEntry,
+    visited: &mut std::collections::HashSet<String>,
 ) -> Result<(), ArchiveError> {
+    // Each manifest once (a repeated child adds nothing), and a bounded walk in all.
+    if !visited.insert(d.digest.clone()) {
+        return Ok(());
+    }
+    if visited.len() > MAX_VISITS {
+        return Err(ArchiveError::BadMetadata {
+            member: "index.json".into(),
+            detail: format!("indexes list more than {MAX_VISITS} manifests"),
+        });
+    }
     let referrer = if depth == 0 {
         "index.json".to_string()
     } else {
@@ -335,7 +349,7 @@ fn collect_manifests(
             if child.platform.as_ref().is_some_and(|p| p.os == "unknown") {
                 continue;
             }
-            collect_manifests(catalog, child, platform, depth + 1, entry)?;
+            collect_manifests(catalog, child, platform, depth + 1, entry, visited)?;
         }
         return Ok(());
     }

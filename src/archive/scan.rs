@@ -106,12 +106,11 @@ pub fn index(file: &File) -> Result<Catalog, ArchiveError> {
                 let bytes = read_exact_len(&mut entry, size, &name)?;
                 catalog.meta.insert(name, bytes);
             }
+            // The whole small blob decides, exactly as in `stream` (leading whitespace is
+            // valid JSON): both readers must agree on what is metadata.
             Role::Blob if size <= METADATA_MEMBER_CAP => {
-                let mut head = [0u8; 64];
-                let n = read_up_to(&mut entry, &mut head)?;
-                if looks_like_json(&head[..n]) && catalog.admit_metadata(&name, size).is_ok() {
-                    let mut bytes = head[..n].to_vec();
-                    bytes.extend(read_exact_len(&mut entry, size - n as u64, &name)?);
+                let bytes = read_exact_len(&mut entry, size, &name)?;
+                if looks_like_json(&bytes) && catalog.admit_metadata(&name, size).is_ok() {
                     catalog.meta.insert(name, bytes);
                 }
             }
@@ -198,17 +197,6 @@ fn read_exact_len(r: &mut dyn Read, size: u64, name: &str) -> Result<Vec<u8>, Ar
         });
     }
     Ok(buf)
-}
-
-fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// Counts bytes read through it.
