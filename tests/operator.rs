@@ -117,6 +117,7 @@ impl Cluster {
             .env("POD_NAME", identity)
             .env("KUBECONFIG", &self.api.kubeconfig)
             .env("RUST_LOG", "imageimport=debug")
+            .env("IMAGEIMPORT_LOG_FORMAT", "json")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -880,6 +881,40 @@ async fn cluster_policy_limits_targets_and_hosts() {
     ))
     .await;
     c.wait_job("allowed").await;
+
+    // SIGTERM: a graceful stop, exit status 0; the logs are structured (JSON lines).
+    let mut ctl = c.controller.take().unwrap();
+    let pid = ctl.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = ctl.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "controller did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let log = std::fs::read_to_string(c.work.path().join("controller-ctl-policy.log")).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for l in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(
+            v.get("level").is_some() && v.get("timestamp").is_some(),
+            "{l}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
