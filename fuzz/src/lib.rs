@@ -237,7 +237,13 @@ fn resolve_and_plan(catalog: &Catalog, out: &mut Outcome) {
         if let Some(i) = e.images.first() {
             let id = i.config_digest.trim_start_matches("sha256:");
             let short = &id[..id.len().min(12)];
-            let _ = plan::plan(&entries, &Selection::Image(short.to_string()), &bare, &[], None);
+            let _ = plan::plan(
+                &entries,
+                &Selection::Image(short.to_string()),
+                &bare,
+                &[],
+                None,
+            );
             let p = i.platform.clone();
             let _ = plan::plan(&entries, &Selection::All, &bare, &[], Some(&p));
         }

@@ -172,7 +172,10 @@ impl ChunkEncoder {
     }
 
     fn submit(&mut self) {
-        let next = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(CHUNK * BATCH_CHUNKS));
+        let next = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(CHUNK * BATCH_CHUNKS));
         let data = std::mem::replace(&mut self.pending, next);
         let codec = self.codec;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
