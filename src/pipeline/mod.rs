@@ -245,6 +245,7 @@ async fn import_seekable(
                         repo: p.refs[0].repository.clone(),
                         declared: l.declared.clone(),
                         diff_id: img.diff_ids[i].clone(),
+                        stored_codec: stored_codecs.get(&l.member).copied().unwrap_or(Codec::None),
                     });
                 }
             }
@@ -303,6 +304,8 @@ struct Job {
     declared: Option<Descriptor>,
     /// What the config says its diff_id is (checked after reading).
     diff_id: String,
+    /// Sniffed once, before the registry comparison.
+    stored_codec: Codec,
 }
 
 /// Blobs this codec already produced for a diff_id, in the target repositories: found
@@ -375,22 +378,11 @@ async fn process_seekable(
         repo,
         declared,
         diff_id,
+        stored_codec,
     } = job;
     let offset = catalog.offsets.get(&member).copied().unwrap_or(0);
     let size = catalog.sizes.get(&member).copied().unwrap_or(0);
     let policy = ctx.opts.compression;
-    let stored_codec = {
-        let p = path.clone();
-        blocking(move || -> io::Result<Codec> {
-            let mut f = File::open(p)?;
-            f.seek(io::SeekFrom::Start(offset))?;
-            let mut head = [0u8; 4];
-            let n = f.take(size.min(4)).read(&mut head)?;
-            Ok(Codec::sniff(&head[..n]))
-        })
-        .await?
-        .map_err(|e| ctx.archive_err(ArchiveError::Io(e)))?
-    };
     let (_, as_stored) = policy.plan(stored_codec);
     let open = {
         let path = path.clone();
