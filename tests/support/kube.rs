@@ -792,8 +792,18 @@ current-context: imageimport-test
 ",
         ca = b64(ca_pem),
     );
-    fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    // Concurrent test nodes rewrite the same service-account kubeconfig: write aside and rename,
+    // so a reader never sees a half-written file.
+    let tmp = path.with_extension(format!(
+        "tmp-{}-{}",
+        std::process::id(),
+        NEXT_TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    fs::write(&tmp, text).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+    fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
 }
+
+static NEXT_TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// CA, apiserver serving certificate, admin client certificate and service-account key pair,
 /// written under `<root>/pki`.
