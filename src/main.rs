@@ -132,11 +132,43 @@ struct PushArgs {
     /// CA bundle for an https archive URL.
     #[arg(long)]
     source_ca_file: Option<PathBuf>,
+    /// Bytes per blob upload request, e.g. 64M (default), 8M behind a proxy that limits
+    /// request bodies, 0 for one request per blob. A broken upload continues from the last
+    /// accepted request.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    upload_chunk_size: Option<u64>,
     /// No progress output.
     #[arg(short, long)]
     quiet: bool,
     archive: String,
     target: String,
+}
+
+/// A byte count with an optional binary suffix: 1048576, 1024K, 64M, 1G.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let shift = match unit
+        .trim_end_matches(['i', 'B'])
+        .to_ascii_uppercase()
+        .as_str()
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => {
+            return Err(format!(
+                "{s:?}: expected a size such as 1048576, 512K, 64M or 1G"
+            ));
+        }
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?}: not a size"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?}: too large"))
 }
 
 fn main() -> ExitCode {
@@ -147,7 +179,9 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "imageimport=info".into()),
         )
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, never into log files or a Pod's log.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json_logs {
         builder.json().init();
     } else {
@@ -204,6 +238,7 @@ async fn push(args: PushArgs) -> Result<ExitCode, ImportError> {
         insecure: args.insecure,
         ca_file: args.ca_file,
         auth_file: args.auth_file,
+        upload_segment: args.upload_chunk_size,
         ..Default::default()
     };
     opts.http = HttpOptions {
@@ -457,4 +492,22 @@ async fn inspect(
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999G").is_err());
+    }
 }

@@ -487,7 +487,10 @@ async fn process_seekable(
             Some(ReceiverStream::new(rx))
         }
     };
-    let uploaded = ctx.registry.upload_blob(&repo, make).await;
+    let uploaded = ctx
+        .registry
+        .upload_blob(&repo, crate::registry::Replay::FromSource, make)
+        .await;
     let handle = producer.lock().expect("producer").take();
     if let Some(h) = handle {
         h.await.map_err(|e| ImportError::Internal(e.to_string()))?;
@@ -561,11 +564,13 @@ impl scan::LayerVisitor for StreamVisitor {
         let registry = ctx.registry.clone();
         let upload_repo = repo.clone();
         let upload = self.rt.spawn(async move {
-            // A stream is read once: a broken upload cannot start over.
+            // A stream is read once: a broken upload continues from the segment in memory.
             registry
-                .upload_blob(&upload_repo, move || {
-                    rx.lock().expect("rx").take().map(ReceiverStream::new)
-                })
+                .upload_blob(
+                    &upload_repo,
+                    crate::registry::Replay::FromMemory,
+                    move || rx.lock().expect("rx").take().map(ReceiverStream::new),
+                )
                 .await
         });
         let r = layer::process(member, &mut buffered, policy, &mut |b| {
@@ -1001,7 +1006,7 @@ async fn push_config(ctx: &Ctx, repo: &str, img: &ImageSource) -> Result<u64, Im
     let bytes = Bytes::from(img.config.clone());
     let (digest, size) = ctx
         .registry
-        .upload_blob(repo, || {
+        .upload_blob(repo, crate::registry::Replay::FromSource, || {
             Some(futures::stream::once(futures::future::ready(Ok::<
                 _,
                 io::Error,

@@ -8,12 +8,10 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
-use futures::Stream;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Reference, RegistryOperation};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER};
-use sha2::{Digest as _, Sha256};
+use reqwest::header::{AUTHORIZATION, HeaderValue, LOCATION, RETRY_AFTER};
 
 use super::auth;
 use super::error::RegistryError;
@@ -29,7 +27,14 @@ pub struct RegistryOptions {
     pub retries: Option<usize>,
     /// No credentials, and no looking for a docker config.
     pub anonymous: bool,
+    /// Bytes per blob upload request (each accepted one is a point a broken upload continues
+    /// from); None: [`DEFAULT_UPLOAD_SEGMENT`], 0: the whole blob in one request.
+    pub upload_segment: Option<u64>,
 }
+
+/// 64 MiB: a few requests per big layer (each costs a round trip), and at most this much
+/// is sent again, or kept in memory for a source read once, when an upload breaks.
+pub const DEFAULT_UPLOAD_SEGMENT: u64 = 64 << 20;
 
 pub const MANIFEST_TYPES: &[&str] = &[
     crate::archive::formats::OCI_MANIFEST,
@@ -46,6 +51,7 @@ pub struct Registry {
     http: reqwest::Client,
     auth: RegistryAuth,
     retries: usize,
+    upload_segment: u64,
 }
 
 /// A manifest as the registry holds it.
@@ -103,11 +109,29 @@ impl Registry {
             http,
             auth,
             retries: opts.retries.unwrap_or(6),
+            upload_segment: opts.upload_segment.unwrap_or(DEFAULT_UPLOAD_SEGMENT),
         })
     }
 
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    pub(super) fn base(&self) -> String {
+        format!("{}://{}", self.scheme, self.host)
+    }
+
+    pub(super) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub(super) fn retries(&self) -> usize {
+        self.retries
+    }
+
+    /// Bytes per upload request; None for the whole blob in one.
+    pub(super) fn upload_segment(&self) -> Option<u64> {
+        (self.upload_segment > 0).then_some(self.upload_segment)
     }
 
     fn reference(&self, repo: &str) -> Reference {
@@ -141,7 +165,10 @@ impl Registry {
 
     /// The Authorization header for pushing to `repo` (a fresh bearer token for each call:
     /// tokens are short-lived and a layer upload can take minutes).
-    async fn authorization(&self, repo: &str) -> Result<Option<HeaderValue>, RegistryError> {
+    pub(super) async fn authorization(
+        &self,
+        repo: &str,
+    ) -> Result<Option<HeaderValue>, RegistryError> {
         let reference = self.reference(repo);
         let token = self
             .oci
@@ -312,111 +339,7 @@ impl Registry {
         .await
     }
 
-    /// Upload a blob whose bytes arrive as a stream, in one streamed PATCH (chunked transfer
-    /// encoding), then commit it under the digest computed on the way. `make_stream` is
-    /// called again to start over when the upload breaks; it returns None when the source
-    /// cannot be replayed (a pipe or an HTTP body already consumed).
-    pub async fn upload_blob<S, F>(
-        &self,
-        repo: &str,
-        mut make_stream: F,
-    ) -> Result<(String, u64), RegistryError>
-    where
-        S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
-        F: FnMut() -> Option<S>,
-    {
-        let mut attempt = 0usize;
-        let mut delay = Duration::from_millis(500);
-        loop {
-            attempt += 1;
-            let Some(stream) = make_stream() else {
-                return Err(RegistryError::NotReplayable {
-                    operation: "blob upload".into(),
-                });
-            };
-            match self.upload_once(repo, stream).await {
-                Ok(r) => return Ok(r),
-                Err(e) if e.is_transient() && attempt < self.retries => {
-                    let wait = e.retry_after().unwrap_or(delay);
-                    tracing::warn!(error = %e, attempt, "blob upload failed; starting it again in {:?}", wait);
-                    tokio::time::sleep(wait).await;
-                    delay = (delay * 2).min(Duration::from_secs(30));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    async fn upload_once<S>(&self, repo: &str, stream: S) -> Result<(String, u64), RegistryError>
-    where
-        S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
-    {
-        use futures::StreamExt;
-        let auth = self.authorization(repo).await?;
-        let start = format!("{}://{}/v2/{}/blobs/uploads/", self.scheme, self.host, repo);
-        let mut req = self.http.post(&start);
-        if let Some(a) = &auth {
-            req = req.header(AUTHORIZATION, a.clone());
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
-        if resp.status() != reqwest::StatusCode::ACCEPTED {
-            return Err(status_error(&self.host, resp, "blob upload start").await);
-        }
-        let location = self.location(&start, &resp)?;
-
-        let hasher = Arc::new(std::sync::Mutex::new((Sha256::new(), 0u64)));
-        let h = hasher.clone();
-        let body = stream.map(move |chunk| {
-            if let Ok(c) = &chunk {
-                let mut g = h.lock().expect("hasher lock");
-                g.0.update(c);
-                g.1 += c.len() as u64;
-            }
-            chunk
-        });
-        let mut req = self
-            .http
-            .patch(location.clone())
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .body(reqwest::Body::wrap_stream(body));
-        if let Some(a) = &auth {
-            req = req.header(AUTHORIZATION, a.clone());
-        }
-        let resp = req.send().await.map_err(|e| upload_error(&self.host, e))?;
-        if resp.status() != reqwest::StatusCode::ACCEPTED {
-            return Err(status_error(&self.host, resp, "blob upload").await);
-        }
-        let location = self.location(location.as_str(), &resp)?;
-        let (digest, size) = {
-            let g = hasher.lock().expect("hasher lock");
-            (
-                format!("sha256:{}", hex::encode(g.0.clone().finalize())),
-                g.1,
-            )
-        };
-        let mut commit = location.clone();
-        commit.query_pairs_mut().append_pair("digest", &digest);
-        let mut req = self
-            .http
-            .put(commit)
-            .header(reqwest::header::CONTENT_LENGTH, "0");
-        if let Some(a) = &auth {
-            req = req.header(AUTHORIZATION, a.clone());
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
-        if resp.status() != reqwest::StatusCode::CREATED {
-            return Err(status_error(&self.host, resp, "blob upload commit").await);
-        }
-        Ok((digest, size))
-    }
-
-    fn location(
+    pub(super) fn location(
         &self,
         base: &str,
         resp: &reqwest::Response,
@@ -461,12 +384,11 @@ fn is_unknown(detail: &str) -> bool {
     d.contains("MANIFESTUNKNOWN") || d.contains("NAMEUNKNOWN") || d.contains("NOTFOUND")
 }
 
-/// A broken body (our producer failed) is not a registry problem: keep its message.
-fn upload_error(host: &str, e: reqwest::Error) -> RegistryError {
-    RegistryError::from_reqwest(host, e)
-}
-
-async fn status_error(host: &str, resp: reqwest::Response, operation: &str) -> RegistryError {
+pub(super) async fn status_error(
+    host: &str,
+    resp: reqwest::Response,
+    operation: &str,
+) -> RegistryError {
     let status = resp.status();
     let retry_after = resp
         .headers()

@@ -34,6 +34,9 @@ pub enum RegistryError {
     Config(String),
     #[error("upload of {operation} failed: the input cannot be replayed after a broken upload")]
     NotReplayable { operation: String },
+    /// The bytes being uploaded could not be produced (the archive side failed).
+    #[error("the upload's source failed: {detail}")]
+    SourceFailed { detail: String },
 }
 
 fn retry_hint(d: &Option<Duration>) -> String {

@@ -4,7 +4,9 @@ pub mod auth;
 pub mod client;
 pub mod error;
 pub mod reference;
+pub mod upload;
 
-pub use client::{Registry, RegistryOptions, RemoteManifest};
+pub use client::{DEFAULT_UPLOAD_SEGMENT, Registry, RegistryOptions, RemoteManifest};
 pub use error::RegistryError;
 pub use reference::{SavedTag, Target};
+pub use upload::Replay;

@@ -2,5 +2,6 @@
 #![allow(dead_code)]
 
 pub mod archives;
+pub mod faults;
 pub mod kube;
 pub mod registry;

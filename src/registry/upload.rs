@@ -1,0 +1,611 @@
+//! Blob uploads that survive a broken connection.
+//!
+//! A blob goes up in segments: each PATCH streams at most `segment` bytes (chunked transfer
+//! encoding, no buffering), and every accepted segment is a point the upload can continue from.
+//! When a request fails, the uploader asks the registry where the upload stands (`GET` on its
+//! location answers `Range: 0-N`) and sends from there, instead of starting over. The bytes from
+//! that offset come from the source replayed (a seekable file, skipping what the registry
+//! already holds) or, for a source read once (a pipe, an HTTP body), from the unacknowledged
+//! segment kept in memory. A registry that dropped the upload (distribution cancels one whose
+//! stored size disagrees with its state token, as after a PATCH cut halfway) gets a new one.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RANGE};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::Mutex;
+
+use super::client::{Registry, status_error};
+use super::error::RegistryError;
+
+/// How a failed upload gets back the bytes it must send again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// `make_stream` can produce the same bytes again from the start.
+    FromSource,
+    /// The source is read once: keep the unacknowledged segment in memory.
+    FromMemory,
+}
+
+/// The blob's bytes as the uploader consumes them: offsets, hash, and what can be sent again.
+struct Feed<S> {
+    stream: Option<S>,
+    /// Blob offset of the next byte handed to a request body.
+    offset: u64,
+    /// Bytes taken from `stream` (and hashed): `offset` + the length of `ahead`.
+    produced: u64,
+    hasher: Sha256,
+    /// Bytes already taken from the stream, at offsets `offset..produced`, to hand out first.
+    ahead: VecDeque<Bytes>,
+    /// Bytes to drop from a replayed stream before handing any out (the registry has them).
+    skip: u64,
+    /// With [`Replay::FromMemory`]: bytes `kept_from..produced`, not yet acknowledged.
+    kept: Option<VecDeque<Bytes>>,
+    kept_from: u64,
+    /// The source failed: its error, never retried here.
+    failed: Option<String>,
+    ended: bool,
+    /// Bumped whenever a request body is abandoned, so a stale body can never pull bytes.
+    generation: u64,
+}
+
+impl<S> Feed<S>
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Unpin,
+{
+    fn new(stream: S, replay: Replay) -> Self {
+        Feed {
+            stream: Some(stream),
+            offset: 0,
+            produced: 0,
+            hasher: Sha256::new(),
+            ahead: VecDeque::new(),
+            skip: 0,
+            kept: (replay == Replay::FromMemory).then(VecDeque::new),
+            kept_from: 0,
+            failed: None,
+            ended: false,
+            generation: 0,
+        }
+    }
+
+    /// The next piece of at most `limit` bytes, or None at the end of the blob.
+    async fn next(&mut self, limit: u64) -> Option<std::io::Result<Bytes>> {
+        let mut piece = match self.ahead.pop_front() {
+            Some(b) => b,
+            None => match self.pull().await? {
+                Ok(b) => b,
+                Err(e) => return Some(Err(e)),
+            },
+        };
+        if piece.len() as u64 > limit {
+            let rest = piece.split_off(limit as usize);
+            self.ahead.push_front(rest);
+        }
+        self.offset += piece.len() as u64;
+        Some(Ok(piece))
+    }
+
+    /// True when more bytes follow (pulling one piece ahead to know).
+    async fn has_more(&mut self) -> Result<bool, String> {
+        if !self.ahead.is_empty() {
+            return Ok(true);
+        }
+        match self.pull().await {
+            None => Ok(false),
+            Some(Ok(b)) => {
+                self.ahead.push_back(b);
+                Ok(true)
+            }
+            Some(Err(e)) => Err(e.to_string()),
+        }
+    }
+
+    /// New bytes from the stream: hashed, kept if needed, and past any bytes to skip.
+    async fn pull(&mut self) -> Option<std::io::Result<Bytes>> {
+        loop {
+            if self.ended {
+                return None;
+            }
+            let stream = self.stream.as_mut()?;
+            match stream.next().await {
+                None => {
+                    self.ended = true;
+                    return None;
+                }
+                Some(Err(e)) => {
+                    self.failed = Some(e.to_string());
+                    self.ended = true;
+                    return Some(Err(e));
+                }
+                Some(Ok(mut b)) => {
+                    if b.is_empty() {
+                        continue;
+                    }
+                    self.hasher.update(&b);
+                    self.produced += b.len() as u64;
+                    if self.skip > 0 {
+                        let drop = self.skip.min(b.len() as u64);
+                        self.skip -= drop;
+                        b = b.split_off(drop as usize);
+                        if b.is_empty() {
+                            continue;
+                        }
+                    }
+                    if let Some(kept) = &mut self.kept {
+                        kept.push_back(b.clone());
+                    }
+                    return Some(Ok(b));
+                }
+            }
+        }
+    }
+
+    /// The registry holds bytes `0..acked`: memory kept for them can go.
+    fn acknowledge(&mut self, acked: u64) {
+        if let Some(kept) = &mut self.kept {
+            while let Some(front) = kept.front_mut() {
+                let len = front.len() as u64;
+                if self.kept_from + len <= acked {
+                    kept.pop_front();
+                    self.kept_from += len;
+                } else {
+                    if acked > self.kept_from {
+                        let cut = (acked - self.kept_from) as usize;
+                        *front = front.split_off(cut);
+                        self.kept_from = acked;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Continue from blob offset `at` with the bytes in hand. False when they are gone (the
+    /// source must be replayed from its start).
+    fn rewind(&mut self, at: u64) -> bool {
+        self.generation += 1;
+        if at > self.produced {
+            return false;
+        }
+        if at >= self.offset {
+            // The registry has some of the bytes we handed out: skip them in `ahead`.
+            let mut drop = at - self.offset;
+            while drop > 0 {
+                let Some(front) = self.ahead.front_mut() else {
+                    return false;
+                };
+                let len = front.len() as u64;
+                if len <= drop {
+                    self.ahead.pop_front();
+                    drop -= len;
+                } else {
+                    *front = front.split_off(drop as usize);
+                    drop = 0;
+                }
+            }
+            self.offset = at;
+            return true;
+        }
+        let Some(kept) = &self.kept else {
+            return false;
+        };
+        if at < self.kept_from {
+            return false;
+        }
+        // Hand out again the kept bytes from `at` up to what was produced.
+        let mut ahead = VecDeque::new();
+        let mut pos = self.kept_from;
+        for b in kept {
+            let end = pos + b.len() as u64;
+            if end > at {
+                let from = at.saturating_sub(pos) as usize;
+                ahead.push_back(b.slice(from..));
+            }
+            pos = end;
+        }
+        self.ahead = ahead;
+        self.offset = at;
+        true
+    }
+
+    /// Start over from a fresh copy of the source, handing out bytes from offset `at` on.
+    fn replay(&mut self, stream: S, at: u64) {
+        self.generation += 1;
+        self.stream = Some(stream);
+        self.hasher = Sha256::new();
+        self.offset = at;
+        self.produced = 0;
+        self.skip = at;
+        self.ahead.clear();
+        if let Some(kept) = &mut self.kept {
+            kept.clear();
+        }
+        self.kept_from = at;
+        self.failed = None;
+        self.ended = false;
+    }
+}
+
+/// An upload session on the registry.
+struct Session {
+    location: reqwest::Url,
+}
+
+/// What the registry says about an upload it was asked about.
+enum Standing {
+    /// It holds bytes `0..offset`; continue at `location`.
+    At { offset: u64, location: reqwest::Url },
+    /// It no longer knows the upload.
+    Gone,
+}
+
+impl Registry {
+    /// Upload a blob whose bytes arrive as a stream and commit it under the digest computed
+    /// on the way; see the module comment for how a broken upload continues.
+    pub async fn upload_blob<S, F>(
+        &self,
+        repo: &str,
+        replay: Replay,
+        mut make_stream: F,
+    ) -> Result<(String, u64), RegistryError>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
+        F: FnMut() -> Option<S>,
+    {
+        let not_replayable = || RegistryError::NotReplayable {
+            operation: "blob upload".into(),
+        };
+        let first = make_stream().ok_or_else(not_replayable)?;
+        let feed = Arc::new(Mutex::new(Feed::new(first, replay)));
+        let segment = self.upload_segment().unwrap_or(u64::MAX);
+        let mut session: Option<Session> = None;
+        let mut failures = 0usize;
+        let mut delay = Duration::from_millis(500);
+        loop {
+            let step = self.upload_step(repo, &feed, &mut session, segment).await;
+            let error = match step {
+                Ok(Some(done)) => return Ok(done),
+                Ok(None) => {
+                    failures = 0;
+                    delay = Duration::from_millis(500);
+                    continue;
+                }
+                Err(e) => e,
+            };
+            if let Some(source) = feed.lock().await.failed.clone() {
+                return Err(RegistryError::SourceFailed { detail: source });
+            }
+            failures += 1;
+            if !error.is_transient() || failures >= self.retries() {
+                return Err(error);
+            }
+            let wait = error.retry_after().unwrap_or(delay);
+            tracing::warn!(error = %error, attempt = failures, "blob upload interrupted; continuing in {:?}", wait);
+            tokio::time::sleep(wait).await;
+            delay = (delay * 2).min(Duration::from_secs(30));
+
+            // Where did the registry stop? (Asked again while it cannot say.)
+            let standing = loop {
+                let Some(s) = &session else {
+                    break Standing::Gone;
+                };
+                match self.upload_standing(repo, s).await {
+                    Ok(st) => break st,
+                    Err(e) if e.is_transient() => {
+                        failures += 1;
+                        if failures >= self.retries() {
+                            return Err(e);
+                        }
+                        let wait = e.retry_after().unwrap_or(delay);
+                        tracing::warn!(error = %e, "upload status unknown; asking again in {:?}", wait);
+                        tokio::time::sleep(wait).await;
+                        delay = (delay * 2).min(Duration::from_secs(30));
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            let mut f = feed.lock().await;
+            let at = match standing {
+                Standing::At { offset, location } => {
+                    session = Some(Session { location });
+                    offset
+                }
+                Standing::Gone => {
+                    session = None;
+                    0
+                }
+            };
+            if f.rewind(at) {
+                tracing::info!(
+                    offset = at,
+                    "blob upload continues where the registry stopped"
+                );
+            } else {
+                let Some(stream) = make_stream() else {
+                    return Err(not_replayable());
+                };
+                if at > 0 {
+                    tracing::info!(
+                        offset = at,
+                        "blob upload continues where the registry stopped (source replayed)"
+                    );
+                }
+                f.replay(stream, at);
+            }
+        }
+    }
+
+    /// One request of the upload: start a session, send a segment, or commit. Ok(Some) when
+    /// the blob is committed.
+    async fn upload_step<S>(
+        &self,
+        repo: &str,
+        feed: &Arc<Mutex<Feed<S>>>,
+        session: &mut Option<Session>,
+        segment: u64,
+    ) -> Result<Option<(String, u64)>, RegistryError>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
+    {
+        let auth = self.authorization(repo).await?;
+        let Some(s) = session else {
+            *session = Some(Session {
+                location: self.start_upload(repo, auth.as_ref()).await?,
+            });
+            return Ok(None);
+        };
+        let (more, generation, start) = {
+            let mut f = feed.lock().await;
+            let more = f.has_more().await;
+            (more, f.generation, f.offset)
+        };
+        let more = more.map_err(|detail| RegistryError::SourceFailed { detail })?;
+        if !more {
+            return self.commit(repo, feed, s, auth.as_ref()).await.map(Some);
+        }
+        let body = segment_body(feed.clone(), generation, segment);
+        let mut req = self
+            .http()
+            .patch(s.location.clone())
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(body));
+        if let Some(a) = &auth {
+            req = req.header(AUTHORIZATION, a.clone());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| RegistryError::from_reqwest(self.host(), e))?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(status_error(self.host(), resp, "blob upload").await);
+        }
+        let location = self.location(s.location.as_str(), &resp)?;
+        let mut f = feed.lock().await;
+        f.generation += 1;
+        let acked = range_end(&resp).unwrap_or(f.offset);
+        s.location = location;
+        if acked != f.offset {
+            // The registry kept a different amount than was sent: go by what it says.
+            tracing::warn!(
+                sent = f.offset - start,
+                registry_offset = acked,
+                "registry acknowledged a different offset"
+            );
+            if !f.rewind(acked) {
+                return Err(RegistryError::Protocol {
+                    registry: self.host().to_string(),
+                    detail: format!("upload acknowledged at offset {acked}, not {}", f.offset),
+                });
+            }
+        }
+        f.acknowledge(acked);
+        Ok(None)
+    }
+
+    async fn start_upload(
+        &self,
+        repo: &str,
+        auth: Option<&reqwest::header::HeaderValue>,
+    ) -> Result<reqwest::Url, RegistryError> {
+        let start = format!("{}/v2/{}/blobs/uploads/", self.base(), repo);
+        let mut req = self.http().post(&start);
+        if let Some(a) = auth {
+            req = req.header(AUTHORIZATION, a.clone());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| RegistryError::from_reqwest(self.host(), e))?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(status_error(self.host(), resp, "blob upload start").await);
+        }
+        self.location(&start, &resp)
+    }
+
+    async fn commit<S>(
+        &self,
+        repo: &str,
+        feed: &Arc<Mutex<Feed<S>>>,
+        s: &Session,
+        auth: Option<&reqwest::header::HeaderValue>,
+    ) -> Result<(String, u64), RegistryError>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
+    {
+        let (digest, size) = {
+            let f = feed.lock().await;
+            (
+                format!("sha256:{}", hex::encode(f.hasher.clone().finalize())),
+                f.produced,
+            )
+        };
+        let mut commit = s.location.clone();
+        commit.query_pairs_mut().append_pair("digest", &digest);
+        let mut req = self.http().put(commit).header(CONTENT_LENGTH, "0");
+        if let Some(a) = auth {
+            req = req.header(AUTHORIZATION, a.clone());
+        }
+        let sent = req.send().await;
+        let outcome = match sent {
+            Ok(resp) if resp.status() == StatusCode::CREATED => return Ok((digest, size)),
+            Ok(resp) => status_error(self.host(), resp, "blob upload commit").await,
+            Err(e) => RegistryError::from_reqwest(self.host(), e),
+        };
+        // The commit may have landed though its answer was lost.
+        if outcome.is_transient() && self.blob_exists(repo, &digest).await.unwrap_or(false) {
+            return Ok((digest, size));
+        }
+        Err(outcome)
+    }
+
+    /// Ask the registry how much of the upload it holds.
+    async fn upload_standing(&self, repo: &str, s: &Session) -> Result<Standing, RegistryError> {
+        let auth = self.authorization(repo).await?;
+        let mut req = self.http().get(s.location.clone());
+        if let Some(a) = &auth {
+            req = req.header(AUTHORIZATION, a.clone());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| RegistryError::from_reqwest(self.host(), e))?;
+        let status = resp.status();
+        if status == StatusCode::NO_CONTENT || status.is_success() {
+            let offset = range_end(&resp).unwrap_or(0);
+            let location = self
+                .location(s.location.as_str(), &resp)
+                .unwrap_or_else(|_| s.location.clone());
+            return Ok(Standing::At { offset, location });
+        }
+        match status.as_u16() {
+            401 | 403 | 408 | 429 | 500..=599 => {
+                Err(status_error(self.host(), resp, "upload status").await)
+            }
+            // Unknown or invalidated upload.
+            _ => Ok(Standing::Gone),
+        }
+    }
+}
+
+/// A request body of at most `limit` bytes from the feed; it ends early (and pulls nothing)
+/// once its generation is over.
+fn segment_body<S>(
+    feed: Arc<Mutex<Feed<S>>>,
+    generation: u64,
+    limit: u64,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
+{
+    futures::stream::unfold((feed, limit), move |(feed, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let mut f = feed.lock().await;
+        if f.generation != generation {
+            return None;
+        }
+        match f.next(left).await? {
+            Ok(b) => {
+                let left = left - b.len() as u64;
+                drop(f);
+                Some((Ok(b), (feed, left)))
+            }
+            Err(e) => {
+                drop(f);
+                Some((Err(e), (feed, 0)))
+            }
+        }
+    })
+}
+
+/// The number of bytes a registry says it holds, from `Range: 0-<last>` (inclusive; `0--1`
+/// or a missing header from distribution means none).
+fn range_end(resp: &reqwest::Response) -> Option<u64> {
+    let v = resp.headers().get(RANGE)?.to_str().ok()?;
+    let v = v.trim().trim_start_matches("bytes=");
+    let (_, last) = v.split_once('-')?;
+    if last.starts_with('-') {
+        return Some(0);
+    }
+    last.trim().parse::<u64>().ok().map(|l| l + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Pieces = futures::stream::Iter<std::vec::IntoIter<std::io::Result<Bytes>>>;
+
+    fn pieces(pieces: &[&'static [u8]]) -> Pieces {
+        let items: Vec<std::io::Result<Bytes>> =
+            pieces.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        futures::stream::iter(items)
+    }
+
+    fn feed(p: &[&'static [u8]], replay: Replay) -> Feed<Pieces> {
+        Feed::new(pieces(p), replay)
+    }
+
+    async fn take(f: &mut Feed<Pieces>, limit: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut left = limit;
+        while left > 0 {
+            match f.next(left).await {
+                Some(Ok(b)) => {
+                    left -= b.len() as u64;
+                    out.extend_from_slice(&b);
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn segments_split_pieces_and_hash_everything_once() {
+        let mut f = feed(&[b"abcdef", b"ghij"], Replay::FromSource);
+        assert_eq!(take(&mut f, 4).await, b"abcd");
+        assert_eq!(take(&mut f, 4).await, b"efgh");
+        assert_eq!(take(&mut f, 4).await, b"ij");
+        assert!(!f.has_more().await.unwrap());
+        assert_eq!(f.produced, 10);
+        assert_eq!(
+            f.hasher.clone().finalize()[..],
+            Sha256::digest(b"abcdefghij")[..]
+        );
+    }
+
+    #[tokio::test]
+    async fn kept_bytes_are_sent_again_from_the_registry_offset() {
+        let mut f = feed(&[b"abcdef", b"ghij"], Replay::FromMemory);
+        assert_eq!(take(&mut f, 4).await, b"abcd");
+        f.acknowledge(4);
+        assert_eq!(take(&mut f, 4).await, b"efgh");
+        // The second segment broke; the registry holds 5 bytes.
+        assert!(f.rewind(5));
+        assert_eq!(take(&mut f, 100).await, b"fghij");
+        // Acknowledged bytes are gone from memory: cannot go back before them.
+        assert!(!f.rewind(3));
+    }
+
+    #[tokio::test]
+    async fn a_replayed_source_skips_what_the_registry_holds() {
+        let mut f = feed(&[b"abcdef", b"ghij"], Replay::FromSource);
+        assert_eq!(take(&mut f, 8).await, b"abcdefgh");
+        assert!(!f.rewind(3), "nothing kept: the source must be replayed");
+        f.replay(pieces(&[b"abcdef", b"ghij"]), 3);
+        assert_eq!(take(&mut f, 100).await, b"defghij");
+        assert_eq!(f.produced, 10);
+        assert_eq!(
+            f.hasher.clone().finalize()[..],
+            Sha256::digest(b"abcdefghij")[..]
+        );
+    }
+}
