@@ -23,6 +23,10 @@ use tokio::sync::Mutex;
 use super::client::{Registry, status_error};
 use super::error::RegistryError;
 
+/// The most a source read once keeps in memory for sending again (its upload requests are
+/// no bigger than this).
+pub const MAX_KEPT_SEGMENT: u64 = 16 << 20;
+
 /// How a failed upload gets back the bytes it must send again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replay {
@@ -263,7 +267,11 @@ impl Registry {
         };
         let first = make_stream().ok_or_else(not_replayable)?;
         let feed = Arc::new(Mutex::new(Feed::new(first, replay)));
-        let segment = self.upload_segment().unwrap_or(u64::MAX);
+        let mut segment = self.upload_segment().unwrap_or(u64::MAX);
+        if replay == Replay::FromMemory {
+            // What is kept is memory: bound it whatever the blob size.
+            segment = segment.min(MAX_KEPT_SEGMENT);
+        }
         let mut session: Option<Session> = None;
         let mut failures = 0usize;
         let mut delay = Duration::from_millis(500);
