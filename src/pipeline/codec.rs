@@ -224,12 +224,17 @@ fn encode_chunk(codec: Codec, chunk: &[u8]) -> Bytes {
                 .gzip_compress(chunk, &mut out)
                 .expect("buffer sized by gzip_compress_bound");
             out.truncate(n);
-            Bytes::from(out)
+            exact(out)
         }),
-        Codec::Zstd => {
-            ZSTD.with(|c| Bytes::from(c.borrow_mut().compress(chunk).expect("zstd compress")))
-        }
+        Codec::Zstd => ZSTD.with(|c| exact(c.borrow_mut().compress(chunk).expect("zstd compress"))),
     }
+}
+
+/// Bytes owning exactly its length: the output buffer was sized by the worst-case bound, and a
+/// `Bytes` keeps its whole allocation alive (kept segments of a stream upload hold many).
+fn exact(mut out: Vec<u8>) -> Bytes {
+    out.shrink_to_fit();
+    Bytes::from(out)
 }
 
 #[cfg(test)]
