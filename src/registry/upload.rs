@@ -378,18 +378,12 @@ impl Registry {
             return self.commit(repo, feed, s, auth.as_ref()).await.map(Some);
         }
         let body = segment_body(feed.clone(), generation, segment);
-        let mut req = self
+        let req = self
             .http()
             .patch(s.location.clone())
             .header(CONTENT_TYPE, "application/octet-stream")
             .body(reqwest::Body::wrap_stream(body));
-        if let Some(a) = &auth {
-            req = req.header(AUTHORIZATION, a.clone());
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| RegistryError::from_reqwest(self.host(), e))?;
+        let resp = self.send_authorized(req, auth.as_ref()).await?;
         if resp.status() != StatusCode::ACCEPTED {
             return Err(status_error(self.host(), resp, "blob upload").await);
         }
@@ -416,20 +410,27 @@ impl Registry {
         Ok(None)
     }
 
+    /// Send with the Authorization header, if any; no answer at all is `Unreachable`.
+    async fn send_authorized(
+        &self,
+        mut req: reqwest::RequestBuilder,
+        auth: Option<&reqwest::header::HeaderValue>,
+    ) -> Result<reqwest::Response, RegistryError> {
+        if let Some(a) = auth {
+            req = req.header(AUTHORIZATION, a.clone());
+        }
+        req.send()
+            .await
+            .map_err(|e| RegistryError::from_reqwest(self.host(), e))
+    }
+
     async fn start_upload(
         &self,
         repo: &str,
         auth: Option<&reqwest::header::HeaderValue>,
     ) -> Result<reqwest::Url, RegistryError> {
         let start = format!("{}/v2/{}/blobs/uploads/", self.base(), repo);
-        let mut req = self.http().post(&start);
-        if let Some(a) = auth {
-            req = req.header(AUTHORIZATION, a.clone());
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| RegistryError::from_reqwest(self.host(), e))?;
+        let resp = self.send_authorized(self.http().post(&start), auth).await?;
         if resp.status() != StatusCode::ACCEPTED {
             return Err(status_error(self.host(), resp, "blob upload start").await);
         }
@@ -455,15 +456,11 @@ impl Registry {
         };
         let mut commit = s.location.clone();
         commit.query_pairs_mut().append_pair("digest", &digest);
-        let mut req = self.http().put(commit).header(CONTENT_LENGTH, "0");
-        if let Some(a) = auth {
-            req = req.header(AUTHORIZATION, a.clone());
-        }
-        let sent = req.send().await;
-        let outcome = match sent {
+        let req = self.http().put(commit).header(CONTENT_LENGTH, "0");
+        let outcome = match self.send_authorized(req, auth).await {
             Ok(resp) if resp.status() == StatusCode::CREATED => return Ok((digest, size)),
             Ok(resp) => status_error(self.host(), resp, "blob upload commit").await,
-            Err(e) => RegistryError::from_reqwest(self.host(), e),
+            Err(e) => e,
         };
         // The commit may have landed though its answer was lost.
         if outcome.is_transient() && self.blob_exists(repo, &digest).await.unwrap_or(false) {
@@ -475,14 +472,9 @@ impl Registry {
     /// Ask the registry how much of the upload it holds.
     async fn upload_standing(&self, repo: &str, s: &Session) -> Result<Standing, RegistryError> {
         let auth = self.authorization(repo).await?;
-        let mut req = self.http().get(s.location.clone());
-        if let Some(a) = &auth {
-            req = req.header(AUTHORIZATION, a.clone());
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| RegistryError::from_reqwest(self.host(), e))?;
+        let resp = self
+            .send_authorized(self.http().get(s.location.clone()), auth.as_ref())
+            .await?;
         let status = resp.status();
         if status == StatusCode::NO_CONTENT || status.is_success() {
             let offset = range_end(&resp).unwrap_or(0);
