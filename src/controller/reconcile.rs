@@ -147,6 +147,12 @@ pub async fn reconcile(obj: Arc<ImageImport>, ctx: Arc<Context>) -> Result<Actio
                 // The worker reports its result before exiting; a Job that ended without one
                 // was killed (OOM, eviction, deadline): transient.
                 state => {
+                    // But the object was read before the Job: a result written in between (the
+                    // Job read may have waited out a 429's Retry-After meanwhile) is only seen by
+                    // a read made after the Job's end. Read again before calling it lost.
+                    if result_reported(&api, &name, generation, &job_name).await? {
+                        return Ok(Action::requeue(Duration::ZERO));
+                    }
                     let wait = retry_delay(st.attempts);
                     let msg = format!(
                         "worker Job {job_name} {} without reporting a result (killed, out of memory or past its deadline); retrying in {}s",
@@ -208,6 +214,20 @@ pub async fn reconcile(obj: Arc<ImageImport>, ctx: Arc<Context>) -> Result<Actio
         }
     }
     start_attempt(&ctx, &obj, &api, &jobs, &current, st, generation).await
+}
+
+/// Whether the worker of `job_name` has reported its result, read from the API now.
+async fn result_reported(
+    api: &Api<ImageImport>,
+    name: &str,
+    generation: i64,
+    job_name: &str,
+) -> Result<bool, Error> {
+    let fresh = api.get_opt(name).await?;
+    Ok(fresh
+        .and_then(|o| o.status)
+        .and_then(|s| s.result)
+        .is_some_and(|r| r.generation == generation && r.job_name == job_name))
 }
 
 /// Metrics for a finished attempt (counted once, when its outcome is first recorded).
