@@ -48,13 +48,23 @@ pub async fn run() -> i32 {
     };
     let api: Api<ImageImport> = Api::namespaced(client, &ns);
     let progress = Arc::new(Progress::default());
-    let reporter = tokio::spawn(report_progress(api.clone(), name.clone(), progress.clone()));
+    let (stop_reporter, stopped) = tokio::sync::oneshot::channel();
+    let reporter = tokio::spawn(report_progress(
+        api.clone(),
+        name.clone(),
+        progress.clone(),
+        stopped,
+    ));
 
     let outcome = match options(&spec, &root) {
         Ok(opts) => pipeline::import(opts, progress.clone()).await,
         Err(e) => Err(e),
     };
-    reporter.abort();
+    // Stop the reporter and let a report under way finish, never cut it: a progress apply that
+    // reached the API server and lands after the result's would remove `result` (server-side
+    // apply drops the fields this field manager no longer sends).
+    let _ = stop_reporter.send(());
+    let _ = reporter.await;
     let mut result = WorkerResult {
         generation,
         job_name,
@@ -112,9 +122,17 @@ pub async fn run() -> i32 {
     75
 }
 
-async fn report_progress(api: Api<ImageImport>, name: String, progress: Arc<Progress>) {
+async fn report_progress(
+    api: Api<ImageImport>,
+    name: String,
+    progress: Arc<Progress>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
     loop {
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+        }
         let (done, total) = progress.snapshot();
         let p = ImportProgress {
             bytes_done: done,
