@@ -43,7 +43,8 @@ pub async fn ensure_worker_access(ctx: &Context, ns: &str) -> Result<(), Error> 
         rules: Some(vec![PolicyRule {
             api_groups: Some(vec![crate::api::GROUP.into()]),
             resources: Some(vec!["imageimports/status".into()]),
-            verbs: vec!["get".into(), "patch".into()],
+            // Server-side apply of progress and result: the worker never reads it back.
+            verbs: vec!["patch".into()],
             ..Default::default()
         }]),
     };
