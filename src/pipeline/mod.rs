@@ -455,6 +455,8 @@ async fn process_seekable(
 
     let slot: Slot = Arc::new(Mutex::new(None));
     let producer: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::new(Mutex::new(None));
+    // Which producer is current: one abandoned by a replay must not overwrite its successor's result.
+    let current = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let make = {
         let slot = slot.clone();
         let producer = producer.clone();
@@ -470,6 +472,8 @@ async fn process_seekable(
             let slot = slot.clone();
             let member = member.clone();
             let open = open.clone();
+            let generation = current.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let current = current.clone();
             let handle = tokio::task::spawn_blocking(move || {
                 let r = open().map_err(LayerError::Read).and_then(|mut reader| {
                     layer::process(&member, &mut reader, policy, &mut |b| {
@@ -480,7 +484,10 @@ async fn process_seekable(
                 if let Err(e) = &r {
                     let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
                 }
-                *slot.lock().expect("slot") = Some(r);
+                let mut slot = slot.lock().expect("slot");
+                if current.load(std::sync::atomic::Ordering::SeqCst) == generation {
+                    *slot = Some(r);
+                }
                 drop(tx);
             });
             *producer.lock().expect("producer") = Some(handle);
