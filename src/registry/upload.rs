@@ -236,6 +236,44 @@ where
     }
 }
 
+/// What one request of an upload achieved.
+enum Step {
+    /// The blob is committed under this digest and size.
+    Done(String, u64),
+    /// A session started or a segment was accepted.
+    Progress,
+    /// The registry's copy cannot be continued: begin a new upload.
+    StartOver,
+}
+
+/// Point the feed at blob offset `at`: with the bytes in hand, or from the source replayed.
+fn continue_at<S, F>(f: &mut Feed<S>, at: u64, make_stream: &mut F) -> Result<(), RegistryError>
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Unpin,
+    F: FnMut() -> Option<S>,
+{
+    if f.rewind(at) {
+        if at > 0 {
+            tracing::info!(
+                offset = at,
+                "blob upload continues where the registry stopped"
+            );
+        }
+        return Ok(());
+    }
+    let stream = make_stream().ok_or_else(|| RegistryError::NotReplayable {
+        operation: "blob upload".into(),
+    })?;
+    if at > 0 {
+        tracing::info!(
+            offset = at,
+            "blob upload continues where the registry stopped (source replayed)"
+        );
+    }
+    f.replay(stream, at);
+    Ok(())
+}
+
 /// An upload session on the registry.
 struct Session {
     location: reqwest::Url,
@@ -278,10 +316,24 @@ impl Registry {
         loop {
             let step = self.upload_step(repo, &feed, &mut session, segment).await;
             let error = match step {
-                Ok(Some(done)) => return Ok(done),
-                Ok(None) => {
+                Ok(Step::Done(digest, size)) => return Ok((digest, size)),
+                Ok(Step::Progress) => {
                     failures = 0;
                     delay = Duration::from_millis(500);
+                    continue;
+                }
+                Ok(Step::StartOver) => {
+                    // The registry's copy disagrees with what was sent: a new upload, once more
+                    // counted as a failure so that a registry doing it every time ends the loop.
+                    failures += 1;
+                    if failures >= self.retries() {
+                        return Err(RegistryError::Protocol {
+                            registry: self.host().to_string(),
+                            detail: "upload offsets kept disagreeing with what was sent".into(),
+                        });
+                    }
+                    session = None;
+                    continue_at(&mut *feed.lock().await, 0, &mut make_stream)?;
                     continue;
                 }
                 Err(e) => e,
@@ -329,23 +381,7 @@ impl Registry {
                     0
                 }
             };
-            if f.rewind(at) {
-                tracing::info!(
-                    offset = at,
-                    "blob upload continues where the registry stopped"
-                );
-            } else {
-                let Some(stream) = make_stream() else {
-                    return Err(not_replayable());
-                };
-                if at > 0 {
-                    tracing::info!(
-                        offset = at,
-                        "blob upload continues where the registry stopped (source replayed)"
-                    );
-                }
-                f.replay(stream, at);
-            }
+            continue_at(&mut f, at, &mut make_stream)?;
         }
     }
 
@@ -357,7 +393,7 @@ impl Registry {
         feed: &Arc<Mutex<Feed<S>>>,
         session: &mut Option<Session>,
         segment: u64,
-    ) -> Result<Option<(String, u64)>, RegistryError>
+    ) -> Result<Step, RegistryError>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
     {
@@ -366,7 +402,7 @@ impl Registry {
             *session = Some(Session {
                 location: self.start_upload(repo, auth.as_ref()).await?,
             });
-            return Ok(None);
+            return Ok(Step::Progress);
         };
         let (more, generation, start) = {
             let mut f = feed.lock().await;
@@ -375,7 +411,10 @@ impl Registry {
         };
         let more = more.map_err(|detail| RegistryError::SourceFailed { detail })?;
         if !more {
-            return self.commit(repo, feed, s, auth.as_ref()).await.map(Some);
+            return self
+                .commit(repo, feed, s, auth.as_ref())
+                .await
+                .map(|(d, n)| Step::Done(d, n));
         }
         let body = segment_body(feed.clone(), generation, segment);
         let req = self
@@ -393,21 +432,20 @@ impl Registry {
         let acked = range_end(&resp).unwrap_or(f.offset);
         s.location = location;
         if acked != f.offset {
-            // The registry kept a different amount than was sent: go by what it says.
             tracing::warn!(
-                sent = f.offset - start,
+                sent_to = f.offset,
                 registry_offset = acked,
+                segment_start = start,
                 "registry acknowledged a different offset"
             );
-            if !f.rewind(acked) {
-                return Err(RegistryError::Protocol {
-                    registry: self.host().to_string(),
-                    detail: format!("upload acknowledged at offset {acked}, not {}", f.offset),
-                });
+            // It kept less than was sent: send the rest again. It holds more than was sent
+            // (or what it holds cannot be matched): its copy is not ours, start over.
+            if acked > f.offset || acked < start || !f.rewind(acked) {
+                return Ok(Step::StartOver);
             }
         }
         f.acknowledge(acked);
-        Ok(None)
+        Ok(Step::Progress)
     }
 
     /// Send with the Authorization header, if any; no answer at all is `Unreachable`.
@@ -525,16 +563,24 @@ where
     })
 }
 
-/// The number of bytes a registry says it holds, from `Range: 0-<last>` (inclusive; `0--1`
-/// or a missing header from distribution means none).
 fn range_end(resp: &reqwest::Response) -> Option<u64> {
-    let v = resp.headers().get(RANGE)?.to_str().ok()?;
-    let v = v.trim().trim_start_matches("bytes=");
-    let (_, last) = v.split_once('-')?;
-    if last.starts_with('-') {
-        return Some(0);
+    held_bytes(resp.headers().get(RANGE)?.to_str().ok()?)
+}
+
+/// The number of bytes a registry says it holds, from `Range: 0-<last>` (inclusive).
+/// Distribution answers `0-0` for an empty upload as well as for one byte: read it as none (if
+/// there was one byte, the next acknowledgement disagrees and the upload starts over).
+fn held_bytes(range: &str) -> Option<u64> {
+    let v = range.trim().trim_start_matches("bytes=");
+    let (first, last) = v.split_once('-')?;
+    if first.trim() != "0" {
+        return None;
     }
-    last.trim().parse::<u64>().ok().map(|l| l + 1)
+    match last.trim() {
+        l if l.starts_with('-') => Some(0),
+        "0" => Some(0),
+        l => l.parse::<u64>().ok().map(|l| l + 1),
+    }
 }
 
 #[cfg(test)]
@@ -566,6 +612,16 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn range_headers_say_how_much_the_registry_holds() {
+        assert_eq!(held_bytes("0-1048575"), Some(1 << 20));
+        assert_eq!(held_bytes("bytes=0-9"), Some(10));
+        assert_eq!(held_bytes("0-0"), Some(0));
+        assert_eq!(held_bytes("0--1"), Some(0));
+        assert_eq!(held_bytes("5-9"), None);
+        assert_eq!(held_bytes("junk"), None);
     }
 
     #[tokio::test]
