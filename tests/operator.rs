@@ -513,7 +513,7 @@ async fn pvc_and_url_sources_reach_ready_and_spec_changes_reimport() {
         &[ImageSpec::new(&["api:2"], layers(3200))],
     );
     let gz = archives::compress_whole(&built3.bytes, archives::Comp::Gzip);
-    let (url, server) = serve(gz);
+    let (url, server) = support::http::serve_once("/artifacts/api-2.tar.gz", gz);
     c.apply(json!({
         "apiVersion": "imageimport.dev/v1alpha1", "kind": "ImageImport",
         "metadata": {"name": "api", "namespace": NS},
@@ -978,28 +978,6 @@ async fn api_server_restart_and_killed_worker_end_with_one_good_import() {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(c.jobs_for("web").await.len(), 2);
-}
-
-/// Serve one body once over HTTP on loopback.
-fn serve(body: Vec<u8>) -> (String, std::thread::JoinHandle<()>) {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!(
-        "http://{}/artifacts/api-2.tar.gz",
-        listener.local_addr().unwrap()
-    );
-    let handle = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut buf = [0u8; 4096];
-        let _ = s.read(&mut buf);
-        let _ = write!(
-            s,
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        let _ = s.write_all(&body);
-    });
-    (url, handle)
 }
 
 /// `hack/demo.sh`: a local API server, registry and controller; applies

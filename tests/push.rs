@@ -554,28 +554,6 @@ fn pins_on_image_id_and_archive_digest() {
 }
 
 /// Serves one file over HTTP on loopback (a plain std server: the test plays the web server).
-fn serve_once(path: &Path) -> (String, std::thread::JoinHandle<()>) {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!(
-        "http://{}/deliveries/web.tar.gz",
-        listener.local_addr().unwrap()
-    );
-    let body = std::fs::read(path).unwrap();
-    let handle = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut buf = [0u8; 4096];
-        let _ = s.read(&mut buf);
-        let _ = write!(
-            s,
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        let _ = s.write_all(&body);
-    });
-    (url, handle)
-}
-
 #[test]
 fn url_and_stdin_sources_stream() {
     let reg = Registry::plain();
@@ -586,7 +564,8 @@ fn url_and_stdin_sources_stream() {
     );
     let gz = archives::compress_whole(&built.bytes, Comp::Gzip);
     let path = archives::write_to(dir.path(), "web.tar.gz", &gz);
-    let (url, server) = serve_once(&path);
+    let (url, server) =
+        support::http::serve_once("/deliveries/web.tar.gz", std::fs::read(&path).unwrap());
     let lines = push_ok(&["push", "--insecure", "-q", &url, &reg.reference("fromurl")]);
     server.join().unwrap();
     assert_round_trip(

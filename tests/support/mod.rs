@@ -3,5 +3,6 @@
 
 pub mod archives;
 pub mod faults;
+pub mod http;
 pub mod kube;
 pub mod registry;
