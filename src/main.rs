@@ -132,9 +132,10 @@ struct PushArgs {
     /// CA bundle for an https archive URL.
     #[arg(long)]
     source_ca_file: Option<PathBuf>,
-    /// Bytes per blob upload request, e.g. 64M (default), 8M behind a proxy that limits
-    /// request bodies, 0 for one request per blob. A broken upload continues from the last
-    /// accepted request.
+    /// Send blobs in requests of at most SIZE (e.g. 64M; 16M at most from stdin or a URL,
+    /// whose unacknowledged request is kept in memory): behind a proxy that limits request
+    /// bodies, or so that a broken upload continues from the last accepted request even on a
+    /// registry that drops half-received ones. Default: one request per blob.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     upload_chunk_size: Option<u64>,
     /// No progress output.

@@ -938,6 +938,24 @@ fn an_upload_cut_halfway_starts_over_or_fails_cleanly() {
         "the dropped upload started over in a new session"
     );
 
+    // Every request cut: the upload gives up after its retries (no endless starting over).
+    let proxy = FaultyProxy::start(&reg.base_url());
+    for n in 1..=100 {
+        proxy.break_patch(n, Fault::CutAfter(300_000));
+    }
+    let out = push_via(&proxy, path.to_str().unwrap(), &path, "cut-always");
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "a transient failure (EX_TEMPFAIL)"
+    );
+    assert!(reg.tags("cut-always").is_empty(), "nothing tagged");
+    let cut = proxy.seen().iter().filter(|s| s.status == 502).count();
+    assert!(
+        (2..=10).contains(&cut),
+        "{cut} cut requests before giving up"
+    );
+
     let proxy = FaultyProxy::start(&reg.base_url());
     proxy.break_patch(3, Fault::CutAfter(300_000));
     let out = push_via(&proxy, "-", &path, "cut-stdin");

@@ -28,13 +28,11 @@ pub struct RegistryOptions {
     /// No credentials, and no looking for a docker config.
     pub anonymous: bool,
     /// Bytes per blob upload request (each accepted one is a point a broken upload continues
-    /// from); None: [`DEFAULT_UPLOAD_SEGMENT`], 0: the whole blob in one request.
+    /// from even on a registry that drops half-received requests); None or 0: the whole blob
+    /// in one request, as docker, containerd and skopeo send it (some registries accept
+    /// nothing else).
     pub upload_segment: Option<u64>,
 }
-
-/// 64 MiB: a few requests per big layer (each costs a round trip), and at most this much
-/// is sent again, or kept in memory for a source read once, when an upload breaks.
-pub const DEFAULT_UPLOAD_SEGMENT: u64 = 64 << 20;
 
 pub const MANIFEST_TYPES: &[&str] = &[
     crate::archive::formats::OCI_MANIFEST,
@@ -109,7 +107,7 @@ impl Registry {
             http,
             auth,
             retries: opts.retries.unwrap_or(6),
-            upload_segment: opts.upload_segment.unwrap_or(DEFAULT_UPLOAD_SEGMENT),
+            upload_segment: opts.upload_segment.unwrap_or(0),
         })
     }
 
@@ -358,13 +356,9 @@ impl Registry {
                 registry: self.host.clone(),
                 detail: e.to_string(),
             })?;
-        // Credentials go only to the registry we were asked to talk to.
-        if url.host_str()
-            != reqwest::Url::parse(base)
-                .ok()
-                .as_ref()
-                .and_then(|u| u.host_str())
-        {
+        // Credentials go only to the registry we were asked to talk to: same scheme, host
+        // and port (no plain-HTTP Location for an HTTPS registry).
+        if reqwest::Url::parse(base).map(|b| b.origin()).ok() != Some(url.origin()) {
             return Err(RegistryError::Protocol {
                 registry: self.host.clone(),
                 detail: "upload Location points at another host".into(),

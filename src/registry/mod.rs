@@ -6,7 +6,7 @@ pub mod error;
 pub mod reference;
 pub mod upload;
 
-pub use client::{DEFAULT_UPLOAD_SEGMENT, Registry, RegistryOptions, RemoteManifest};
+pub use client::{Registry, RegistryOptions, RemoteManifest};
 pub use error::RegistryError;
 pub use reference::{SavedTag, Target};
 pub use upload::Replay;

@@ -62,7 +62,7 @@ impl<S> Feed<S>
 where
     S: Stream<Item = std::io::Result<Bytes>> + Unpin,
 {
-    fn new(stream: S, replay: Replay) -> Self {
+    fn new(stream: S, keep: bool) -> Self {
         Feed {
             stream: Some(stream),
             offset: 0,
@@ -70,7 +70,7 @@ where
             hasher: Sha256::new(),
             ahead: VecDeque::new(),
             skip: 0,
-            kept: (replay == Replay::FromMemory).then(VecDeque::new),
+            kept: keep.then(VecDeque::new),
             kept_from: 0,
             failed: None,
             ended: false,
@@ -240,10 +240,12 @@ where
 enum Step {
     /// The blob is committed under this digest and size.
     Done(String, u64),
-    /// A session started or a segment was accepted.
-    Progress,
-    /// The registry's copy cannot be continued: begin a new upload.
-    StartOver,
+    /// A session started.
+    Started,
+    /// A segment was accepted: the registry holds this many bytes.
+    Accepted(u64),
+    /// A segment was accepted, but the registry holds a different amount than was sent.
+    Disagreed { acked: u64 },
 }
 
 /// Point the feed at blob offset `at`: with the bytes in hand, or from the source replayed.
@@ -304,48 +306,54 @@ impl Registry {
             operation: "blob upload".into(),
         };
         let first = make_stream().ok_or_else(not_replayable)?;
-        let feed = Arc::new(Mutex::new(Feed::new(first, replay)));
-        let mut segment = self.upload_segment().unwrap_or(u64::MAX);
-        if replay == Replay::FromMemory {
-            // What is kept is memory: bound it whatever the blob size.
-            segment = segment.min(MAX_KEPT_SEGMENT);
-        }
+        // A segment of a source read once is kept until acknowledged, so a source read once
+        // is sent in bounded segments only when segments are asked for at all.
+        let segmented = self.upload_segment();
+        let keep = replay == Replay::FromMemory && segmented.is_some();
+        let segment = match segmented {
+            Some(n) if keep => n.min(MAX_KEPT_SEGMENT),
+            Some(n) => n,
+            None => u64::MAX,
+        };
+        let feed = Arc::new(Mutex::new(Feed::new(first, keep)));
         let mut session: Option<Session> = None;
+        // Failures since the registry last held more of the blob than ever before: only real
+        // progress resets them, so an upload broken the same way every time ends.
         let mut failures = 0usize;
+        let mut held = 0u64;
         let mut delay = Duration::from_millis(500);
         loop {
             let step = self.upload_step(repo, &feed, &mut session, segment).await;
             let error = match step {
                 Ok(Step::Done(digest, size)) => return Ok((digest, size)),
-                Ok(Step::Progress) => {
-                    failures = 0;
-                    delay = Duration::from_millis(500);
-                    continue;
-                }
-                Ok(Step::StartOver) => {
-                    // The registry's copy disagrees with what was sent: a new upload, once more
-                    // counted as a failure so that a registry doing it every time ends the loop.
-                    failures += 1;
-                    if failures >= self.retries() {
-                        return Err(RegistryError::Protocol {
-                            registry: self.host().to_string(),
-                            detail: "upload offsets kept disagreeing with what was sent".into(),
-                        });
+                Ok(Step::Started) => continue,
+                Ok(Step::Accepted(acked)) => {
+                    if acked > held {
+                        held = acked;
+                        failures = 0;
+                        delay = Duration::from_millis(500);
                     }
-                    session = None;
-                    continue_at(&mut *feed.lock().await, 0, &mut make_stream)?;
                     continue;
                 }
+                Ok(Step::Disagreed { acked }) => RegistryError::Protocol {
+                    registry: self.host().to_string(),
+                    detail: format!(
+                        "upload acknowledged at offset {acked}, not where it was sent to"
+                    ),
+                },
                 Err(e) => e,
             };
+            // No request body of the failed attempt may take more bytes from now on.
+            feed.lock().await.generation += 1;
             if let Some(source) = feed.lock().await.failed.clone() {
                 return Err(RegistryError::SourceFailed { detail: source });
             }
             failures += 1;
-            if !error.is_transient() || failures >= self.retries() {
+            let disagreed = matches!(error, RegistryError::Protocol { .. });
+            if !(error.is_transient() || disagreed) || failures >= self.retries() {
                 return Err(error);
             }
-            let wait = error.retry_after().unwrap_or(delay);
+            let wait = error.retry_after().map(cap_wait).unwrap_or(delay);
             tracing::warn!(error = %error, attempt = failures, "blob upload interrupted; continuing in {:?}", wait);
             tokio::time::sleep(wait).await;
             delay = (delay * 2).min(Duration::from_secs(30));
@@ -362,7 +370,7 @@ impl Registry {
                         if failures >= self.retries() {
                             return Err(e);
                         }
-                        let wait = e.retry_after().unwrap_or(delay);
+                        let wait = e.retry_after().map(cap_wait).unwrap_or(delay);
                         tracing::warn!(error = %e, "upload status unknown; asking again in {:?}", wait);
                         tokio::time::sleep(wait).await;
                         delay = (delay * 2).min(Duration::from_secs(30));
@@ -372,11 +380,12 @@ impl Registry {
             };
             let mut f = feed.lock().await;
             let at = match standing {
-                Standing::At { offset, location } => {
+                // A registry claiming more than was ever produced holds something else.
+                Standing::At { offset, location } if offset <= f.produced => {
                     session = Some(Session { location });
                     offset
                 }
-                Standing::Gone => {
+                _ => {
                     session = None;
                     0
                 }
@@ -402,7 +411,7 @@ impl Registry {
             *session = Some(Session {
                 location: self.start_upload(repo, auth.as_ref()).await?,
             });
-            return Ok(Step::Progress);
+            return Ok(Step::Started);
         };
         let (more, generation, start) = {
             let mut f = feed.lock().await;
@@ -429,7 +438,11 @@ impl Registry {
         let location = self.location(s.location.as_str(), &resp)?;
         let mut f = feed.lock().await;
         f.generation += 1;
-        let acked = range_end(&resp).unwrap_or(f.offset);
+        let mut acked = range_end(&resp).unwrap_or(f.offset);
+        if acked == 0 && start == 0 && f.offset == 1 {
+            // Distribution's `0-0` after a first request of one byte: it holds that byte.
+            acked = 1;
+        }
         s.location = location;
         if acked != f.offset {
             tracing::warn!(
@@ -438,14 +451,12 @@ impl Registry {
                 segment_start = start,
                 "registry acknowledged a different offset"
             );
-            // It kept less than was sent: send the rest again. It holds more than was sent
-            // (or what it holds cannot be matched): its copy is not ours, start over.
-            if acked > f.offset || acked < start || !f.rewind(acked) {
-                return Ok(Step::StartOver);
-            }
+            // Ask the registry again (after a pause) and continue from what it then holds:
+            // less than was sent is sent again, a copy that is not ours is started over.
+            return Ok(Step::Disagreed { acked });
         }
         f.acknowledge(acked);
-        Ok(Step::Progress)
+        Ok(Step::Accepted(acked))
     }
 
     /// Send with the Authorization header, if any; no answer at all is `Unreachable`.
@@ -514,7 +525,7 @@ impl Registry {
             .send_authorized(self.http().get(s.location.clone()), auth.as_ref())
             .await?;
         let status = resp.status();
-        if status == StatusCode::NO_CONTENT || status.is_success() {
+        if status.is_success() {
             let offset = range_end(&resp).unwrap_or(0);
             let location = self
                 .location(s.location.as_str(), &resp)
@@ -563,6 +574,11 @@ where
     })
 }
 
+/// A registry's Retry-After, bounded: a day-long pause is a broken registry, not a plan.
+fn cap_wait(d: Duration) -> Duration {
+    d.min(Duration::from_secs(120))
+}
+
 fn range_end(resp: &reqwest::Response) -> Option<u64> {
     held_bytes(resp.headers().get(RANGE)?.to_str().ok()?)
 }
@@ -596,7 +612,7 @@ mod tests {
     }
 
     fn feed(p: &[&'static [u8]], replay: Replay) -> Feed<Pieces> {
-        Feed::new(pieces(p), replay)
+        Feed::new(pieces(p), replay == Replay::FromMemory)
     }
 
     async fn take(f: &mut Feed<Pieces>, limit: u64) -> Vec<u8> {
