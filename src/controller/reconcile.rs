@@ -151,7 +151,9 @@ pub async fn reconcile(obj: Arc<ImageImport>, ctx: Arc<Context>) -> Result<Actio
                     // Job read may have waited out a 429's Retry-After meanwhile) is only seen by
                     // a read made after the Job's end. Read again before calling it lost.
                     if result_reported(&api, &name, generation, &job_name).await? {
-                        return Ok(Action::requeue(Duration::ZERO));
+                        // Once the cache has the result (not at once: a lagging watch would
+                        // make this a busy loop of reads).
+                        return Ok(Action::requeue(Duration::from_secs(1)));
                     }
                     let wait = retry_delay(st.attempts);
                     let msg = format!(
