@@ -9,6 +9,10 @@ use crate::api::{ImageImport, ImageImportStatus};
 
 pub const CONTROLLER_MANAGER: &str = "imageimport-controller";
 pub const WORKER_MANAGER: &str = "imageimport-worker";
+/// Progress reports have a manager of their own: an apply owns exactly the fields it sends,
+/// so a late progress report (one that timed out on the client but landed after the result)
+/// can never remove the `result` the worker's final apply owns.
+pub const WORKER_PROGRESS_MANAGER: &str = "imageimport-worker-progress";
 
 pub fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
@@ -72,6 +76,7 @@ pub async fn apply_controller_status(
 pub async fn apply_worker_status(
     api: &Api<ImageImport>,
     name: &str,
+    manager: &str,
     status: serde_json::Value,
 ) -> kube::Result<()> {
     let patch = json!({
@@ -81,7 +86,7 @@ pub async fn apply_worker_status(
     });
     api.patch_status(
         name,
-        &PatchParams::apply(WORKER_MANAGER).force(),
+        &PatchParams::apply(manager).force(),
         &Patch::Apply(&patch),
     )
     .await?;

@@ -111,7 +111,7 @@ pub async fn run() -> i32 {
     // The result must reach the API: the controller decides on it. Retry for a while.
     let body = json!({ "result": result, "progress": final_progress });
     for attempt in 0..30 {
-        match apply_worker_status(&api, &name, body.clone()).await {
+        match apply_worker_status(&api, &name, status::WORKER_MANAGER, body.clone()).await {
             Ok(()) => return code,
             Err(e) => {
                 eprintln!("imageimport worker: cannot report the result (attempt {attempt}): {e}");
@@ -140,7 +140,14 @@ async fn report_progress(
             phase: progress.phase(),
             updated: Some(status::now()),
         };
-        if let Err(e) = apply_worker_status(&api, &name, json!({ "progress": p })).await {
+        if let Err(e) = apply_worker_status(
+            &api,
+            &name,
+            status::WORKER_PROGRESS_MANAGER,
+            json!({ "progress": p }),
+        )
+        .await
+        {
             tracing::warn!(error = %e, "could not report progress");
         }
     }
