@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RANGE};
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RANGE};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Mutex;
 
@@ -236,6 +236,31 @@ where
     }
 }
 
+/// How long one upload reuses its Authorization header: bearer tokens are short-lived, and
+/// fetching one costs the registry a round trip or two, once per blob rather than per request.
+const AUTH_REUSE: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct AuthCache {
+    value: Option<HeaderValue>,
+    fetched: Option<std::time::Instant>,
+}
+
+impl Registry {
+    /// The upload's Authorization header, fetched again after [`AUTH_REUSE`] or a failure.
+    async fn upload_auth(
+        &self,
+        repo: &str,
+        cache: &mut AuthCache,
+    ) -> Result<Option<HeaderValue>, RegistryError> {
+        if cache.fetched.is_none_or(|t| t.elapsed() > AUTH_REUSE) {
+            cache.value = self.authorization(repo).await?;
+            cache.fetched = Some(std::time::Instant::now());
+        }
+        Ok(cache.value.clone())
+    }
+}
+
 /// What one request of an upload achieved.
 enum Step {
     /// The blob is committed under this digest and size.
@@ -322,8 +347,15 @@ impl Registry {
         let mut failures = 0usize;
         let mut held = 0u64;
         let mut delay = Duration::from_millis(500);
+        let mut auth = AuthCache::default();
         loop {
-            let step = self.upload_step(repo, &feed, &mut session, segment).await;
+            let step = match self.upload_auth(repo, &mut auth).await {
+                Ok(a) => {
+                    self.upload_step(repo, &feed, &mut session, segment, a)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
             let error = match step {
                 Ok(Step::Done(digest, size)) => return Ok((digest, size)),
                 Ok(Step::Started) => continue,
@@ -345,6 +377,7 @@ impl Registry {
             };
             // No request body of the failed attempt may take more bytes from now on.
             feed.lock().await.generation += 1;
+            auth.fetched = None;
             if let Some(source) = feed.lock().await.failed.clone() {
                 return Err(RegistryError::SourceFailed { detail: source });
             }
@@ -363,7 +396,11 @@ impl Registry {
                 let Some(s) = &session else {
                     break Standing::Gone;
                 };
-                match self.upload_standing(repo, s).await {
+                let status = match self.upload_auth(repo, &mut auth).await {
+                    Ok(a) => self.upload_standing(s, a).await,
+                    Err(e) => Err(e),
+                };
+                match status {
                     Ok(st) => break st,
                     Err(e) if e.is_transient() => {
                         failures += 1;
@@ -402,11 +439,11 @@ impl Registry {
         feed: &Arc<Mutex<Feed<S>>>,
         session: &mut Option<Session>,
         segment: u64,
+        auth: Option<HeaderValue>,
     ) -> Result<Step, RegistryError>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
     {
-        let auth = self.authorization(repo).await?;
         let Some(s) = session else {
             *session = Some(Session {
                 location: self.start_upload(repo, auth.as_ref()).await?,
@@ -519,8 +556,11 @@ impl Registry {
     }
 
     /// Ask the registry how much of the upload it holds.
-    async fn upload_standing(&self, repo: &str, s: &Session) -> Result<Standing, RegistryError> {
-        let auth = self.authorization(repo).await?;
+    async fn upload_standing(
+        &self,
+        s: &Session,
+        auth: Option<HeaderValue>,
+    ) -> Result<Standing, RegistryError> {
         let resp = self
             .send_authorized(self.http().get(s.location.clone()), auth.as_ref())
             .await?;
