@@ -1062,6 +1062,20 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Applies `n` PVC imports `<prefix>-<i>` of the claim `<prefix>`, each to its own repository
+/// `<prefix>/app<i>:1`.
+async fn apply_numbered_imports(c: &Cluster, reg: &Registry, prefix: &str, n: usize) {
+    for i in 0..n {
+        c.apply(pvc_import(
+            &format!("{prefix}-{i}"),
+            prefix,
+            &reg.reference(&format!("{prefix}/app{i}")),
+            &["1"],
+        ))
+        .await;
+    }
+}
+
 /// Load: 50 ImageImports applied at once all reach Ready, never more than the concurrency
 /// limit of worker Jobs running at a time. Reports the controller's memory and the API
 /// request rate it caused (figures, not assertions on speed).
@@ -1076,15 +1090,7 @@ async fn fifty_imports_at_once_respect_the_concurrency_limit() {
     let claims = BTreeMap::from([("bulk", dir.as_path())]);
     let requests_before = apiserver_requests(&c.client).await;
     let t0 = Instant::now();
-    for i in 0..N {
-        c.apply(pvc_import(
-            &format!("bulk-{i}"),
-            "bulk",
-            &reg.reference(&format!("bulk/app{i}")),
-            &["1"],
-        ))
-        .await;
-    }
+    apply_numbered_imports(&c, &reg, "bulk", N).await;
     // Play the node: run every Job that exists and has not run yet, checking the limit.
     let mut done = std::collections::HashSet::new();
     let mut max_running = 0;
@@ -1416,15 +1422,7 @@ async fn throttled_api_server_429s_every_import_completes_once() {
     let (dir, built) = archive_dir(&c, "t", ImageSpec::new(&["web:1.4"], layers(3900)));
     c.claim("t").await;
     let claims = BTreeMap::from([("t", dir.as_path())]);
-    for i in 0..N {
-        c.apply(pvc_import(
-            &format!("t-{i}"),
-            "t",
-            &reg.reference(&format!("t/app{i}")),
-            &["1"],
-        ))
-        .await;
-    }
+    apply_numbered_imports(&c, &reg, "t", N).await;
     let addr = c.metrics_addr.clone();
     let t_run = Instant::now();
     c.controller = Some(c.spawn_controller_as(
