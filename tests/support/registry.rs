@@ -317,6 +317,18 @@ impl Registry {
     /// answered — for timeout tests. Undo with [`Registry::resume`] (drop also works).
     pub fn suspend(&self) {
         self.signal("-STOP");
+        // kill(2) returns once the signal is queued; the threads of the (Go, multi-threaded)
+        // process stop a moment later. Wait until every one of them is stopped, or a request
+        // sent right now could still be answered.
+        let pid = self.child.as_ref().expect("registry is not running").id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !all_threads_stopped(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "registry {pid} did not stop after SIGSTOP"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// Continues a [`Registry::suspend`]ed registry (SIGCONT).
@@ -1249,4 +1261,21 @@ pub mod crane {
                 .collect(),
         )
     }
+}
+
+/// Whether every thread of `pid` is in the stopped state (`T` in `/proc/PID/task/TID/stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            // The state follows the parenthesised command name, which may itself hold spaces.
+            .and_then(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.trim_start().chars().next())
+            })
+            .is_some_and(|state| state == 'T' || state == 't')
+    })
 }
