@@ -809,7 +809,8 @@ async fn the_total_timeout_covers_the_body() {
             describe(&e)
         }
     };
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // The body alone takes 20 s to arrive: failing well before that shows the deadline covers it.
+    assert!(started.elapsed() < Duration::from_secs(15));
     assert!(
         err.contains("timed out") || err.contains("timeout"),
         "{err}"
