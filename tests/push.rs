@@ -968,3 +968,41 @@ fn an_upload_cut_halfway_starts_over_or_fails_cleanly() {
     assert!(err.contains("cannot be replayed"), "{err}");
     assert!(reg.tags("cut-stdin").is_empty(), "nothing tagged");
 }
+
+#[test]
+fn a_failed_upload_cancels_its_session() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let built = big_single_layer();
+    let path = archives::write_to(dir.path(), "big.tar", &built.bytes);
+    // Two requests accepted, then the ingress refuses every one: the upload gives up.
+    let proxy = FaultyProxy::start(&reg.base_url());
+    for n in 3..=100 {
+        proxy.break_patch(n, Fault::Refuse503);
+    }
+    let out = push_via(&proxy, path.to_str().unwrap(), &path, "given-up");
+    assert_eq!(out.status.code(), Some(75), "a transient failure");
+    assert!(reg.tags("given-up").is_empty(), "nothing tagged");
+    let seen = proxy.seen();
+    assert!(
+        seen.iter()
+            .any(|s| s.method == "PATCH" && s.status == 202 && s.forwarded > 0),
+        "the registry held part of the blob"
+    );
+    let cancelled: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.method == "DELETE" && s.path.contains("/blobs/uploads/"))
+        .collect();
+    assert!(!cancelled.is_empty(), "the session was cancelled");
+    for s in cancelled {
+        assert_eq!(s.status, 204, "{s:?}");
+        let path = s.path.split('?').next().unwrap();
+        assert_eq!(reg.get(path, None).status, 404, "{path} is gone");
+    }
+    // Distribution writes the session's hash state once more after a cancel; the bytes go.
+    assert_eq!(
+        uploading_bytes(&reg.storage_dir()),
+        0,
+        "no uploaded bytes left on the registry"
+    );
+}

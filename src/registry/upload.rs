@@ -321,7 +321,32 @@ impl Registry {
         &self,
         repo: &str,
         replay: Replay,
+        make_stream: F,
+    ) -> Result<(String, u64), RegistryError>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
+        F: FnMut() -> Option<S>,
+    {
+        let mut session = None;
+        let result = self
+            .upload_in_session(repo, replay, make_stream, &mut session)
+            .await;
+        if result.is_err()
+            && let Some(s) = session
+        {
+            self.cancel_upload(repo, &s).await;
+        }
+        result
+    }
+
+    /// [`Registry::upload_blob`], keeping the open session in `session` so that a failed
+    /// upload can be cancelled.
+    async fn upload_in_session<S, F>(
+        &self,
+        repo: &str,
+        replay: Replay,
         mut make_stream: F,
+        session: &mut Option<Session>,
     ) -> Result<(String, u64), RegistryError>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
@@ -341,7 +366,6 @@ impl Registry {
             None => u64::MAX,
         };
         let feed = Arc::new(Mutex::new(Feed::new(first, keep)));
-        let mut session: Option<Session> = None;
         // Failures since the registry last held more of the blob than ever before: only real
         // progress resets them, so an upload broken the same way every time ends.
         let mut failures = 0usize;
@@ -351,7 +375,7 @@ impl Registry {
         loop {
             let step = match self.upload_auth(repo, &mut auth).await {
                 Ok(a) => {
-                    self.upload_step(repo, &feed, &mut session, segment, a)
+                    self.upload_step(repo, &feed, session, segment, a)
                         .await
                 }
                 Err(e) => Err(e),
@@ -393,7 +417,7 @@ impl Registry {
 
             // Where did the registry stop? (Asked again while it cannot say.)
             let standing = loop {
-                let Some(s) = &session else {
+                let Some(s) = &*session else {
                     break Standing::Gone;
                 };
                 let status = match self.upload_auth(repo, &mut auth).await {
@@ -419,11 +443,11 @@ impl Registry {
             let at = match standing {
                 // A registry claiming more than was ever produced holds something else.
                 Standing::At { offset, location } if offset <= f.produced => {
-                    session = Some(Session { location });
+                    *session = Some(Session { location });
                     offset
                 }
                 _ => {
-                    session = None;
+                    *session = None;
                     0
                 }
             };
@@ -553,6 +577,26 @@ impl Registry {
             return Ok((digest, size));
         }
         Err(outcome)
+    }
+
+    /// Best effort: tell the registry to drop a failed upload's session and the bytes it holds
+    /// now, rather than when its purge of stale uploads comes round (distribution: after a week).
+    async fn cancel_upload(&self, repo: &str, s: &Session) {
+        let auth = match self.authorization(repo).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(error = %e, "failed upload not cancelled");
+                return;
+            }
+        };
+        let req = self
+            .http()
+            .delete(s.location.clone())
+            .timeout(Duration::from_secs(10));
+        match self.send_authorized(req, auth.as_ref()).await {
+            Ok(resp) => tracing::debug!(status = %resp.status(), "failed upload cancelled"),
+            Err(e) => tracing::debug!(error = %e, "failed upload not cancelled"),
+        }
     }
 
     /// Ask the registry how much of the upload it holds.
