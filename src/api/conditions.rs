@@ -21,4 +21,17 @@ pub mod reason {
     pub const WORKER_FAILED: &str = "WorkerFailed";
     pub const PENDING: &str = "Pending";
     pub const POLICY_VIOLATION: &str = "PolicyViolation";
+    // Failures the worker reports (pipeline::ImportError::reason).
+    pub const VERIFICATION_FAILED: &str = "VerificationFailed";
+    pub const INVALID_ARCHIVE: &str = "InvalidArchive";
+    pub const TAG_REQUIRED: &str = "TagRequired";
+    pub const IMAGE_NOT_FOUND: &str = "ImageNotFound";
+    pub const SOURCE_REFUSED: &str = "SourceRefused";
+    pub const SOURCE_UNAVAILABLE: &str = "SourceUnavailable";
+    pub const UNAUTHORIZED: &str = "Unauthorized";
+    pub const REGISTRY_UNAVAILABLE: &str = "RegistryUnavailable";
+    pub const INVALID_CONFIGURATION: &str = "InvalidConfiguration";
+    pub const REGISTRY_REJECTED: &str = "RegistryRejected";
+    pub const CONFIG_MAP_NOT_FOUND: &str = "ConfigMapNotFound";
+    pub const INTERNAL_ERROR: &str = "InternalError";
 }

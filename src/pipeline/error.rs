@@ -48,38 +48,43 @@ pub enum ImportError {
 impl ImportError {
     /// The condition reason (Kubernetes API conventions: CamelCase, stable).
     pub fn reason(&self) -> &'static str {
+        use crate::api::reason;
         match self {
-            ImportError::Archive { source, .. } if source.is_verification() => "VerificationFailed",
-            ImportError::Archive { .. } => "InvalidArchive",
+            ImportError::Archive { source, .. } if source.is_verification() => {
+                reason::VERIFICATION_FAILED
+            }
+            ImportError::Archive { .. } => reason::INVALID_ARCHIVE,
             ImportError::Plan {
                 source: PlanError::TagRequired { .. } | PlanError::AllWithTag,
                 ..
-            } => "TagRequired",
-            ImportError::Plan { .. } => "ImageNotFound",
+            } => reason::TAG_REQUIRED,
+            ImportError::Plan { .. } => reason::IMAGE_NOT_FOUND,
             ImportError::ImageIdMismatch { .. } | ImportError::ArchiveDigestMismatch { .. } => {
-                "VerificationFailed"
+                reason::VERIFICATION_FAILED
             }
             ImportError::Source {
                 source: SourceError::NotFound(_),
-            } => "SourceNotFound",
+            } => reason::SOURCE_NOT_FOUND,
             ImportError::Source {
                 source: SourceError::Refused(_),
-            } => "SourceRefused",
-            ImportError::Source { .. } => "SourceUnavailable",
+            } => reason::SOURCE_REFUSED,
+            ImportError::Source { .. } => reason::SOURCE_UNAVAILABLE,
             ImportError::Registry {
                 source: RegistryError::Unauthorized { .. },
                 ..
-            } => "Unauthorized",
-            ImportError::Registry { source, .. } if source.is_transient() => "RegistryUnavailable",
+            } => reason::UNAUTHORIZED,
+            ImportError::Registry { source, .. } if source.is_transient() => {
+                reason::REGISTRY_UNAVAILABLE
+            }
             ImportError::Registry {
                 source: RegistryError::Config(_),
                 ..
-            } => "InvalidConfiguration",
-            ImportError::Registry { .. } => "RegistryRejected",
-            ImportError::Usage(_) => "InvalidSpec",
-            ImportError::MissingReference { kind: "Secret", .. } => "SecretNotFound",
-            ImportError::MissingReference { .. } => "ConfigMapNotFound",
-            ImportError::Internal(_) => "InternalError",
+            } => reason::INVALID_CONFIGURATION,
+            ImportError::Registry { .. } => reason::REGISTRY_REJECTED,
+            ImportError::Usage(_) => reason::INVALID_SPEC,
+            ImportError::MissingReference { kind: "Secret", .. } => reason::SECRET_NOT_FOUND,
+            ImportError::MissingReference { .. } => reason::CONFIG_MAP_NOT_FOUND,
+            ImportError::Internal(_) => reason::INTERNAL_ERROR,
         }
     }
 

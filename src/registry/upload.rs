@@ -374,10 +374,7 @@ impl Registry {
         let mut auth = AuthCache::default();
         loop {
             let step = match self.upload_auth(repo, &mut auth).await {
-                Ok(a) => {
-                    self.upload_step(repo, &feed, session, segment, a)
-                        .await
-                }
+                Ok(a) => self.upload_step(repo, &feed, session, segment, a).await,
                 Err(e) => Err(e),
             };
             let error = match step {
