@@ -1,0 +1,498 @@
+//! The operator under faults, on a real kube-apiserver + etcd and a real registry: registry
+//! outages, API server restarts and throttling, conflicts, a killed leader or worker. Each ends
+//! with the right image pushed exactly once or a clear failure, never a half-pushed tag.
+//!
+//! No kubelet or Job controller runs here: where a Pod would run, the test plays the node.
+//! It checks the worker Job's spec (claim mounted read-only, security context, owner), runs
+//! the container's command locally with the claim's mount mapped to a local folder and the
+//! Secret volumes written out, as the worker's own ServiceAccount, and then records the
+//! outcome on the Job's status as the Job controller would.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use support::archives::ImageSpec;
+use support::cluster::*;
+use support::registry::{Registry, skopeo};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_outage_retries_and_controller_restart_imports_once() {
+    let mut c = Cluster::start().await;
+    let mut reg = Registry::plain();
+    let (dir, built) = archive_dir(&c, "d", ImageSpec::new(&["web:1.4"], layers(3400)));
+    c.claim("d").await;
+    let claims = BTreeMap::from([("d", dir.as_path())]);
+
+    // Registry down: the worker fails transiently, the controller retries with backoff.
+    reg.stop();
+    c.apply(pvc_import("web", "d", &reg.reference("shop/web"), &["1.4"]))
+        .await;
+    let job = c.wait_job("web").await;
+    assert_eq!(c.run_job(&job, &claims).await, 75);
+    let obj = c
+        .wait_ready("web", "False", Some("RegistryUnavailable"))
+        .await;
+    assert!(
+        ready(&obj).unwrap().2.contains("retrying"),
+        "{:?}",
+        ready(&obj)
+    );
+    reg.restart();
+    // The next attempt (after the backoff) succeeds.
+    let job2 = c.wait_job("web").await;
+    assert_ne!(job2.name_any(), job.name_any());
+    assert!(job2.name_any().ends_with("-a2"));
+
+    // The controller is killed while the import runs, and comes back.
+    c.kill_controller();
+    assert_eq!(c.run_job(&job2, &claims).await, 0);
+    c.start_controller();
+    let obj = c.wait_ready("web", "True", Some("Succeeded")).await;
+    let st = obj.status.unwrap();
+    assert_eq!(st.attempts, 2);
+    assert_eq!(
+        st.digest.unwrap(),
+        skopeo::manifest_digest(&reg, "shop/web:1.4")
+    );
+    assert_eq!(
+        skopeo::pull_diff_ids(&reg, "shop/web:1.4"),
+        built.images[0].diff_ids
+    );
+    // Exactly once: no further Job after the restart.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(c.jobs_for("web").await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_takes_over_when_the_leader_dies() {
+    let mut c = Cluster::start().await;
+    c.kill_controller();
+    let reg = Registry::plain();
+    let elect = [
+        "--leader-elect",
+        "--leader-election-namespace",
+        "default",
+        "--lease-duration-seconds",
+        "4",
+    ];
+    let mut a = c.spawn_controller(
+        &[
+            &elect[..],
+            &[
+                "--metrics-bind-address",
+                &format!("127.0.0.1:{}", free_port()),
+            ],
+        ]
+        .concat(),
+        "ctl-a",
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut b = c.spawn_controller(
+        &[
+            &elect[..],
+            &[
+                "--metrics-bind-address",
+                &format!("127.0.0.1:{}", free_port()),
+            ],
+        ]
+        .concat(),
+        "ctl-b",
+    );
+    let (dir, built) = archive_dir(&c, "d", ImageSpec::new(&["web:1.4"], layers(3500)));
+    c.claim("d").await;
+    c.apply(pvc_import("web", "d", &reg.reference("shop/web"), &["1.4"]))
+        .await;
+    let job = c.wait_job("web").await;
+    // Who leads? The Lease says.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(c.client.clone(), "default");
+    let holder = leases
+        .get("imageimport-controller")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    let (leader, standby) = if holder == "ctl-a" {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    // The leader dies mid-import; the worker (playing the node) finishes meanwhile.
+    leader.kill().unwrap();
+    leader.wait().unwrap();
+    assert_eq!(
+        c.run_job(&job, &BTreeMap::from([("d", dir.as_path())]))
+            .await,
+        0
+    );
+    let obj = c.wait_ready("web", "True", Some("Succeeded")).await;
+    assert_eq!(
+        obj.status.unwrap().digest.unwrap(),
+        skopeo::manifest_digest(&reg, "shop/web:1.4")
+    );
+    assert_eq!(
+        skopeo::pull_diff_ids(&reg, "shop/web:1.4"),
+        built.images[0].diff_ids
+    );
+    let new_holder = leases
+        .get("imageimport-controller")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    assert_ne!(new_holder, holder, "the standby took the Lease");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        c.jobs_for("web").await.len(),
+        1,
+        "the import was neither lost nor done twice"
+    );
+    let _ = standby.kill();
+    let _ = standby.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_restart_and_killed_worker_end_with_one_good_import() {
+    let mut c = Cluster::start().await;
+    let reg = Registry::plain();
+    let (dir, built) = archive_dir(&c, "d", ImageSpec::new(&["web:1.4"], layers(3600)));
+    c.claim("d").await;
+    let claims = BTreeMap::from([("d", dir.as_path())]);
+    c.apply(pvc_import("web", "d", &reg.reference("shop/web"), &["1.4"]))
+        .await;
+
+    // The worker is killed mid-import (OOM, eviction): the Job fails without a result.
+    let job = c.wait_job("web").await;
+    let mut cmd = c.prepare_job(&job, &claims).await;
+    let started = k8s_openapi::jiff::Timestamp::now();
+    let mut child = cmd.stderr(Stdio::null()).spawn().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    c.record_job_outcome(&job.name_any(), false, started).await;
+    let obj = c.wait_ready("web", "False", Some("WorkerFailed")).await;
+    assert!(ready(&obj).unwrap().2.contains("retrying"));
+    assert!(reg.tags("shop/web").is_empty(), "no half-pushed tag");
+
+    // The next attempt runs while the API server restarts under it: the worker keeps trying
+    // to report, the controller's watches reconnect, and the import completes once.
+    let job2 = c.wait_job("web").await;
+    assert!(job2.name_any().ends_with("-a2"));
+    let mut cmd = c.prepare_job(&job2, &claims).await;
+    c.api.kill_apiserver();
+    let started = k8s_openapi::jiff::Timestamp::now();
+    let worker = std::thread::spawn(move || cmd.output().unwrap());
+    std::thread::sleep(Duration::from_secs(3));
+    c.api.start_apiserver();
+    let out = tokio::task::spawn_blocking(move || worker.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.client = c.api.client().await;
+    c.record_job_outcome(&job2.name_any(), true, started).await;
+    let obj = c.wait_ready("web", "True", Some("Succeeded")).await;
+    let st = obj.status.unwrap();
+    assert_eq!(st.attempts, 2);
+    assert_eq!(
+        st.digest.unwrap(),
+        skopeo::manifest_digest(&reg, "shop/web:1.4")
+    );
+    assert_eq!(
+        skopeo::pull_diff_ids(&reg, "shop/web:1.4"),
+        built.images[0].diff_ids
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.jobs_for("web").await.len(), 2);
+}
+
+/// The API server answers 409 to the controller's Job create (the Job already exists, as after
+/// a controller that died between creating it and recording it in status): the Job is adopted,
+/// and every import completes once. (429s are not exercised here: the max-in-flight filter exempts
+/// system:masters, which this controller runs as; see
+/// `throttled_api_server_429s_every_import_completes_once`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_from_the_api_server_are_absorbed() {
+    const N: usize = 8;
+    let mut c = Cluster::start().await;
+    c.kill_controller();
+    let reg = Registry::plain();
+    let (dir, _) = archive_dir(&c, "t", ImageSpec::new(&["web:1.4"], layers(3800)));
+    let claims = BTreeMap::from([("t", dir.as_path())]);
+    // Everything the test sends goes through the same throttled server: retry on 429 like a client should.
+    async fn retry<T, F: std::future::Future<Output = kube::Result<T>>>(
+        mut f: impl FnMut() -> F,
+    ) -> T {
+        for _ in 0..200 {
+            match f().await {
+                Ok(v) => return v,
+                Err(kube::Error::Api(e)) if e.code == 429 => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("still throttled")
+    }
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(c.client.clone(), NS);
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "t"},
+        "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .unwrap();
+    let pp = PostParams::default();
+    retry(|| pvcs.create(&pp, &pvc)).await;
+    let imports = c.imports();
+    let apply = PatchParams::apply("test").force();
+    for i in 0..N {
+        let name = format!("t-{i}");
+        let m = Patch::Apply(pvc_import(
+            &name,
+            "t",
+            &reg.reference(&format!("t/app{i}")),
+            &["1"],
+        ));
+        retry(|| imports.patch(&name, &apply, &m)).await;
+    }
+    // A Job the controller will try to create already exists: its create answers 409.
+    let first = retry(|| imports.get("t-0")).await;
+    let settings = imageimport::controller::WorkerSettings {
+        image: "imageimport:test".into(),
+        ..Default::default()
+    };
+    let pre = imageimport::controller::job::build(&first, &settings, None, "t-0-g1-a1", 1, 1);
+    let jobs_api = c.jobs();
+    retry(|| jobs_api.create(&pp, &pre)).await;
+
+    c.start_controller();
+    let mut done = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while done.len() < N {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {N} imports ran",
+            done.len()
+        );
+        let lp = ListParams::default();
+        let jobs = retry(|| jobs_api.list(&lp)).await.items;
+        let todo: Vec<Job> = jobs
+            .into_iter()
+            .filter(|j| !done.contains(&j.name_any()))
+            .collect();
+        if todo.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        for j in todo {
+            // The harness itself may meet a 429 while playing the node: wait for calm.
+            let code = c.run_job(&j, &claims).await;
+            assert_eq!(code, 0);
+            done.insert(j.name_any());
+        }
+    }
+    for i in 0..N {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            match c.imports().get(&format!("t-{i}")).await {
+                Ok(obj) if ready(&obj).is_some_and(|r| r.0 == "True") => break,
+                _ => {
+                    assert!(Instant::now() < deadline, "t-{i} never became Ready");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    assert_eq!(
+        done.len(),
+        N,
+        "one Job per import, the pre-existing one adopted"
+    );
+}
+
+/// The API server throttles (max-in-flight 1 for reads and for writes, answering 429 with
+/// `Retry-After: 1`), the controller runs as the Helm chart's least-privileged ServiceAccount (the
+/// filter exempts `system:masters`, so the admin identity would never see a 429) and the workers
+/// as `imageimport-worker`: every import is still done exactly once (one Job, one manifest PUT per
+/// tag), and never leaves a half-pushed tag. kube's client retries the 429s itself; what this
+/// caught was their delay: a Job read waiting out a Retry-After while the worker reported and its
+/// Job completed made the controller take a finished import for a lost worker and start it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_api_server_429s_every_import_completes_once() {
+    const N: usize = 8;
+    let t0 = Instant::now();
+    // An audit log says who was answered 429 (the filter runs inside the audit filter).
+    let audit = tempfile::tempdir().unwrap();
+    let policy = audit.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: Metadata\n",
+    )
+    .unwrap();
+    let audit_log = audit.path().join("audit.log");
+    let mut c = Cluster::start_with(&[
+        // The harness already passes --enable-priority-and-fairness=false: the old filter applies.
+        "--max-requests-inflight=1",
+        "--max-mutating-requests-inflight=1",
+        &format!("--audit-policy-file={}", policy.display()),
+        &format!("--audit-log-path={}", audit_log.display()),
+    ])
+    .await;
+    c.kill_controller();
+    let kubeconfig = install_chart_rbac(&c).await;
+
+    // The probe: a burst of reads by a non-admin identity, without client retries, is answered 429.
+    let before_probe = total(&apiserver_429s(&c.client).await);
+    let mut config = c.api.service_account_config(NS, "probe").await;
+    config.default_retry = false;
+    let probe = Client::try_from(config).unwrap();
+    let burst = (0..16).map(|_| {
+        let probe = probe.clone();
+        async move {
+            let req = http::Request::get("/openapi/v2").body(Vec::new()).unwrap();
+            probe.request_text(req).await.map(|_| ())
+        }
+    });
+    let answers = futures::future::join_all(burst).await;
+    let throttled = answers
+        .iter()
+        .filter(|a| matches!(a, Err(kube::Error::Api(e)) if e.code == 429))
+        .count();
+    let after_probe = apiserver_429s(&c.client).await;
+    assert!(throttled > 0, "no 429 for a burst of 16: {answers:?}");
+    assert_eq!(
+        total(&after_probe) - before_probe,
+        throttled as f64,
+        "the metric counts the 429s: {after_probe:?}"
+    );
+
+    let reg = Registry::plain();
+    let (dir, built) = archive_dir(&c, "t", ImageSpec::new(&["web:1.4"], layers(3900)));
+    c.claim("t").await;
+    let claims = BTreeMap::from([("t", dir.as_path())]);
+    apply_numbered_imports(&c, &reg, "t", N).await;
+    let addr = c.metrics_addr.clone();
+    let t_run = Instant::now();
+    c.controller = Some(c.spawn_controller_as(
+        &[
+            "--metrics-bind-address",
+            &addr,
+            "--max-concurrent-imports",
+            "8",
+        ],
+        "ctl-sa",
+        &kubeconfig,
+    ));
+
+    // Play the node once every Job exists: all workers at once, so that their status writes
+    // meet each other's (and the controller's) in the API server's single slot.
+    let ctl_log = c.work.path().join("controller-ctl-sa.log");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let jobs = loop {
+        let jobs = c.jobs().list(&ListParams::default()).await.unwrap().items;
+        if jobs.len() >= N {
+            break jobs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {N} worker Jobs were created",
+            jobs.len()
+        );
+        assert!(
+            c.controller.as_mut().unwrap().try_wait().unwrap().is_none(),
+            "the controller exited: {}",
+            std::fs::read_to_string(&ctl_log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let runs = jobs.iter().map(|j| c.run_job(j, &claims));
+    for code in futures::future::join_all(runs).await {
+        assert_eq!(code, 0);
+    }
+    for i in 0..N {
+        let name = format!("t-{i}");
+        let tag = format!("t/app{i}:1");
+        let obj = c.wait_ready(&name, "True", Some("Succeeded")).await;
+        let st = obj.status.unwrap();
+        // The tag is whole: the digest reported is the tag's, and every layer pulls and verifies.
+        assert_eq!(
+            st.digest.unwrap(),
+            skopeo::manifest_digest(&reg, &tag),
+            "{name}"
+        );
+        assert_eq!(skopeo::pull_diff_ids(&reg, &tag), built.images[0].diff_ids);
+        assert_eq!(
+            st.image_id.as_deref(),
+            Some(built.images[0].config_digest.as_str())
+        );
+        assert_eq!(st.attempts, 1, "{name}");
+        assert_eq!(reg.tags(&format!("t/app{i}")), vec!["1".to_string()]);
+    }
+    let run_elapsed = t_run.elapsed();
+    // Exactly once, also a while later: one Job per generation, one manifest PUT per tag.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for i in 0..N {
+        let name = format!("t-{i}");
+        let jobs: Vec<String> = c
+            .jobs_for(&name)
+            .await
+            .iter()
+            .map(|j| j.name_any())
+            .collect();
+        assert_eq!(jobs, vec![format!("{name}-g1-a1")]);
+        let puts = reg
+            .requests()
+            .into_iter()
+            .filter(|r| r.is_client() && r.method == "PUT")
+            .filter(|r| r.path.starts_with(&format!("/v2/t/app{i}/manifests/")))
+            .count();
+        assert_eq!(puts, 1, "t/app{i}: {puts} manifest PUTs");
+    }
+    let log = std::fs::read_to_string(&ctl_log).unwrap();
+    assert!(
+        !log.contains("orbidden"),
+        "the controller was refused: {log}"
+    );
+
+    // And it was throttled: the metric counts the 429s since the probe, the audit log says whose.
+    let mut since_probe = apiserver_429s(&c.client).await;
+    for (k, n) in &after_probe {
+        *since_probe.get_mut(k).unwrap() -= n;
+    }
+    since_probe.retain(|_, n| *n > 0.0);
+    let by_user = audited_429s(&audit_log);
+    let of = |user: &str| -> usize {
+        by_user
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("system:serviceaccount:{user}: ")))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let controller = of("imageimport-system:imageimport-controller");
+    let workers = of(&format!("{NS}:imageimport-worker"));
+    eprintln!(
+        "throttled: {} requests answered 429 during the imports, {controller} to the controller and \
+         {workers} to workers ({by_user:?}); {N} imports done once in {:.1}s (test {:.1}s)",
+        total(&since_probe),
+        run_elapsed.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        total(&since_probe) >= 1.0 && controller >= 1 && workers >= 1,
+        "the controller and the workers must each have been answered 429, or the test proved \
+         nothing: {by_user:#?}"
+    );
+}

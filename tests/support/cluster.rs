@@ -1,0 +1,541 @@
+//! The operator's test cluster: a real kube-apiserver + etcd with the CRD installed, the
+//! controller binary running against it, and helpers that play the node for its worker Jobs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use imageimport::api::ImageImport;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use super::archives::{self, Format, ImageSpec};
+use super::kube::ApiServer;
+use super::registry::Registry;
+
+pub const NS: &str = "shop";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_imageimport")
+}
+
+pub struct Cluster {
+    pub api: ApiServer,
+    pub client: Client,
+    pub controller: Option<Child>,
+    pub work: tempfile::TempDir,
+    /// The controller's /metrics, /healthz, /readyz address.
+    pub metrics_addr: String,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP GET on loopback: (status, body).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+impl Cluster {
+    pub async fn start() -> Cluster {
+        Cluster::start_with(&[]).await
+    }
+
+    /// With extra kube-apiserver flags.
+    pub async fn start_with(apiserver_args: &[&str]) -> Cluster {
+        let api = ApiServer::start_with_args(apiserver_args);
+        let crd = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/crds/imageimport.dev_imageimports.yaml"
+        ))
+        .unwrap();
+        api.apply_crd_yaml(&crd).await;
+        api.create_namespace(NS).await;
+        let client = api.client().await;
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
+        let mut c = Cluster {
+            api,
+            client,
+            controller: None,
+            work: tempfile::tempdir().unwrap(),
+            metrics_addr,
+        };
+        c.start_controller();
+        c
+    }
+
+    pub fn start_controller(&mut self) {
+        let addr = self.metrics_addr.clone();
+        let child = self.spawn_controller(&["--metrics-bind-address", &addr], "ctl");
+        self.controller = Some(child);
+    }
+
+    pub fn spawn_controller(&self, extra: &[&str], identity: &str) -> Child {
+        self.spawn_controller_as(extra, identity, &self.api.kubeconfig)
+    }
+
+    /// The controller authenticated by `kubeconfig` (e.g. the chart's ServiceAccount).
+    pub fn spawn_controller_as(&self, extra: &[&str], identity: &str, kubeconfig: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.work.path().join(format!("controller-{identity}.log")))
+            .unwrap();
+        // A limit of 2 unless `extra` sets one (clap refuses a flag given twice).
+        let limit: &[&str] = if extra.contains(&"--max-concurrent-imports") {
+            &[]
+        } else {
+            &["--max-concurrent-imports", "2"]
+        };
+        Command::new(bin())
+            .args(["controller", "--worker-image", "imageimport:test"])
+            .args(limit)
+            .args(extra)
+            .env("POD_NAME", identity)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "imageimport=debug")
+            .env("IMAGEIMPORT_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn kill_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn imports(&self) -> Api<ImageImport> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    pub fn jobs(&self) -> Api<Job> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    pub async fn apply(&self, manifest: serde_json::Value) {
+        let name = manifest["metadata"]["name"].as_str().unwrap().to_string();
+        self.imports()
+            .patch(
+                &name,
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(&manifest),
+            )
+            .await
+            .unwrap();
+    }
+
+    pub async fn claim(&self, name: &str) {
+        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}}
+        }))
+        .unwrap();
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), NS);
+        let _ = api.create(&PostParams::default(), &pvc).await;
+    }
+
+    /// Wait for the controller to create the Job of `attempt` for `name`'s current generation.
+    pub async fn wait_job(&self, name: &str) -> Job {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let obj = self.imports().get(name).await.unwrap();
+            if let Some(job_name) = obj.status.as_ref().and_then(|s| s.job_name.clone())
+                && let Some(job) = self.jobs().get_opt(&job_name).await.unwrap()
+                && job
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.start_time.as_ref())
+                    .is_none()
+            {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no worker Job for {name}: {:?}",
+                obj.status
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Play the node for one Job: check its Pod spec, run its container locally, record the
+    /// outcome as the Job controller would. `claims` maps claim names to local folders.
+    pub async fn run_job(&self, job: &Job, claims: &BTreeMap<&str, &Path>) -> i32 {
+        let job_name = job.name_any();
+        let mut cmd = self.prepare_job(job, claims).await;
+        let started = k8s_openapi::jiff::Timestamp::now();
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        eprintln!(
+            "worker {job_name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let code = out.status.code().unwrap_or(137);
+        self.record_job_outcome(&job_name, code == 0, started).await;
+        code
+    }
+
+    /// The node's part before the container starts: check the Pod spec, lay out its volumes
+    /// under a local root, and return the container's command (run as the worker's account).
+    pub async fn prepare_job(&self, job: &Job, claims: &BTreeMap<&str, &Path>) -> Command {
+        let job_name = job.name_any();
+        let spec = job.spec.as_ref().unwrap();
+        let pod = spec.template.spec.as_ref().unwrap();
+        // What a kubelet would be asked to run.
+        let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("ImageImport", Some(true))
+        );
+        assert_eq!(spec.backoff_limit, Some(0));
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(
+            pod.service_account_name.as_deref(),
+            Some("imageimport-worker")
+        );
+        let psc = pod.security_context.as_ref().unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        let container = &pod.containers[0];
+        let sc = container.security_context.as_ref().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_ref().unwrap(),
+            &vec!["ALL".to_string()]
+        );
+        assert_eq!(
+            container.args.as_ref().unwrap(),
+            &vec!["worker".to_string()]
+        );
+
+        // The container's file system: volumes at their mount paths under a local root.
+        let root = self.work.path().join(format!("node-{job_name}"));
+        std::fs::create_dir_all(&root).unwrap();
+        let volumes = pod.volumes.clone().unwrap_or_default();
+        for m in container.volume_mounts.clone().unwrap_or_default() {
+            let v = volumes.iter().find(|v| v.name == m.name).unwrap();
+            let dest = root.join(m.mount_path.trim_start_matches('/'));
+            if let Some(pvc) = &v.persistent_volume_claim {
+                assert_eq!(pvc.read_only, Some(true), "claims are mounted read-only");
+                assert_eq!(m.read_only, Some(true));
+                std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+                let local = claims
+                    .get(pvc.claim_name.as_str())
+                    .unwrap_or_else(|| panic!("no local folder for claim {}", pvc.claim_name));
+                std::os::unix::fs::symlink(local, &dest).unwrap();
+            } else if let Some(s) = &v.secret {
+                assert_eq!(s.optional, Some(true));
+                std::fs::create_dir_all(&dest).unwrap();
+                let api: Api<Secret> = Api::namespaced(self.client.clone(), NS);
+                if let Some(secret) = api.get_opt(s.secret_name.as_ref().unwrap()).await.unwrap() {
+                    for (k, val) in secret.data.unwrap_or_default() {
+                        std::fs::write(dest.join(k), val.0).unwrap();
+                    }
+                }
+            } else if let Some(cm) = &v.config_map {
+                std::fs::create_dir_all(&dest).unwrap();
+                let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), NS);
+                if let Some(found) = api.get_opt(&cm.name).await.unwrap() {
+                    let data = found.data.unwrap_or_default();
+                    for item in cm.items.clone().unwrap_or_default() {
+                        if let Some(val) = data.get(&item.key) {
+                            std::fs::write(dest.join(&item.path), val).unwrap();
+                        }
+                    }
+                }
+            } else {
+                std::fs::create_dir_all(&dest).unwrap();
+            }
+        }
+        // Run as the worker's ServiceAccount: proves the Role the controller made suffices.
+        let kubeconfig = self
+            .api
+            .service_account_kubeconfig(NS, "imageimport-worker")
+            .await;
+        let mut cmd = Command::new(bin());
+        cmd.args(container.args.clone().unwrap());
+        for e in container.env.clone().unwrap_or_default() {
+            cmd.env(e.name, e.value.unwrap_or_default());
+        }
+        cmd.env("IMAGEIMPORT_ROOT", &root)
+            .env("KUBECONFIG", kubeconfig)
+            .env("HOME", &root);
+        cmd
+    }
+
+    /// What the Job controller writes when its Pod ends.
+    pub async fn record_job_outcome(
+        &self,
+        job_name: &str,
+        succeeded: bool,
+        started: k8s_openapi::jiff::Timestamp,
+    ) {
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let started = started.to_string();
+        let status = if succeeded {
+            json!({"startTime": started, "completionTime": now, "succeeded": 1, "active": 0, "ready": 0, "terminating": 0,
+                   "conditions": [
+                       {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now, "lastProbeTime": now},
+                       {"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now, "lastProbeTime": now}]})
+        } else {
+            json!({"startTime": started, "failed": 1, "active": 0, "ready": 0, "terminating": 0,
+                   "conditions": [
+                       {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded", "lastTransitionTime": now, "lastProbeTime": now},
+                       {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "lastTransitionTime": now, "lastProbeTime": now}]})
+        };
+        self.jobs()
+            .patch_status(
+                job_name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({ "status": status })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("record outcome of Job {job_name}: {e}"));
+    }
+
+    /// Wait until the Ready condition has `status` (and `reason`, if given).
+    pub async fn wait_ready(&self, name: &str, status: &str, reason: Option<&str>) -> ImageImport {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let obj = self.imports().get(name).await.unwrap();
+            let ready = ready(&obj);
+            if let Some((s, r, _)) = &ready
+                && s == status
+                && reason.is_none_or(|want| want == r)
+                && obj.status.as_ref().and_then(|s| s.observed_generation)
+                    == obj.metadata.generation
+            {
+                return obj;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never became Ready={status} {reason:?}; now {ready:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn jobs_for(&self, name: &str) -> Vec<Job> {
+        self.jobs()
+            .list(&ListParams::default().labels(&format!("imageimport.dev/name={name}")))
+            .await
+            .unwrap()
+            .items
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_controller();
+    }
+}
+
+pub fn ready(obj: &ImageImport) -> Option<(String, String, String)> {
+    obj.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+pub fn archive_dir(c: &Cluster, name: &str, spec: ImageSpec) -> (PathBuf, archives::Built) {
+    let dir = c.work.path().join(format!("claim-{name}"));
+    std::fs::create_dir_all(dir.join("web")).unwrap();
+    let built = archives::build(&Format::DockerLegacy, &[spec]);
+    std::fs::write(dir.join("web/web-1.4.tar"), &built.bytes).unwrap();
+    (dir, built)
+}
+
+pub fn layers(seed: u64) -> Vec<archives::Layer> {
+    vec![
+        archives::layer(seed, 3, 30_000),
+        archives::layer(seed + 1, 1, 9_000),
+    ]
+}
+
+pub fn pvc_import(name: &str, claim: &str, repo: &str, tags: &[&str]) -> serde_json::Value {
+    json!({
+        "apiVersion": "imageimport.dev/v1alpha1", "kind": "ImageImport",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "source": {"pvc": {"claimName": claim, "path": "web/web-1.4.tar"}},
+            "target": {"repository": repo, "tags": tags, "insecure": true}
+        }
+    })
+}
+
+/// Sum of `apiserver_request_total` samples (all verbs and resources) from the API server.
+pub async fn apiserver_requests(client: &Client) -> f64 {
+    let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client.request_text(req).await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Applies `n` PVC imports `<prefix>-<i>` of the claim `<prefix>`, each to its own repository
+/// `<prefix>/app<i>:1`.
+pub async fn apply_numbered_imports(c: &Cluster, reg: &Registry, prefix: &str, n: usize) {
+    for i in 0..n {
+        c.apply(pvc_import(
+            &format!("{prefix}-{i}"),
+            prefix,
+            &reg.reference(&format!("{prefix}/app{i}")),
+            &["1"],
+        ))
+        .await;
+    }
+}
+
+/// The Helm chart's ServiceAccount and RBAC objects for the controller (release `imageimport` in
+/// `imageimport-system`, default values) created for real; a kubeconfig of that ServiceAccount.
+pub async fn install_chart_rbac(c: &Cluster) -> PathBuf {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    use kube::api::{ApiResource, DynamicObject};
+    use serde::Deserialize as _;
+    const RELEASE_NS: &str = "imageimport-system";
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(super::kube::testbin_dir().join("helm"))
+        .args([
+            "template",
+            "imageimport",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/charts/imageimport"),
+            "--namespace",
+            RELEASE_NS,
+        ])
+        .env("HELM_CONFIG_HOME", home.path().join("config"))
+        .env("HELM_CACHE_HOME", home.path().join("cache"))
+        .env("HELM_DATA_HOME", home.path().join("data"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run helm (hack/build-test-bins.sh builds it)");
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.api.create_namespace(RELEASE_NS).await;
+    let mut account = None;
+    for doc in serde_yaml::Deserializer::from_str(&String::from_utf8_lossy(&out.stdout)) {
+        let o = serde_json::Value::deserialize(doc).unwrap();
+        let resource = match o["kind"].as_str() {
+            Some("ServiceAccount") => ApiResource::erase::<ServiceAccount>(&()),
+            Some("ClusterRole") => ApiResource::erase::<ClusterRole>(&()),
+            Some("ClusterRoleBinding") => ApiResource::erase::<ClusterRoleBinding>(&()),
+            Some("Role") => ApiResource::erase::<Role>(&()),
+            Some("RoleBinding") => ApiResource::erase::<RoleBinding>(&()),
+            _ => continue,
+        };
+        let name = o["metadata"]["name"].as_str().unwrap();
+        if o["kind"] == "ServiceAccount" {
+            account = Some(name.to_string());
+        }
+        let api: Api<DynamicObject> = match o["metadata"]["namespace"].as_str() {
+            Some(ns) => Api::namespaced_with(c.client.clone(), ns, &resource),
+            None => Api::all_with(c.client.clone(), &resource),
+        };
+        api.patch(name, &PatchParams::apply("helm").force(), &Patch::Apply(&o))
+            .await
+            .unwrap_or_else(|e| panic!("apply {} {name}: {e}", o["kind"]));
+    }
+    let account = account.expect("the chart renders the controller's ServiceAccount");
+    c.api.service_account_kubeconfig(RELEASE_NS, &account).await
+}
+
+/// Requests the API server's max-in-flight filter answered with 429, by `verb resource/subresource`
+/// (`apiserver_request_terminations_total{code="429"}`: `apiserver_dropped_requests_total` is
+/// hidden since Kubernetes 1.31).
+pub async fn apiserver_429s(client: &Client) -> BTreeMap<String, f64> {
+    let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client.request_text(req).await.unwrap();
+    let mut by = BTreeMap::new();
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_terminations_total{"))
+        .filter(|l| l.contains(r#"code="429""#))
+    {
+        let label = |k: &str| {
+            l.split(&format!("{k}=\""))
+                .nth(1)
+                .and_then(|v| v.split('"').next())
+                .unwrap_or("")
+        };
+        let key = format!(
+            "{} {}/{}",
+            label("verb"),
+            label("resource"),
+            label("subresource")
+        );
+        let n: f64 = l
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        *by.entry(key).or_insert(0.0) += n;
+    }
+    by
+}
+
+/// 429 answers in an API server audit log, by `user: verb resource/subresource`.
+pub fn audited_429s(log: &Path) -> BTreeMap<String, usize> {
+    let mut by = BTreeMap::new();
+    for line in std::fs::read_to_string(log).unwrap().lines() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        if e["stage"] != "ResponseComplete" || e["responseStatus"]["code"] != 429 {
+            continue;
+        }
+        let key = format!(
+            "{}: {} {}/{}",
+            e["user"]["username"].as_str().unwrap_or(""),
+            e["verb"].as_str().unwrap_or(""),
+            e["objectRef"]["resource"].as_str().unwrap_or(""),
+            e["objectRef"]["subresource"].as_str().unwrap_or(""),
+        );
+        *by.entry(key).or_insert(0) += 1;
+    }
+    by
+}
+
+pub fn total(by: &BTreeMap<String, f64>) -> f64 {
+    by.values().sum()
+}
