@@ -1006,3 +1006,38 @@ fn a_failed_upload_cancels_its_session() {
         "no uploaded bytes left on the registry"
     );
 }
+
+#[test]
+fn a_commit_whose_answer_was_lost_is_checked_not_repeated() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let built = big_single_layer();
+    let path = archives::write_to(dir.path(), "big.tar", &built.bytes);
+    let proxy = FaultyProxy::start(&reg.base_url());
+    // The registry commits the first blob, the client hears 502.
+    proxy.break_commit(1, Fault::LoseAnswer);
+    let out = push_via(&proxy, path.to_str().unwrap(), &path, "lost-answer");
+    assert!(out.status.success(), "push failed");
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert_round_trip(
+        &reg,
+        "lost-answer:1",
+        &built.images[0],
+        split_result(line.trim()).1,
+    );
+    let seen = proxy.seen();
+    assert_eq!(seen.iter().filter(|s| s.status == 502).count(), 1);
+    let commits = seen
+        .iter()
+        .filter(|s| s.method == "PUT" && s.path.contains("/blobs/uploads/"))
+        .count();
+    assert_eq!(
+        commits, 2,
+        "one commit per blob (layer, config): none repeated"
+    );
+    assert_eq!(
+        count(&seen, "POST", "/blobs/uploads/"),
+        2,
+        "no blob uploaded again"
+    );
+}

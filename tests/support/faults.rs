@@ -18,6 +18,18 @@ pub enum Fault {
     /// Forward only this many bytes of the body to the registry, then cut the request and
     /// answer 502 (a connection lost halfway).
     CutAfter(u64),
+    /// Forward the whole request, then answer 502 instead of the registry's answer (the
+    /// registry did it; the client cannot know).
+    LoseAnswer,
+}
+
+/// The kinds of request a fault can be aimed at, counted separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Aim {
+    /// `PATCH` of an upload: a segment of a blob.
+    Patch,
+    /// `PUT` on an upload: the commit of a blob.
+    Commit,
 }
 
 /// One request as the proxy saw it.
@@ -33,8 +45,9 @@ pub struct Seen {
 struct State {
     upstream: String,
     front: String,
-    faults: Mutex<Vec<(usize, Fault)>>,
+    faults: Mutex<Vec<(Aim, usize, Fault)>>,
     patches: AtomicUsize,
+    commits: AtomicUsize,
     seen: Mutex<Vec<Seen>>,
     http: reqwest::Client,
 }
@@ -62,6 +75,7 @@ impl FaultyProxy {
             front: addr.to_string(),
             faults: Mutex::new(Vec::new()),
             patches: AtomicUsize::new(0),
+            commits: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -90,7 +104,20 @@ impl FaultyProxy {
 
     /// Break the `nth` PATCH (1-based) with `fault`.
     pub fn break_patch(&self, nth: usize, fault: Fault) {
-        self.state.faults.lock().unwrap().push((nth, fault));
+        self.state
+            .faults
+            .lock()
+            .unwrap()
+            .push((Aim::Patch, nth, fault));
+    }
+
+    /// Break the `nth` blob commit (`PUT` on an upload, 1-based) with `fault`.
+    pub fn break_commit(&self, nth: usize, fault: Fault) {
+        self.state
+            .faults
+            .lock()
+            .unwrap()
+            .push((Aim::Commit, nth, fault));
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -122,17 +149,22 @@ async fn forward(s: Arc<State>, req: Request<Body>) -> Response<Body> {
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    let fault = if method == axum::http::Method::PATCH {
-        let n = s.patches.fetch_add(1, Ordering::SeqCst) + 1;
+    let aimed = if method == axum::http::Method::PATCH {
+        Some((Aim::Patch, &s.patches))
+    } else if method == axum::http::Method::PUT && path.contains("/blobs/uploads/") {
+        Some((Aim::Commit, &s.commits))
+    } else {
+        None
+    };
+    let fault = aimed.and_then(|(aim, counter)| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
         s.faults
             .lock()
             .unwrap()
             .iter()
-            .find(|(nth, _)| *nth == n)
-            .map(|(_, f)| *f)
-    } else {
-        None
-    };
+            .find(|(a, nth, _)| *a == aim && *nth == n)
+            .map(|(_, _, f)| *f)
+    });
     let record = |status: u16, forwarded: u64| {
         s.seen.lock().unwrap().push(Seen {
             method: method.to_string(),
@@ -193,7 +225,8 @@ async fn forward(s: Arc<State>, req: Request<Body>) -> Response<Body> {
     let resp = match out.send().await {
         Ok(r) if fault.is_none() => r,
         Ok(_) | Err(_) => {
-            // A cut request: the registry kept what reached it, the client hears 502.
+            // A cut request (the registry kept what reached it) or a lost answer (the registry
+            // did all of it): the client hears 502.
             record(502, forwarded.load(Ordering::SeqCst));
             return Response::builder()
                 .status(StatusCode::BAD_GATEWAY)
