@@ -8,7 +8,7 @@ mod support;
 
 use imageimport::api::ImageImport;
 use imageimport::controller::status::{
-    WORKER_MANAGER, WORKER_PROGRESS_MANAGER, apply_controller_status, apply_worker_status,
+    WORKER_MANAGER, WORKER_PROGRESS_MANAGER, apply_controller_status, apply_status,
 };
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -50,14 +50,14 @@ fn progress(done: u64) -> serde_json::Value {
 async fn a_late_progress_report_never_removes_the_result() {
     let (_api, imports) = cluster().await;
     create(&imports, "web").await;
-    apply_worker_status(&imports, "web", WORKER_PROGRESS_MANAGER, progress(10))
+    apply_status(&imports, "web", WORKER_PROGRESS_MANAGER, progress(10))
         .await
         .unwrap();
-    apply_worker_status(&imports, "web", WORKER_MANAGER, result("web-g1-a1"))
+    apply_status(&imports, "web", WORKER_MANAGER, result("web-g1-a1"))
         .await
         .unwrap();
     // The late one.
-    apply_worker_status(&imports, "web", WORKER_PROGRESS_MANAGER, progress(20))
+    apply_status(&imports, "web", WORKER_PROGRESS_MANAGER, progress(20))
         .await
         .unwrap();
     let st = imports.get_status("web").await.unwrap().status.unwrap();
@@ -67,10 +67,10 @@ async fn a_late_progress_report_never_removes_the_result() {
     // Why two managers: under one, an apply owns exactly what it sends, so a progress-only
     // apply after the result removes the result. (This is what the design avoids.)
     create(&imports, "one-manager").await;
-    apply_worker_status(&imports, "one-manager", WORKER_MANAGER, result("x-g1-a1"))
+    apply_status(&imports, "one-manager", WORKER_MANAGER, result("x-g1-a1"))
         .await
         .unwrap();
-    apply_worker_status(&imports, "one-manager", WORKER_MANAGER, progress(20))
+    apply_status(&imports, "one-manager", WORKER_MANAGER, progress(20))
         .await
         .unwrap();
     let st = imports.get_status("one-manager").await.unwrap().status;
@@ -81,7 +81,7 @@ async fn a_late_progress_report_never_removes_the_result() {
 async fn the_controller_and_the_worker_keep_their_own_fields() {
     let (_api, imports) = cluster().await;
     create(&imports, "web").await;
-    apply_worker_status(&imports, "web", WORKER_MANAGER, result("web-g1-a1"))
+    apply_status(&imports, "web", WORKER_MANAGER, result("web-g1-a1"))
         .await
         .unwrap();
     let mut mine = imports.get_status("web").await.unwrap().status.unwrap();
@@ -93,7 +93,7 @@ async fn the_controller_and_the_worker_keep_their_own_fields() {
     apply_controller_status(&imports, "web", &mine)
         .await
         .unwrap();
-    apply_worker_status(&imports, "web", WORKER_PROGRESS_MANAGER, progress(30))
+    apply_status(&imports, "web", WORKER_PROGRESS_MANAGER, progress(30))
         .await
         .unwrap();
     let st = imports.get_status("web").await.unwrap().status.unwrap();

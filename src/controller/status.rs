@@ -58,22 +58,13 @@ pub async fn apply_controller_status(
         obj.remove("result");
         obj.remove("progress");
     }
-    let patch = json!({
-        "apiVersion": "imageimport.dev/v1alpha1",
-        "kind": "ImageImport",
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(CONTROLLER_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    apply_status(api, name, CONTROLLER_MANAGER, status).await
 }
 
-/// The worker's part: progress while running, the result at the end.
-pub async fn apply_worker_status(
+/// Server-side apply of `status` on the status subresource: `manager` owns exactly the fields
+/// it sends, and takes them over from any other manager (`force`). The worker writes its
+/// `progress` and `result` with this, under [`WORKER_PROGRESS_MANAGER`] and [`WORKER_MANAGER`].
+pub async fn apply_status(
     api: &Api<ImageImport>,
     name: &str,
     manager: &str,

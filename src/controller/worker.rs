@@ -16,7 +16,7 @@ use serde_json::json;
 use super::job::{
     ARCHIVE_DIR, CA_FILE, REGISTRY_AUTH_DIR, REGISTRY_CA_DIR, SOURCE_AUTH_DIR, SOURCE_CA_DIR,
 };
-use super::status::{self, apply_worker_status};
+use super::status::{self, apply_status};
 use crate::api::{ImageImport, ImageImportSpec, ImportProgress, LayerCompression, WorkerResult};
 use crate::pipeline::{
     self, Codec, CompressionPolicy, HttpOptions, ImportError, ImportOptions, Location, Progress,
@@ -111,7 +111,7 @@ pub async fn run() -> i32 {
     // The result must reach the API: the controller decides on it. Retry for a while.
     let body = json!({ "result": result, "progress": final_progress });
     for attempt in 0..30 {
-        match apply_worker_status(&api, &name, status::WORKER_MANAGER, body.clone()).await {
+        match apply_status(&api, &name, status::WORKER_MANAGER, body.clone()).await {
             Ok(()) => return code,
             Err(e) => {
                 eprintln!("imageimport worker: cannot report the result (attempt {attempt}): {e}");
@@ -140,7 +140,7 @@ async fn report_progress(
             phase: progress.phase(),
             updated: Some(status::now()),
         };
-        if let Err(e) = apply_worker_status(
+        if let Err(e) = apply_status(
             &api,
             &name,
             status::WORKER_PROGRESS_MANAGER,
