@@ -1041,3 +1041,67 @@ fn a_commit_whose_answer_was_lost_is_checked_not_repeated() {
         "no blob uploaded again"
     );
 }
+
+#[test]
+fn with_all_no_image_is_tagged_while_another_can_still_fail() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let specs = [
+        ImageSpec::new(
+            &["docker.io/library/first:1"],
+            vec![archives::layer(910, 1, 5000)],
+        ),
+        ImageSpec::new(
+            &["docker.io/library/second:1"],
+            vec![archives::layer(911, 1, 5000)],
+        ),
+    ];
+    let built = archives::build(&Format::DockerLegacy, &specs);
+    let path = archives::write_to(dir.path(), "two.tar", &built.bytes);
+    // The registry takes everything but the second image's manifests.
+    let proxy = FaultyProxy::start(&reg.base_url());
+    proxy.break_every("PUT", "/library/second/manifests/", Fault::Refuse503);
+    let out = bin()
+        .args([
+            "push",
+            "--insecure",
+            "-q",
+            "--all",
+            path.to_str().unwrap(),
+            &format!("{}/mirror", proxy.host()),
+        ])
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(reg.tags("mirror/library/second").is_empty());
+    assert!(
+        reg.tags("mirror/library/first").is_empty(),
+        "the first image was tagged though the import failed"
+    );
+    // Its blobs and manifest are in place by digest: a retry only moves the tags.
+    let first_manifests = proxy
+        .seen()
+        .iter()
+        .filter(|s| s.method == "PUT" && s.path.contains("/library/first/manifests/sha256:"))
+        .count();
+    assert_eq!(first_manifests, 1);
+
+    // The same archive once the registry takes everything: both tagged.
+    let lines = push_ok(&[
+        "push",
+        "--insecure",
+        "-q",
+        "--all",
+        path.to_str().unwrap(),
+        &reg.reference("mirror"),
+    ]);
+    assert_eq!(lines.len(), 2);
+    assert_round_trip(
+        &reg,
+        "mirror/library/second:1",
+        &built.images[1],
+        split_result(&lines[1]).1,
+    );
+}

@@ -883,7 +883,9 @@ fn verify(img: &ImageSource, processed: &HashMap<String, Processed>) -> Result<(
     Ok(())
 }
 
-/// Verify everything, then make sure each repository has its blobs, then push manifests.
+/// Verify everything; then put every blob and every manifest in place, by digest, in every
+/// repository; only then move the tags. A failure before the tags leaves no tag created or moved
+/// (also with `--all`: no image is tagged while another one can still fail).
 async fn finish(
     ctx: &Ctx,
     planned: Vec<Planned>,
@@ -896,9 +898,9 @@ async fn finish(
     }
     ctx.progress.set_phase("pushing manifests");
     let mut reports = Vec::new();
-    for p in planned {
-        let mut repos: Vec<String> = p.refs.iter().map(|r| r.repository.clone()).collect();
-        repos.dedup();
+    // (report, repository, tags, manifest, media type): what the last step tags.
+    let mut staged: Vec<(usize, String, Vec<String>, Vec<u8>, String)> = Vec::new();
+    for p in &planned {
         let mut report = ImageReport {
             name: p.name.clone(),
             refs: vec![],
@@ -918,55 +920,84 @@ async fn finish(
                 }
             }
         }
-        for repo in &repos {
-            let mut platform_manifests = Vec::new();
-            for img in &p.images {
-                for l in &img.layers {
-                    ensure_blob(ctx, repo, &processed[&l.member].pushed).await?;
-                }
-                report.pushed_bytes += push_config(ctx, repo, img).await?;
-                let (bytes, media_type) = manifest_for(img, processed);
-                platform_manifests.push((bytes, media_type, img.platform.clone()));
+        let mut repos: Vec<&str> = Vec::new();
+        for r in &p.refs {
+            if !repos.contains(&r.repository.as_str()) {
+                repos.push(&r.repository);
             }
-            let tags: Vec<String> = p
+        }
+        for repo in repos {
+            let (top, top_type, config_bytes) = stage(ctx, repo, &p.images, processed).await?;
+            report.pushed_bytes += config_bytes;
+            let tags = p
                 .refs
                 .iter()
-                .filter(|r| &r.repository == repo)
+                .filter(|r| r.repository == repo)
                 .map(|r| r.tag.clone().unwrap_or_else(|| "latest".into()))
                 .collect();
-            let (top, top_type) = if platform_manifests.len() == 1 {
-                let (b, t, _) = platform_manifests.pop().expect("one manifest");
-                (b, t)
-            } else {
-                let mut entries = Vec::new();
-                for (b, t, platform) in &platform_manifests {
-                    let d = digest::sha256_of(b);
-                    ctx.registry
-                        .put_manifest(repo, &d, b, t)
-                        .await
-                        .map_err(|e| ctx.reg_err(repo, e))?;
-                    entries.push((d, b.len() as u64, t.clone(), platform.clone()));
-                }
-                (
-                    manifest::index(&entries),
-                    crate::archive::formats::OCI_INDEX.to_string(),
-                )
-            };
-            for tag in &tags {
-                let d = ctx
-                    .registry
-                    .put_manifest(repo, tag, &top, &top_type)
-                    .await
-                    .map_err(|e| ctx.reg_err(repo, e))?;
-                report.digest = d;
-                report
-                    .refs
-                    .push(format!("{}/{}:{}", ctx.opts.target.registry, repo, tag));
-            }
+            staged.push((reports.len(), repo.to_string(), tags, top, top_type));
         }
         reports.push(report);
     }
+    ctx.progress.set_phase("tagging");
+    for (i, repo, tags, top, top_type) in staged {
+        for tag in &tags {
+            let d = ctx
+                .registry
+                .put_manifest(&repo, tag, &top, &top_type)
+                .await
+                .map_err(|e| ctx.reg_err(&repo, e))?;
+            reports[i].digest = d;
+            reports[i]
+                .refs
+                .push(format!("{}/{}:{}", ctx.opts.target.registry, repo, tag));
+        }
+    }
     Ok(reports)
+}
+
+/// Put one image (one manifest, or an index of one per platform) into `repo` by digest, with
+/// every blob it names. Returns the top manifest, its media type and the config bytes sent.
+async fn stage(
+    ctx: &Ctx,
+    repo: &str,
+    images: &[ImageSource],
+    processed: &HashMap<String, Processed>,
+) -> Result<(Vec<u8>, String, u64), ImportError> {
+    let mut sent = 0;
+    let mut platform_manifests = Vec::new();
+    for img in images {
+        for l in &img.layers {
+            ensure_blob(ctx, repo, &processed[&l.member].pushed).await?;
+        }
+        sent += push_config(ctx, repo, img).await?;
+        let (bytes, media_type) = manifest_for(img, processed);
+        platform_manifests.push((bytes, media_type, img.platform.clone()));
+    }
+    let put = |bytes: Vec<u8>, media_type: String| async move {
+        ctx.registry
+            .put_manifest(repo, &digest::sha256_of(&bytes), &bytes, &media_type)
+            .await
+            .map_err(|e| ctx.reg_err(repo, e))?;
+        Ok::<_, ImportError>((bytes, media_type))
+    };
+    if platform_manifests.len() == 1 {
+        let (b, t, _) = platform_manifests.pop().expect("one manifest");
+        let (b, t) = put(b, t).await?;
+        return Ok((b, t, sent));
+    }
+    let mut entries = Vec::new();
+    for (b, t, platform) in platform_manifests {
+        let (d, len) = (digest::sha256_of(&b), b.len() as u64);
+        put(b, t.clone()).await?;
+        entries.push((d, len, t, platform));
+    }
+    let (b, t) = put(
+        manifest::index(&entries),
+        crate::archive::formats::OCI_INDEX.to_string(),
+    )
+    .await?;
+    Ok((b, t, sent))
 }
 
 async fn ensure_blob(ctx: &Ctx, repo: &str, pushed: &Pushed) -> Result<(), ImportError> {

@@ -46,6 +46,8 @@ struct State {
     upstream: String,
     front: String,
     faults: Mutex<Vec<(Aim, usize, Fault)>>,
+    /// Every request with this method whose path holds this text gets the fault.
+    matching: Mutex<Vec<(String, String, Fault)>>,
     patches: AtomicUsize,
     commits: AtomicUsize,
     seen: Mutex<Vec<Seen>>,
@@ -74,6 +76,7 @@ impl FaultyProxy {
             upstream: upstream.trim_end_matches('/').to_string(),
             front: addr.to_string(),
             faults: Mutex::new(Vec::new()),
+            matching: Mutex::new(Vec::new()),
             patches: AtomicUsize::new(0),
             commits: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
@@ -120,6 +123,15 @@ impl FaultyProxy {
             .push((Aim::Commit, nth, fault));
     }
 
+    /// Break every `method` request whose path (with its query) contains `path_part`.
+    pub fn break_every(&self, method: &str, path_part: &str, fault: Fault) {
+        self.state
+            .matching
+            .lock()
+            .unwrap()
+            .push((method.into(), path_part.into(), fault));
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
     }
@@ -163,6 +175,14 @@ async fn forward(s: Arc<State>, req: Request<Body>) -> Response<Body> {
             .unwrap()
             .iter()
             .find(|(a, nth, _)| *a == aim && *nth == n)
+            .map(|(_, _, f)| *f)
+    });
+    let fault = fault.or_else(|| {
+        s.matching
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(m, part, _)| *m == method.as_str() && path.contains(part.as_str()))
             .map(|(_, _, f)| *f)
     });
     let record = |status: u16, forwarded: u64| {
