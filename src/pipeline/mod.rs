@@ -898,8 +898,7 @@ async fn finish(
     }
     ctx.progress.set_phase("pushing manifests");
     let mut reports = Vec::new();
-    // (report, repository, tags, manifest, media type): what the last step tags.
-    let mut staged: Vec<(usize, String, Vec<String>, Vec<u8>, String)> = Vec::new();
+    let mut staged: Vec<Staged> = Vec::new();
     for p in &planned {
         let mut report = ImageReport {
             name: p.name.clone(),
@@ -935,25 +934,42 @@ async fn finish(
                 .filter(|r| r.repository == repo)
                 .map(|r| r.tag.clone().unwrap_or_else(|| "latest".into()))
                 .collect();
-            staged.push((reports.len(), repo.to_string(), tags, top, top_type));
+            staged.push(Staged {
+                report: reports.len(),
+                repo: repo.to_string(),
+                tags,
+                manifest: top,
+                media_type: top_type,
+            });
         }
         reports.push(report);
     }
     ctx.progress.set_phase("tagging");
-    for (i, repo, tags, top, top_type) in staged {
-        for tag in &tags {
+    for st in staged {
+        for tag in &st.tags {
             let d = ctx
                 .registry
-                .put_manifest(&repo, tag, &top, &top_type)
+                .put_manifest(&st.repo, tag, &st.manifest, &st.media_type)
                 .await
-                .map_err(|e| ctx.reg_err(&repo, e))?;
-            reports[i].digest = d;
-            reports[i]
+                .map_err(|e| ctx.reg_err(&st.repo, e))?;
+            let report = &mut reports[st.report];
+            report.digest = d;
+            report
                 .refs
-                .push(format!("{}/{}:{}", ctx.opts.target.registry, repo, tag));
+                .push(format!("{}/{}:{}", ctx.opts.target.registry, st.repo, tag));
         }
     }
     Ok(reports)
+}
+
+/// An image in place in one repository, by digest: what the last step tags.
+struct Staged {
+    /// Index of its report.
+    report: usize,
+    repo: String,
+    tags: Vec<String>,
+    manifest: Vec<u8>,
+    media_type: String,
 }
 
 /// Put one image (one manifest, or an index of one per platform) into `repo` by digest, with
