@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::archives::{self, Format, ImageSpec, hostile};
 use support::cluster::*;
@@ -534,4 +534,104 @@ async fn fifty_imports_at_once_respect_the_concurrency_limit() {
         max_running, LIMIT,
         "the limit was reached, so it was tested"
     );
+}
+
+/// `allImages`: every image of the archive under the target as a prefix, each listed in the
+/// status. The worker enforces the policy's repository patterns on where the images really go
+/// (the controller sees only the prefix), and the API server refuses `allImages` with `image`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_images_land_under_the_prefix_and_the_status_lists_each() {
+    let c = Cluster::start().await;
+    let reg = Registry::plain();
+    let dir = c.work.path().join("claim-bundle");
+    std::fs::create_dir_all(dir.join("web")).unwrap();
+    let specs = [
+        ImageSpec::new(&["docker.io/library/nginx:1.25"], layers(5000)),
+        ImageSpec::new(
+            &[
+                "registry.example:5000/team/app:2",
+                "registry.example:5000/team/app:latest",
+            ],
+            layers(5100),
+        ),
+    ];
+    let built = archives::build(&Format::DockerLegacy, &specs);
+    std::fs::write(dir.join("web/web-1.4.tar"), &built.bytes).unwrap();
+    c.claim("bundle").await;
+    let claims = BTreeMap::from([("bundle", dir.as_path())]);
+    let manifest = |prefix: &str| {
+        let mut m = pvc_import("bundle", "bundle", &reg.reference(prefix), &[]);
+        m["spec"]["allImages"] = json!(true);
+        m["spec"]["target"].as_object_mut().unwrap().remove("tags");
+        m
+    };
+
+    // Refused by the API server: allImages names no single image.
+    let mut bad = manifest("mirror");
+    bad["metadata"]["name"] = json!("bad");
+    bad["spec"]["image"] = json!("nginx:1.25");
+    let err = c
+        .imports()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(bad).unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("allImages"), "{err}");
+
+    // Under a policy that allows only `<prefix>/library/*`, the worker refuses the team/app
+    // image before anything is pushed.
+    c.apply(manifest("mirror")).await;
+    let job = c.wait_job("bundle").await;
+    let mut cmd = c.prepare_job(&job, &claims).await;
+    cmd.env(
+        "IMAGEIMPORT_ALLOWED_REPOSITORIES",
+        format!("{}/mirror/library/*", reg.host),
+    );
+    let started = k8s_openapi::jiff::Timestamp::now();
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "a permanent failure");
+    c.record_job_outcome(&job.name_any(), false, started).await;
+    let obj = c
+        .wait_ready("bundle", "False", Some("PolicyViolation"))
+        .await;
+    let (_, _, msg) = ready(&obj).unwrap();
+    assert!(msg.contains("mirror/team/app"), "{msg}");
+    assert!(
+        reg.tags("mirror/library/nginx").is_empty(),
+        "nothing tagged"
+    );
+    assert!(reg.tags("mirror/team/app").is_empty(), "nothing tagged");
+
+    // Allowed (a new generation): both images, each with its saved tags.
+    c.apply(manifest("mirror2")).await;
+    let job = c.wait_job("bundle").await;
+    assert!(job.name_any().contains("-g2-"), "{}", job.name_any());
+    assert_eq!(c.run_job(&job, &claims).await, 0);
+    let obj = c.wait_ready("bundle", "True", Some("Succeeded")).await;
+    let st = obj.status.unwrap();
+    assert_eq!(st.digest, None, "several images: no single digest");
+    assert_eq!(st.images.len(), 2, "{:?}", st.images);
+    for (img, (repo, tags)) in st.images.iter().zip([
+        ("mirror2/library/nginx", vec!["1.25"]),
+        ("mirror2/team/app", vec!["2", "latest"]),
+    ]) {
+        let refs: Vec<String> = tags
+            .iter()
+            .map(|t| reg.reference(&format!("{repo}:{t}")))
+            .collect();
+        assert_eq!(img.refs, refs);
+        assert_eq!(
+            img.digest,
+            skopeo::manifest_digest(&reg, &format!("{repo}:{}", tags[0]))
+        );
+    }
+    assert_eq!(
+        st.images[1].image_ids,
+        vec![built.images[1].config_digest.clone()]
+    );
+    assert_eq!(st.pushed.len(), 3);
 }

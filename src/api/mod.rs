@@ -29,6 +29,7 @@ pub const GROUP: &str = "imageimport.dev";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.allImages || (!has(self.image) && (!has(self.target.tags) || size(self.target.tags) == 0))").message("allImages pushes each image under its own saved name and tags: it excludes image and target.tags"))]
 pub struct ImageImportSpec {
     pub source: Source,
     /// Which image of a multi-image archive (a saved tag such as `web:1.4`, or an image ID).
@@ -36,6 +37,11 @@ pub struct ImageImportSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 512").message("image must be 1-512 characters"))]
     pub image: Option<String>,
+    /// Import every image of the archive. `target.repository` is then a prefix: an image saved
+    /// as `docker.io/team/app:2` goes to `<target.repository>/team/app:2`, under each of its
+    /// saved tags; `status.images` lists them. Excludes `image` and `target.tags`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_images: bool,
     /// Import only this platform (`os/arch[/variant]`) of a multi-platform archive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$"))]
@@ -95,10 +101,11 @@ pub struct UrlSource {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetSpec {
-    /// `registry[:port]/path` without tag.
+    /// `registry[:port]/path` without tag. The registry is a host with a dot or a port, or
+    /// `localhost` (never an implicit Docker Hub). With `allImages`, the prefix of every image.
     #[schemars(
         regex(
-            pattern = r"^[a-zA-Z0-9.-]+(:[0-9]+)?/[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$"
+            pattern = r"^(localhost(:[0-9]+)?|[a-zA-Z0-9-]+(\.[a-zA-Z0-9-]+)+(:[0-9]+)?|[a-zA-Z0-9-]+:[0-9]+)/[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$"
         ),
         length(max = 512)
     )]
@@ -188,6 +195,9 @@ pub struct ImageImportStatus {
     /// Platforms the archive's index lists but whose blobs it lacks (not imported).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<String>,
+    /// Every image the last import pushed (one, or each image with `allImages`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImportedImage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<ImportProgress>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -218,6 +228,22 @@ pub struct ImportProgress {
     pub updated: Option<Time>,
 }
 
+/// One image an import pushed.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportedImage {
+    /// The image as the archive names it (its first saved tag, or its image ID).
+    pub name: String,
+    /// Manifest (or index) digest its tags point at.
+    pub digest: String,
+    /// Config digest (image ID); one per platform for a multi-platform image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "imageIDs")]
+    pub image_ids: Vec<String>,
+    /// `registry/repository:tag` for each tag pushed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refs: Vec<String>,
+}
+
 /// What a worker reports at the end of its attempt.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -245,6 +271,8 @@ pub struct WorkerResult {
     pub pushed_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImportedImage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished: Option<Time>,
 }

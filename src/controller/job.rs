@@ -82,7 +82,7 @@ pub fn job_name(obj: &ImageImport, generation: i64, attempt: u32) -> String {
 pub fn build(
     obj: &ImageImport,
     settings: &WorkerSettings,
-    url_hosts: Option<Vec<String>>,
+    grant: Option<super::policy::Grant>,
     name: &str,
     generation: i64,
     attempt: u32,
@@ -210,9 +210,17 @@ pub fn build(
             &settings.url_max_bytes.to_string(),
         ));
     }
-    // The policy's URL hosts for this namespace: every redirect hop must stay among them.
-    if let Some(hosts) = url_hosts {
-        env.push(env_var("IMAGEIMPORT_URL_ALLOWED_HOSTS", &hosts.join(",")));
+    // What the policy grants this namespace: every redirect hop must stay among its URL hosts,
+    // every repository pushed to must match its patterns.
+    if let Some(grant) = grant {
+        env.push(env_var(
+            "IMAGEIMPORT_URL_ALLOWED_HOSTS",
+            &grant.url_hosts.join(","),
+        ));
+        env.push(env_var(
+            "IMAGEIMPORT_ALLOWED_REPOSITORIES",
+            &grant.repositories.join(","),
+        ));
     }
     let mut limits = BTreeMap::new();
     limits.insert(

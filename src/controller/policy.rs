@@ -17,6 +17,7 @@ use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
 
 use crate::api::ImageImportSpec;
+use crate::registry::repository_pattern;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -67,6 +68,19 @@ fn matchers(patterns: &[String], path: &Path) -> Result<Vec<GlobMatcher>, Policy
         .collect()
 }
 
+/// Repository patterns: `*` within one path component, `**` across them.
+fn repository_matchers(patterns: &[String], path: &Path) -> Result<Vec<GlobMatcher>, PolicyError> {
+    patterns
+        .iter()
+        .map(|p| {
+            repository_pattern(p).map_err(|e| PolicyError::Invalid {
+                path: path.display().to_string(),
+                detail: format!("pattern {p:?}: {e}"),
+            })
+        })
+        .collect()
+}
+
 impl Policy {
     pub fn parse(yaml: &str, path: &Path) -> Result<Policy, PolicyError> {
         let file: PolicyFile = serde_yaml::from_str(yaml).map_err(|e| PolicyError::Invalid {
@@ -79,7 +93,7 @@ impl Policy {
             .map(|r| {
                 Ok(Rule {
                     namespaces: matchers(&r.namespaces, path)?,
-                    repositories: matchers(&r.repositories, path)?,
+                    repositories: repository_matchers(&r.repositories, path)?,
                     url_hosts: matchers(&r.url_hosts, path)?,
                 })
             })
@@ -148,24 +162,41 @@ impl PolicySource {
     }
 }
 
+/// What the rules grant a namespace, handed to its worker, which enforces it too: every
+/// redirect hop of a URL source, and every repository an import really pushes to (with
+/// `allImages` those are only known once the archive is read).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Grant {
+    pub url_hosts: Vec<String>,
+    pub repositories: Vec<String>,
+}
+
 impl Policy {
-    /// The URL host patterns the rules grant to a namespace.
-    pub fn url_hosts(&self, namespace: &str) -> Vec<String> {
-        self.rules
-            .iter()
-            .filter(|r| r.namespaces.iter().any(|m| m.is_match(namespace)))
-            .flat_map(|r| r.url_hosts.iter().map(|m| m.glob().glob().to_string()))
-            .collect()
+    pub fn grant(&self, namespace: &str) -> Grant {
+        let rules = || {
+            self.rules
+                .iter()
+                .filter(|r| r.namespaces.iter().any(|m| m.is_match(namespace)))
+        };
+        let patterns = |m: &GlobMatcher| m.glob().glob().to_string();
+        Grant {
+            url_hosts: rules()
+                .flat_map(|r| r.url_hosts.iter().map(patterns))
+                .collect(),
+            repositories: rules()
+                .flat_map(|r| r.repositories.iter().map(patterns))
+                .collect(),
+        }
     }
 }
 
 impl PolicySource {
-    /// None without a policy file (any host).
-    pub fn url_hosts(&self, namespace: &str) -> Option<Vec<String>> {
+    /// None without a policy file (everything allowed); an unreadable policy grants nothing.
+    pub fn grant(&self, namespace: &str) -> Option<Grant> {
         let path = self.path.as_ref()?;
         Some(
             Policy::load(path)
-                .map(|p| p.url_hosts(namespace))
+                .map(|p| p.grant(namespace))
                 .unwrap_or_default(),
         )
     }
@@ -190,6 +221,7 @@ mod tests {
                 sha256: None,
             },
             image: None,
+            all_images: false,
             platform: None,
             target: TargetSpec {
                 repository: repo.into(),
@@ -247,5 +279,31 @@ rules:
             .contains("fetch from")
         );
         assert!(Policy::parse("rules: [{namespaces: [a], bogus: 1}]", Path::new("p")).is_err());
+    }
+
+    #[test]
+    fn a_star_never_crosses_a_path_component() {
+        let p = Policy::parse(
+            r#"
+rules:
+  - namespaces: ["shop"]
+    repositories: ["*.corp.example/team/*", "registry.internal:5000/mirror/**"]
+"#,
+            Path::new("policy.yaml"),
+        )
+        .unwrap();
+        let allowed = |repo: &str| p.check("shop", &spec(repo, None)).is_none();
+        assert!(allowed("registry.corp.example/team/web"));
+        assert!(!allowed("evil.example/x.corp.example/team/web"));
+        assert!(!allowed("registry.corp.example/team/web/nested"));
+        assert!(allowed("registry.internal:5000/mirror/library/nginx"));
+        assert!(!allowed("registry.internal:5000/other/web"));
+        assert_eq!(
+            p.grant("shop").repositories,
+            vec![
+                "*.corp.example/team/*".to_string(),
+                "registry.internal:5000/mirror/**".to_string()
+            ]
+        );
     }
 }

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 
-use super::job::{self, JobState, LABEL_MANAGED_BY, MANAGER};
+use super::job::{self, JobState, LABEL_GENERATION, LABEL_MANAGED_BY, LABEL_NAME, MANAGER};
 use super::status::{self, condition};
 use super::{Context, Error};
 use crate::api::{IMPORTING, READY, SOURCE_READY, VERIFIED};
@@ -39,10 +39,11 @@ pub async fn reconcile(obj: Arc<ImageImport>, ctx: Arc<Context>) -> Result<Actio
     }
     let mut pass = Pass::new(&ctx, &obj, api, Api::namespaced(ctx.client.clone(), &ns));
 
-    // A new generation starts over: the previous generation's Job is stopped.
+    // A new generation starts over: the previous generation's Job is stopped (an error, the
+    // status untouched, if it cannot be: the next pass tries again).
     if pass.st.observed_generation != Some(pass.generation) {
         if let Some(old) = &pass.st.job_name {
-            delete_job(&pass.jobs, old).await;
+            delete_job(&pass.jobs, old).await?;
         }
         pass.st = ImageImportStatus {
             observed_generation: Some(pass.generation),
@@ -50,6 +51,17 @@ pub async fn reconcile(obj: Arc<ImageImport>, ctx: Arc<Context>) -> Result<Actio
             result: pass.st.result.clone(),
             ..Default::default()
         };
+    }
+    // And this generation's first Job waits until the worker Pods of earlier ones are gone:
+    // deleting a Job does not stop its Pod at once, and an old worker still pushing could move
+    // the tags after this import finished, leaving `status.digest` naming another image. Found
+    // by their labels, so nothing about them is kept in the status.
+    if pass.st.job_name.is_none()
+        && pass.st.attempts == 0
+        && pass.generation > 1
+        && let Some(action) = pass.wait_for_previous_workers().await?
+    {
+        return Ok(action);
     }
 
     let result = pass.st.result.clone().filter(|r| {
@@ -248,14 +260,22 @@ impl<'a> Pass<'a> {
             count_result(self.ctx, self.obj, &self.st, r);
         }
         if r.succeeded {
-            let msg = format!(
-                "imported {} ({} layers)",
-                r.pushed.join(", "),
-                r.layers.unwrap_or(0)
-            );
+            let msg = match r.images.len() {
+                0 | 1 => format!(
+                    "imported {} ({} layers)",
+                    r.pushed.join(", "),
+                    r.layers.unwrap_or(0)
+                ),
+                n => format!(
+                    "imported {n} images ({} tags, {} layers)",
+                    r.pushed.len(),
+                    r.layers.unwrap_or(0)
+                ),
+            };
             let st = &mut self.st;
             st.digest = r.digest.clone();
             st.image_id = r.image_id.clone();
+            st.images = r.images.clone();
             st.pushed = r.pushed.clone();
             st.layers = r.layers;
             st.pushed_bytes = r.pushed_bytes;
@@ -354,11 +374,11 @@ impl<'a> Pass<'a> {
             return Ok(Action::requeue(Duration::from_secs(3)));
         }
         super::rbac::ensure_worker_access(ctx, &ns).await?;
-        let url_hosts = ctx.config.policy.url_hosts(&ns);
+        let grant = ctx.config.policy.grant(&ns);
         let job = job::build(
             self.obj,
             &ctx.config.worker,
-            url_hosts,
+            grant,
             &job_name,
             self.generation,
             attempt,
@@ -466,7 +486,9 @@ async fn publish(ctx: &Context, obj: &ImageImport, type_: EventType, reason: &st
     }
 }
 
-async fn delete_job(jobs: &Api<Job>, name: &str) {
+/// Delete a superseded worker Job (gone already is fine). Background propagation: the garbage
+/// collector then deletes its Pod, which `Pass::wait_for_previous_workers` waits out.
+async fn delete_job(jobs: &Api<Job>, name: &str) -> Result<(), Error> {
     let dp = DeleteParams {
         propagation_policy: Some(PropagationPolicy::Background),
         ..Default::default()
@@ -474,6 +496,79 @@ async fn delete_job(jobs: &Api<Job>, name: &str) {
     match jobs.delete(name, &dp).await {
         Ok(_) => tracing::info!(job = name, "stopped the previous generation's worker"),
         Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(e) => tracing::warn!(job = name, error = %e, "could not delete old worker Job"),
+        Err(e) => {
+            tracing::warn!(job = name, error = %e, "could not delete old worker Job");
+            return Err(e.into());
+        }
     }
+    Ok(())
+}
+
+impl Pass<'_> {
+    /// `Some(action)` while a worker Pod of an earlier generation of this ImageImport has not
+    /// ended: the status says so, and the next look is a few seconds away (Pods are not
+    /// watched). A Pod counts until it is gone or in a terminal phase (every container of a
+    /// `restartPolicy: Never` Pod has then exited), so one terminating, or on a node that no
+    /// longer answers, holds the new generation back: it may still be pushing.
+    async fn wait_for_previous_workers(&mut self) -> Result<Option<Action>, Error> {
+        let ns = self.obj.namespace().unwrap_or_default();
+        let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &ns);
+        let selector = format!(
+            "{LABEL_MANAGED_BY}={MANAGER},{LABEL_NAME}={}",
+            name_label(self.obj, &self.ctx.config.worker)
+        );
+        let running: Vec<String> = pods
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items
+            .iter()
+            .filter(|p| is_unfinished_worker_before(p, self.generation))
+            .map(|p| p.name_any())
+            .collect();
+        if running.is_empty() {
+            return Ok(None);
+        }
+        let shown = running
+            .iter()
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let more = match running.len() {
+            n if n > 3 => format!(" and {} more", n - 3),
+            _ => String::new(),
+        };
+        let msg = format!(
+            "waiting for the previous import's worker to stop (Pod {shown}{more}) before \
+             importing generation {}: its Job was deleted, but a worker still pushing could move \
+             the tags after this import",
+            self.generation
+        );
+        self.set(READY, false, reason::PENDING, &msg);
+        self.set(IMPORTING, false, reason::PENDING, &msg);
+        self.write(Some((EventType::Normal, reason::PENDING, &msg)))
+            .await?;
+        Ok(Some(Action::requeue(Duration::from_secs(3))))
+    }
+}
+
+/// The value of the name label on `obj`'s worker Jobs and their Pods, exactly as `job::build`
+/// writes it (a name longer than a label value may be is shortened with a hash).
+fn name_label(obj: &ImageImport, settings: &job::WorkerSettings) -> String {
+    job::build(obj, settings, None, "", 0, 0)
+        .labels()
+        .get(LABEL_NAME)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A worker Pod of a generation before `generation` whose containers may still run.
+fn is_unfinished_worker_before(pod: &Pod, generation: i64) -> bool {
+    let older = pod
+        .labels()
+        .get(LABEL_GENERATION)
+        .and_then(|g| g.parse::<i64>().ok())
+        .is_some_and(|g| g < generation);
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    older && !matches!(phase, Some("Succeeded" | "Failed"))
 }

@@ -17,7 +17,9 @@ use super::job::{
     ARCHIVE_DIR, CA_FILE, REGISTRY_AUTH_DIR, REGISTRY_CA_DIR, SOURCE_AUTH_DIR, SOURCE_CA_DIR,
 };
 use super::status::{self, apply_status};
-use crate::api::{ImageImport, ImageImportSpec, ImportProgress, LayerCompression, WorkerResult};
+use crate::api::{
+    ImageImport, ImageImportSpec, ImportProgress, ImportedImage, LayerCompression, WorkerResult,
+};
 use crate::pipeline::{
     self, Codec, CompressionPolicy, HttpOptions, ImportError, ImportOptions, Location, Progress,
     Selection,
@@ -74,8 +76,20 @@ pub async fn run() -> i32 {
     let code = match &outcome {
         Ok(reports) => {
             result.succeeded = true;
-            result.digest = reports.first().map(|r| r.digest.clone());
-            result.image_id = reports.first().and_then(|r| r.image_ids.first().cloned());
+            // One image: its digest and ID at the top; several: `images` alone says which.
+            if let [only] = reports.as_slice() {
+                result.digest = Some(only.digest.clone());
+                result.image_id = only.image_ids.first().cloned();
+            }
+            result.images = reports
+                .iter()
+                .map(|r| ImportedImage {
+                    name: r.name.clone(),
+                    digest: r.digest.clone(),
+                    image_ids: r.image_ids.clone(),
+                    refs: r.refs.clone(),
+                })
+                .collect();
             result.pushed = reports
                 .iter()
                 .flat_map(|r| r.refs.iter().map(move |x| format!("{x}@{}", r.digest)))
@@ -288,9 +302,18 @@ fn options(spec: &ImageImportSpec, root: &Path) -> Result<ImportOptions, ImportE
     opts.registry = registry;
     opts.http = http;
     opts.selection = match &spec.image {
+        _ if spec.all_images => Selection::All,
         Some(i) => Selection::Image(i.clone()),
         None => Selection::Only,
     };
+    opts.allowed_repositories = std::env::var("IMAGEIMPORT_ALLOWED_REPOSITORIES")
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect()
+        });
     opts.platform = spec
         .platform
         .as_deref()

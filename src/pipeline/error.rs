@@ -58,6 +58,10 @@ impl ImportError {
                 source: PlanError::TagRequired { .. } | PlanError::AllWithTag,
                 ..
             } => reason::TAG_REQUIRED,
+            ImportError::Plan {
+                source: PlanError::NotAllowed { .. },
+                ..
+            } => reason::POLICY_VIOLATION,
             ImportError::Plan { .. } => reason::IMAGE_NOT_FOUND,
             ImportError::ImageIdMismatch { .. } | ImportError::ArchiveDigestMismatch { .. } => {
                 reason::VERIFICATION_FAILED

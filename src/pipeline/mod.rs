@@ -55,6 +55,9 @@ pub struct ImportOptions {
     pub parallel_layers: usize,
     /// Tags to push (instead of the target's tag or the image's own tags).
     pub tags: Vec<String>,
+    /// Patterns (`registry/repository`, see [`crate::registry::repository_pattern`]) that
+    /// every repository pushed to must match; None: any.
+    pub allowed_repositories: Option<Vec<String>>,
 }
 
 impl ImportOptions {
@@ -71,6 +74,7 @@ impl ImportOptions {
             http: HttpOptions::default(),
             parallel_layers: 2,
             tags: Vec::new(),
+            allowed_repositories: None,
         }
     }
 }
@@ -206,18 +210,7 @@ async fn import_seekable(
         .map_err(|e| ctx.archive_err(e))?;
     let catalog = Arc::new(catalog);
     let entries = resolve::images(&catalog).map_err(|e| ctx.archive_err(e))?;
-    let planned = plan::plan(
-        &entries,
-        &ctx.opts.selection,
-        &ctx.opts.target,
-        &ctx.opts.tags,
-        ctx.opts.platform.as_ref(),
-    )
-    .map_err(|source| ImportError::Plan {
-        archive: ctx.archive.clone(),
-        source,
-    })?;
-    check_image_pin(&ctx, &planned)?;
+    let planned = plan_images(&ctx, &entries)?;
 
     let stored_codecs = sniff_layers(&path, &catalog, &planned)
         .map_err(|e| ctx.archive_err(ArchiveError::Io(e)))?;
@@ -666,19 +659,45 @@ async fn import_stream(
         check_archive_pin(&ctx, expected, &h.digest())?;
     }
     let entries = resolve::images(&catalog).map_err(|e| ctx.archive_err(e))?;
+    let planned = plan_images(&ctx, &entries)?;
+    finish(&ctx, planned, &processed).await
+}
+
+/// Which images go where, refused before anything is tagged when the policy does not allow a
+/// repository or an image-ID pin does not match.
+fn plan_images(ctx: &Ctx, entries: &[resolve::ImageEntry]) -> Result<Vec<Planned>, ImportError> {
+    let plan_err = |source| ImportError::Plan {
+        archive: ctx.archive.clone(),
+        source,
+    };
     let planned = plan::plan(
-        &entries,
+        entries,
         &ctx.opts.selection,
         &ctx.opts.target,
         &ctx.opts.tags,
         ctx.opts.platform.as_ref(),
     )
-    .map_err(|source| ImportError::Plan {
-        archive: ctx.archive.clone(),
-        source,
-    })?;
-    check_image_pin(&ctx, &planned)?;
-    finish(&ctx, planned, &processed).await
+    .map_err(plan_err)?;
+    if let Some(patterns) = &ctx.opts.allowed_repositories {
+        let matchers = patterns
+            .iter()
+            .map(|p| crate::registry::repository_pattern(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ImportError::Usage(format!("invalid repository pattern: {e}")))?;
+        for p in &planned {
+            for r in &p.refs {
+                let repository = format!("{}/{}", r.registry, r.repository);
+                if !matchers.iter().any(|m| m.is_match(&repository)) {
+                    return Err(plan_err(plan::PlanError::NotAllowed {
+                        image: p.name.clone(),
+                        repository,
+                    }));
+                }
+            }
+        }
+    }
+    check_image_pin(ctx, &planned)?;
+    Ok(planned)
 }
 
 fn check_archive_pin(ctx: &Ctx, expected: &str, actual: &str) -> Result<(), ImportError> {

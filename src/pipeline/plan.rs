@@ -47,6 +47,10 @@ pub enum PlanError {
         present: String,
         left_out: String,
     },
+    #[error(
+        "image {image} would be pushed to {repository}, which the cluster policy does not allow"
+    )]
+    NotAllowed { image: String, repository: String },
 }
 
 pub fn plan(

@@ -8,5 +8,5 @@ pub mod upload;
 
 pub use client::{Registry, RegistryOptions, RemoteManifest};
 pub use error::RegistryError;
-pub use reference::{SavedTag, Target};
+pub use reference::{SavedTag, Target, repository_pattern};
 pub use upload::Replay;

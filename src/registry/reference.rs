@@ -2,6 +2,16 @@
 
 use std::fmt;
 
+/// A pattern over `registry[:port]/repository`, as the cluster policy writes them: `*` stays
+/// within one path component and `**` crosses them, so `*.corp.example/team/*` can never match
+/// `evil.example/x.corp.example/team/y`. The controller and the worker match with this alone.
+pub fn repository_pattern(pattern: &str) -> Result<globset::GlobMatcher, globset::Error> {
+    Ok(globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()?
+        .compile_matcher())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub registry: String,
