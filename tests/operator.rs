@@ -635,3 +635,54 @@ async fn all_images_land_under_the_prefix_and_the_status_lists_each() {
     );
     assert_eq!(st.pushed.len(), 3);
 }
+
+/// An ImageImport deleted and created again under the same name before the garbage collector
+/// (which the harness does not run) removed its Job: the new object never adopts the old Job,
+/// whose worker would report the old spec's import; it gets a Job of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_import_never_adopts_its_namesakes_job() {
+    let c = Cluster::start().await;
+    let reg = Registry::plain();
+    let (dir, _) = archive_dir(&c, "again", ImageSpec::new(&["web:1.4"], layers(5200)));
+    c.claim("again").await;
+    c.apply(pvc_import(
+        "again",
+        "again",
+        &reg.reference("shop/again"),
+        &["1"],
+    ))
+    .await;
+    let old = c.wait_job("again").await;
+    let old_uid = c.imports().get("again").await.unwrap().uid().unwrap();
+    c.imports()
+        .delete("again", &DeleteParams::default())
+        .await
+        .unwrap();
+    c.apply(pvc_import(
+        "again",
+        "again",
+        &reg.reference("shop/again"),
+        &["1"],
+    ))
+    .await;
+    let new_uid = c.imports().get("again").await.unwrap().uid().unwrap();
+    assert_ne!(old_uid, new_uid);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let job = c.wait_job("again").await;
+        let owner = &job.metadata.owner_references.as_ref().unwrap()[0].uid;
+        if *owner == new_uid {
+            break job;
+        }
+        assert_eq!(*owner, old_uid);
+        assert!(Instant::now() < deadline, "the namesake's Job was adopted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(job.name_any(), old.name_any(), "same name, a new Job");
+    assert_eq!(
+        c.run_job(&job, &BTreeMap::from([("again", dir.as_path())]))
+            .await,
+        0
+    );
+    c.wait_ready("again", "True", Some("Succeeded")).await;
+}

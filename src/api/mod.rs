@@ -29,7 +29,7 @@ pub const GROUP: &str = "imageimport.dev";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!self.allImages || (!has(self.image) && (!has(self.target.tags) || size(self.target.tags) == 0))").message("allImages pushes each image under its own saved name and tags: it excludes image and target.tags"))]
+#[x_kube(validation = Rule::new("!has(self.allImages) || !self.allImages || (!has(self.image) && (!has(self.target.tags) || size(self.target.tags) == 0))").message("allImages pushes each image under its own saved name and tags: it excludes image and target.tags"))]
 pub struct ImageImportSpec {
     pub source: Source,
     /// Which image of a multi-image archive (a saved tag such as `web:1.4`, or an image ID).

@@ -186,6 +186,7 @@ impl<'a> Pass<'a> {
         // But the object was read before the Job: a result written in between (the Job read
         // may have waited out a 429's Retry-After meanwhile) is only seen by a read made after
         // the Job's end. Read again before calling it lost.
+        self.ctx.set_running(self.obj, false);
         if result_reported(&self.api, &self.obj.name_any(), self.generation, job_name).await? {
             // Once the cache has the result (not at once: a lagging watch would make this a
             // busy loop of reads).
@@ -385,8 +386,23 @@ impl<'a> Pass<'a> {
         );
         match self.jobs.create(&PostParams::default(), &job).await {
             Ok(_) => {}
-            // Created by an earlier pass whose status write was lost: it is ours.
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            // Created by an earlier pass whose status write was lost: ours, if it is owned by
+            // this very object. A Job left by a deleted namesake (same name, another uid, not
+            // yet collected) is not adopted: its worker would report an old spec's import.
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                let existing = self.jobs.get_metadata_opt(&job_name).await?;
+                let ours = existing.is_some_and(|j| {
+                    j.metadata
+                        .owner_references
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|o| Some(&o.uid) == self.obj.metadata.uid.as_ref())
+                });
+                if !ours {
+                    delete_job(&self.jobs, &job_name).await?;
+                    return Ok(Action::requeue(Duration::from_secs(2)));
+                }
+            }
             Err(e) => return Err(e.into()),
         }
         let st = &mut self.st;
