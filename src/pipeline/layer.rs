@@ -28,13 +28,51 @@ pub struct LayerFacts {
 /// Where produced blob bytes go. An error stops the layer (the upload failed).
 pub type Emit<'a> = dyn FnMut(Bytes) -> io::Result<()> + 'a;
 
+/// Stored bytes kept for the blob are handed on once this many are held, whether or not they
+/// produced any output yet: input that decompresses to nothing (empty deflate blocks, empty
+/// gzip members, zstd skippable frames) must not grow the copy to the member's size.
+const CAPTURE_LIMIT: usize = CHUNK;
+/// Capacity of the buffer between the member and the decoder: the most one read adds.
+const READ_BUFFER: usize = 256 << 10;
+
 /// Wraps the member's bytes: hashes and counts them, and keeps a copy when they are
-/// pushed as stored.
+/// pushed as stored, handing it to `sink` at most `CAPTURE_LIMIT` (plus one read) at a time.
 struct Tee<'a> {
     inner: &'a mut dyn Read,
     hasher: Sha256,
     size: u64,
     capture: Option<Vec<u8>>,
+    /// Where the copy goes; `None` until the layer is known to be pushed as stored.
+    sink: Option<&'a mut Emit<'a>>,
+    /// Why `sink` refused bytes handed on from inside `read`: the upload stopped, not the
+    /// archive, whatever the decoder makes of the error it is given.
+    sink_error: Option<io::Error>,
+}
+
+impl Tee<'_> {
+    /// Hand the copy kept so far to the sink.
+    fn flush(&mut self) -> io::Result<()> {
+        let (Some(c), Some(sink)) = (&mut self.capture, &mut self.sink) else {
+            return Ok(());
+        };
+        if c.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(c, Vec::with_capacity(CAPTURE_LIMIT + READ_BUFFER));
+        sink(Bytes::from(chunk)).map_err(|e| {
+            let message = e.to_string();
+            self.sink_error = Some(e);
+            io::Error::other(message)
+        })
+    }
+
+    /// The error to report for `e`, met while reading through this tee.
+    fn failure(&mut self, e: io::Error, read: impl FnOnce(io::Error) -> LayerError) -> LayerError {
+        match self.sink_error.take() {
+            Some(sink) => LayerError::Sink(sink),
+            None => read(e),
+        }
+    }
 }
 
 impl Read for Tee<'_> {
@@ -44,13 +82,16 @@ impl Read for Tee<'_> {
         self.size += n as u64;
         if let Some(c) = &mut self.capture {
             c.extend_from_slice(&buf[..n]);
+            if c.len() >= CAPTURE_LIMIT {
+                self.flush()?;
+            }
         }
         Ok(n)
     }
 }
 
 enum Decoded<'a> {
-    Plain(BufReader<Tee<'a>>),
+    Plain(Box<BufReader<Tee<'a>>>),
     Gzip(Box<flate2::bufread::MultiGzDecoder<BufReader<Tee<'a>>>>),
     Zstd(Box<zstd::stream::read::Decoder<'static, BufReader<Tee<'a>>>>),
 }
@@ -94,14 +135,22 @@ pub fn process(
         inner: data,
         hasher: Sha256::new(),
         size: 0,
-        capture: Some(Vec::new()),
+        capture: Some(Vec::with_capacity(CAPTURE_LIMIT + READ_BUFFER)),
+        sink: None,
+        sink_error: None,
     };
-    let mut buffered = BufReader::with_capacity(256 << 10, tee);
+    let mut buffered = BufReader::with_capacity(READ_BUFFER, tee);
     let stored_codec = sniff(&mut buffered).map_err(LayerError::Read)?;
     let (pushed_codec, as_stored) = policy.plan(stored_codec);
-    if !as_stored {
+    // The blob is either the stored bytes, handed on by the tee as they are read, or a fresh
+    // encoding of the decompressed bytes.
+    let mut encoder = if as_stored {
+        buffered.get_mut().sink = Some(emit);
+        None
+    } else {
         buffered.get_mut().capture = None;
-    }
+        Some((ChunkEncoder::new(pushed_codec), emit))
+    };
     let bad = |e: io::Error| {
         LayerError::Archive(ArchiveError::BadCompression {
             member: member.into(),
@@ -109,24 +158,28 @@ pub fn process(
         })
     };
     let mut decoded = match stored_codec {
-        Codec::None => Decoded::Plain(buffered),
+        Codec::None => Decoded::Plain(Box::new(buffered)),
         Codec::Gzip => Decoded::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(buffered))),
         Codec::Zstd => Decoded::Zstd(Box::new(
             zstd::stream::read::Decoder::with_buffer(buffered).map_err(bad)?,
         )),
     };
-    let mut encoder = (!as_stored).then(|| ChunkEncoder::new(pushed_codec));
     let mut diff = Sha256::new();
     let mut uncompressed_size = 0u64;
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let n = read_full(&mut decoded, &mut buf).map_err(|e| {
-            if stored_codec == Codec::None {
-                LayerError::Read(e)
-            } else {
-                bad(e)
+        let n = match read_full(&mut decoded, &mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                return Err(decoded.tee().get_mut().failure(e, |e| {
+                    if stored_codec == Codec::None {
+                        LayerError::Read(e)
+                    } else {
+                        bad(e)
+                    }
+                }));
             }
-        })?;
+        };
         if n == 0 {
             break;
         }
@@ -136,23 +189,35 @@ pub fn process(
         }
         uncompressed_size += n as u64;
         match &mut encoder {
-            Some(enc) => {
+            Some((enc, emit)) => {
                 for out in enc.push(&buf[..n]) {
                     emit(out).map_err(LayerError::Sink)?;
                 }
             }
-            None => flush_capture(decoded.tee(), emit)?,
+            None => {
+                let tee = decoded.tee().get_mut();
+                if let Err(e) = tee.flush() {
+                    return Err(tee.failure(e, LayerError::Sink));
+                }
+            }
         }
     }
     // Whatever follows the compressed stream (padding) is part of the stored blob.
-    io::copy(decoded.tee(), &mut io::sink()).map_err(LayerError::Read)?;
+    if let Err(e) = io::copy(decoded.tee(), &mut io::sink()) {
+        return Err(decoded.tee().get_mut().failure(e, LayerError::Read));
+    }
     match &mut encoder {
-        Some(enc) => {
+        Some((enc, emit)) => {
             for out in enc.finish() {
                 emit(out).map_err(LayerError::Sink)?;
             }
         }
-        None => flush_capture(decoded.tee(), emit)?,
+        None => {
+            let tee = decoded.tee().get_mut();
+            if let Err(e) = tee.flush() {
+                return Err(tee.failure(e, LayerError::Sink));
+            }
+        }
     }
     let tee = decoded.tee().get_mut();
     let stored_digest = digest::finish(std::mem::take(&mut tee.hasher));
@@ -171,17 +236,6 @@ pub fn process(
         pushed_codec,
         as_stored,
     })
-}
-
-fn flush_capture(tee: &mut BufReader<Tee<'_>>, emit: &mut Emit<'_>) -> Result<(), LayerError> {
-    let tee = tee.get_mut();
-    if let Some(c) = &mut tee.capture
-        && !c.is_empty()
-    {
-        let chunk = std::mem::replace(c, Vec::with_capacity(CHUNK + (256 << 10)));
-        emit(Bytes::from(chunk)).map_err(LayerError::Sink)?;
-    }
-    Ok(())
 }
 
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -281,5 +335,150 @@ mod tests {
             ),
             "{r:?}"
         );
+    }
+
+    /// Feeds `stored` to `process` and returns the most stored bytes that were read but not
+    /// yet handed to `emit` at any point, checking the blob is the stored bytes unchanged.
+    fn most_held(stored: &[u8]) -> usize {
+        use std::cell::Cell;
+        struct Counting<'a> {
+            data: &'a [u8],
+            served: &'a Cell<usize>,
+            emitted: &'a Cell<usize>,
+            most: &'a Cell<usize>,
+        }
+        impl Read for Counting<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = self.data.read(buf)?;
+                self.served.set(self.served.get() + n);
+                let held = self.served.get() - self.emitted.get();
+                self.most.set(self.most.get().max(held));
+                Ok(n)
+            }
+        }
+        let (served, emitted, most) = (Cell::new(0), Cell::new(0), Cell::new(0));
+        let mut reader = Counting {
+            data: stored,
+            served: &served,
+            emitted: &emitted,
+            most: &most,
+        };
+        let mut out = Vec::new();
+        let facts = process(
+            "l",
+            &mut reader,
+            CompressionPolicy::default(),
+            &mut |b: Bytes| {
+                emitted.set(emitted.get() + b.len());
+                out.extend_from_slice(&b);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert!(facts.as_stored);
+        assert_eq!(facts.uncompressed_size, 0);
+        assert_eq!(facts.stored_size, stored.len() as u64);
+        assert_eq!(facts.stored_digest, digest::sha256_of(stored));
+        assert!(out == stored, "the blob is the stored bytes");
+        most.get()
+    }
+
+    const HOSTILE: usize = 24 << 20;
+    const BOUND: usize = CAPTURE_LIMIT + READ_BUFFER;
+
+    #[test]
+    fn empty_gzip_members_do_not_accumulate() {
+        // 20 bytes each: header, an empty final fixed-Huffman block, crc32 and size of nothing.
+        let member = [
+            0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff, 0x03, 0x00, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let stored = member.repeat(HOSTILE / member.len());
+        let most = most_held(&stored);
+        assert!(most <= BOUND, "held {most} bytes of {}", stored.len());
+    }
+
+    #[test]
+    fn empty_deflate_blocks_do_not_accumulate() {
+        // One member whose deflate stream is empty stored blocks (5 bytes each).
+        let mut stored = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+        stored.extend([0u8, 0, 0, 0xff, 0xff].repeat(HOSTILE / 5));
+        stored.extend([0x03, 0x00, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let most = most_held(&stored);
+        assert!(most <= BOUND, "held {most} bytes of {}", stored.len());
+    }
+
+    #[test]
+    fn zstd_skippable_frames_do_not_accumulate() {
+        // A real (empty) frame so the stream sniffs as zstd, then skippable frames.
+        let mut stored = zstd::encode_all(&[][..], 3).unwrap();
+        let payload = 64 << 10;
+        let mut frame = vec![0x50, 0x2a, 0x4d, 0x18];
+        frame.extend((payload as u32).to_le_bytes());
+        frame.extend(vec![0xabu8; payload]);
+        stored.extend(frame.repeat(HOSTILE / frame.len()));
+        let most = most_held(&stored);
+        assert!(most <= BOUND, "held {most} bytes of {}", stored.len());
+    }
+
+    #[test]
+    fn upload_stopping_inside_the_decoder_is_a_sink_error() {
+        // The stored bytes are handed on from inside the decoder's read: a refusal there is
+        // the upload's failure, not bad compression.
+        let mut stored = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+        stored.extend([0u8, 0, 0, 0xff, 0xff].repeat(HOSTILE / 5));
+        stored.extend([0x03, 0x00, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let r = process(
+            "l",
+            &mut &stored[..],
+            CompressionPolicy::default(),
+            &mut |_| Err(io::Error::other("registry went away")),
+        );
+        assert!(
+            matches!(&r, Err(LayerError::Sink(e)) if e.to_string() == "registry went away"),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_poorly_compressed_layer_is_pushed_unchanged_in_bounded_pieces() {
+        // Incompressible content: the stored bytes reach the limit before the output does.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let tar: Vec<u8> = (0..5 * CHUNK + 777)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        for stored in [
+            {
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                gz.write_all(&tar).unwrap();
+                gz.finish().unwrap()
+            },
+            zstd::encode_all(&tar[..], 1).unwrap(),
+        ] {
+            assert!(stored.len() > 4 * CAPTURE_LIMIT);
+            let mut out = Vec::new();
+            let mut pieces = Vec::new();
+            let facts = process(
+                "l",
+                &mut &stored[..],
+                CompressionPolicy::default(),
+                &mut |b: Bytes| {
+                    pieces.push(b.len());
+                    out.extend_from_slice(&b);
+                    Ok(())
+                },
+            )
+            .unwrap();
+            assert!(facts.as_stored);
+            assert!(out == stored, "the blob is the stored bytes");
+            assert_eq!(facts.stored_digest, digest::sha256_of(&stored));
+            assert_eq!(facts.diff_id, digest::sha256_of(&tar));
+            assert_eq!(facts.uncompressed_size, tar.len() as u64);
+            assert!(pieces.iter().all(|&n| n <= BOUND), "{pieces:?}");
+        }
     }
 }
