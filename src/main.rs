@@ -30,13 +30,13 @@ enum Command {
     /// Push the image(s) of an archive (file, `-` for stdin, or http(s) URL) to TARGET
     /// (`registry[:port]/repository[:tag]`).
     Push(Box<PushArgs>),
-    /// List the images, tags, IDs and layers of an archive, and verify it.
     /// Print the ImageImport CustomResourceDefinition (YAML).
     Crd,
     /// Run the Kubernetes controller.
     Controller(Box<ControllerArgs>),
     /// Run one import inside a worker Job (started by the controller).
     Worker,
+    /// List the images, tags, IDs and layers of an archive, and verify it.
     Inspect {
         /// Print JSON.
         #[arg(long)]
