@@ -1105,3 +1105,61 @@ fn with_all_no_image_is_tagged_while_another_can_still_fail() {
         split_result(&lines[1]).1,
     );
 }
+
+#[test]
+fn a_registry_without_mounts_gets_shared_layers_copied() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let base = archives::layer(920, 2, 20_000);
+    let specs = [
+        ImageSpec::new(
+            &["docker.io/library/first:1"],
+            vec![base.clone(), archives::layer(921, 1, 5000)],
+        ),
+        ImageSpec::new(
+            &["docker.io/library/second:1"],
+            vec![base, archives::layer(922, 1, 5000)],
+        ),
+    ];
+    let built = archives::build(&Format::DockerLegacy, &specs);
+    let path = archives::write_to(dir.path(), "shared.tar", &built.bytes);
+    let proxy = FaultyProxy::start(&reg.base_url());
+    proxy.refuse_mounts();
+    let out = bin()
+        .args([
+            "push",
+            "--insecure",
+            "-q",
+            "--all",
+            path.to_str().unwrap(),
+            &format!("{}/mirror", proxy.host()),
+        ])
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for (i, repo) in ["mirror/library/first:1", "mirror/library/second:1"]
+        .iter()
+        .enumerate()
+    {
+        assert_round_trip(&reg, repo, &built.images[i], split_result(&lines[i]).1);
+    }
+    let seen = proxy.seen();
+    assert!(
+        seen.iter()
+            .any(|s| s.method == "POST" && s.path.contains("mount=")),
+        "a mount was asked for"
+    );
+    assert!(
+        seen.iter()
+            .any(|s| s.method == "GET" && s.path.contains("/blobs/sha256:")),
+        "the shared layer was read back to be copied"
+    );
+}

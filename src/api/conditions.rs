@@ -29,6 +29,7 @@ pub mod reason {
     pub const SOURCE_REFUSED: &str = "SourceRefused";
     pub const SOURCE_UNAVAILABLE: &str = "SourceUnavailable";
     pub const UNAUTHORIZED: &str = "Unauthorized";
+    pub const UNTRUSTED_CERTIFICATE: &str = "UntrustedCertificate";
     pub const REGISTRY_UNAVAILABLE: &str = "RegistryUnavailable";
     pub const INVALID_CONFIGURATION: &str = "InvalidConfiguration";
     pub const REGISTRY_REJECTED: &str = "RegistryRejected";

@@ -77,6 +77,10 @@ impl ImportError {
                 source: RegistryError::Unauthorized { .. },
                 ..
             } => reason::UNAUTHORIZED,
+            ImportError::Registry {
+                source: RegistryError::UntrustedCertificate { .. },
+                ..
+            } => reason::UNTRUSTED_CERTIFICATE,
             ImportError::Registry { source, .. } if source.is_transient() => {
                 reason::REGISTRY_UNAVAILABLE
             }

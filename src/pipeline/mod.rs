@@ -725,6 +725,26 @@ fn check_image_pin(ctx: &Ctx, planned: &[Planned]) -> Result<(), ImportError> {
             "--expect-image-id {expected:?} is not a sha256 digest"
         ))
     })?;
+    // A pin names one config: one image, one platform. Anything more could only be pinned in
+    // part, so it is refused rather than checked weakly or failed with a confusing mismatch.
+    if planned.len() > 1 {
+        return Err(ImportError::Usage(
+            "an image-ID pin names one image: it cannot be combined with importing all images"
+                .into(),
+        ));
+    }
+    if let Some(p) = planned.iter().find(|p| p.images.len() > 1) {
+        return Err(ImportError::Usage(format!(
+            "image {} has {} platforms ({}), each with its own image ID: choose the one the pin names with a platform (--platform, spec.platform)",
+            p.name,
+            p.images.len(),
+            p.images
+                .iter()
+                .map(|i| i.platform.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     for img in planned.iter().flat_map(|p| &p.images) {
         if img.config_digest != expected {
             return Err(ImportError::ImageIdMismatch {
@@ -1054,16 +1074,18 @@ async fn ensure_blob(ctx: &Ctx, repo: &str, pushed: &Pushed) -> Result<(), Impor
     {
         return Ok(());
     }
-    Err(ctx.reg_err(
-        repo,
-        RegistryError::Protocol {
-            registry: ctx.opts.target.registry.clone(),
-            detail: format!(
-                "could not mount {} from {} (the registry refused a cross-repository mount)",
-                pushed.digest, pushed.repo
-            ),
-        },
-    ))
+    // Some registries refuse or ignore mounts (across namespaces, or not at all): copy it.
+    tracing::info!(
+        blob = %pushed.digest,
+        from = %pushed.repo,
+        to = repo,
+        "cross-repository mount refused; copying the blob"
+    );
+    ctx.registry
+        .copy_blob(repo, &pushed.repo, &pushed.digest)
+        .await
+        .map(|_| ())
+        .map_err(|e| ctx.reg_err(repo, e))
 }
 
 /// The config is pushed byte for byte, so the image ID stays what it was.

@@ -576,6 +576,43 @@ impl Registry {
         Err(outcome)
     }
 
+    /// Copy a blob from repository `from` to `repo` of this registry through this client: for
+    /// registries that refuse (or ignore) cross-repository mounts. Streamed, never held whole;
+    /// a broken copy starts the download again and continues the upload where it stopped.
+    pub async fn copy_blob(
+        &self,
+        repo: &str,
+        from: &str,
+        digest: &str,
+    ) -> Result<u64, RegistryError> {
+        let auth = self.authorization(from).await?;
+        let url = format!("{}/v2/{}/blobs/{}", self.base(), from, digest);
+        let http = self.http().clone();
+        let (copied, size) = self
+            .upload_blob(repo, Replay::FromSource, || {
+                let (http, url, auth) = (http.clone(), url.clone(), auth.clone());
+                let body = futures::stream::once(async move {
+                    match download(&http, &url, auth).await {
+                        Ok(resp) => resp
+                            .bytes_stream()
+                            .map(|b| b.map_err(std::io::Error::other))
+                            .left_stream(),
+                        Err(e) => futures::stream::once(async move { Err(e) }).right_stream(),
+                    }
+                })
+                .flatten();
+                Some(Box::pin(body))
+            })
+            .await?;
+        if copied != digest {
+            return Err(RegistryError::Protocol {
+                registry: self.host().to_string(),
+                detail: format!("blob {digest} of {from} read back as {copied}"),
+            });
+        }
+        Ok(size)
+    }
+
     /// Best effort: tell the registry to drop a failed upload's session and the bytes it holds
     /// now, rather than when its purge of stale uploads comes round (distribution: after a week).
     async fn cancel_upload(&self, repo: &str, s: &Session) {
@@ -678,6 +715,29 @@ fn held_bytes(range: &str) -> Option<u64> {
         "0" => Some(0),
         l => l.parse::<u64>().ok().map(|l| l + 1),
     }
+}
+
+/// GET a blob, following one redirect to its storage (without the registry's credentials).
+async fn download(
+    http: &reqwest::Client,
+    url: &str,
+    auth: Option<HeaderValue>,
+) -> std::io::Result<reqwest::Response> {
+    let mut req = http.get(url);
+    if let Some(a) = auth {
+        req = req.header(AUTHORIZATION, a);
+    }
+    let mut resp = req.send().await.map_err(std::io::Error::other)?;
+    if resp.status().is_redirection()
+        && let Some(next) = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| reqwest::Url::parse(url).ok()?.join(l).ok())
+    {
+        resp = http.get(next).send().await.map_err(std::io::Error::other)?;
+    }
+    resp.error_for_status().map_err(std::io::Error::other)
 }
 
 #[cfg(test)]

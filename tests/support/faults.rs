@@ -48,6 +48,8 @@ struct State {
     faults: Mutex<Vec<(Aim, usize, Fault)>>,
     /// Every request with this method whose path holds this text gets the fault.
     matching: Mutex<Vec<(String, String, Fault)>>,
+    /// Start a plain upload where a cross-repository mount is asked for.
+    no_mounts: std::sync::atomic::AtomicBool,
     patches: AtomicUsize,
     commits: AtomicUsize,
     seen: Mutex<Vec<Seen>>,
@@ -77,6 +79,7 @@ impl FaultyProxy {
             front: addr.to_string(),
             faults: Mutex::new(Vec::new()),
             matching: Mutex::new(Vec::new()),
+            no_mounts: std::sync::atomic::AtomicBool::new(false),
             patches: AtomicUsize::new(0),
             commits: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
@@ -130,6 +133,12 @@ impl FaultyProxy {
             .lock()
             .unwrap()
             .push((method.into(), path_part.into(), fault));
+    }
+
+    /// Behave like a registry without cross-repository mounts: a mount request starts a plain
+    /// upload (202 and a Location) instead, as the distribution spec allows.
+    pub fn refuse_mounts(&self) {
+        self.state.no_mounts.store(true, Ordering::SeqCst);
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -203,9 +212,17 @@ async fn forward(s: Arc<State>, req: Request<Body>) -> Response<Body> {
             .unwrap();
     }
 
+    let upstream_path = if s.no_mounts.load(Ordering::SeqCst)
+        && method == axum::http::Method::POST
+        && path.contains("mount=")
+    {
+        path.split('?').next().unwrap_or_default().to_string()
+    } else {
+        path.clone()
+    };
     let mut out = s
         .http
-        .request(method.clone(), format!("{}{}", s.upstream, path))
+        .request(method.clone(), format!("{}{}", s.upstream, upstream_path))
         // The registry builds its Location URLs from these: keep the client on the proxy.
         .header("X-Forwarded-Host", &s.front)
         .header("X-Forwarded-Proto", "http");
