@@ -308,6 +308,18 @@ async fn failures_explain_themselves_and_bad_specs_are_refused() {
         "{:?}",
         ready(&obj)
     );
+    let source = obj
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "SourceReady")
+        .unwrap();
+    assert_eq!(
+        (source.status.as_str(), source.reason.as_str()),
+        ("False", "SecretNotFound"),
+        "SourceReady follows what the worker met"
+    );
     assert!(reg.tags("shop/y").is_empty());
 }
 

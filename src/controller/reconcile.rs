@@ -142,6 +142,21 @@ impl<'a> Pass<'a> {
         self.st.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
     }
 
+    /// A failure the worker met reaching the source (claim file, URL, Secret, ConfigMap) also
+    /// makes `SourceReady` false: the controller only saw that the references exist.
+    fn mark_source(&mut self, reason_text: &str, message: &str) {
+        if matches!(
+            reason_text,
+            reason::SOURCE_NOT_FOUND
+                | reason::SOURCE_UNAVAILABLE
+                | reason::SOURCE_REFUSED
+                | reason::SECRET_NOT_FOUND
+                | reason::CONFIG_MAP_NOT_FOUND
+        ) {
+            self.set(SOURCE_READY, false, reason_text, message);
+        }
+    }
+
     /// Write the status if it changed, and record an event when Ready changes.
     async fn write(&self, event: Option<(EventType, &str, &str)>) -> Result<(), Error> {
         let (mut a, mut b) = (self.current.clone(), self.st.clone());
@@ -241,6 +256,7 @@ impl<'a> Pass<'a> {
         if elapsed >= wait {
             return self.start_attempt().await;
         }
+        self.mark_source(&reason_text, &msg);
         self.set(READY, false, &reason_text, &msg);
         self.set(IMPORTING, false, reason::RETRYING, &msg);
         self.write(Some((EventType::Warning, reason::RETRYING, &msg)))
@@ -311,6 +327,7 @@ impl<'a> Pass<'a> {
                 .completion_time
                 .clone()
                 .or_else(|| r.finished.clone());
+            self.mark_source(&reason_text, &msg);
             self.set(READY, false, &reason_text, &msg);
             self.set(IMPORTING, false, &reason_text, "import failed");
             if matches!(
