@@ -95,6 +95,14 @@ struct ControllerArgs {
     /// Largest archive a URL source may deliver, in bytes (0: no limit).
     #[arg(long, default_value_t = 0)]
     url_max_bytes: u64,
+    /// Longest a URL source's download may take, in seconds (0: bounded only by
+    /// --worker-deadline-seconds; a stalled body fails after 120 s in any case).
+    #[arg(long, default_value_t = 0)]
+    url_timeout_seconds: u64,
+    /// Workers send each blob in upload requests of at most this size (e.g. 64M), so that a
+    /// broken upload continues from the last accepted request; default: one request per blob.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    worker_upload_chunk_size: Option<u64>,
     /// Longest an import may run before its Job is stopped.
     #[arg(long, default_value_t = 6 * 3600)]
     worker_deadline_seconds: i64,
@@ -340,6 +348,8 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
             url_allow_link_local: args.url_allow_link_local,
             url_deny_private: args.url_deny_private,
             url_max_bytes: args.url_max_bytes,
+            url_timeout_seconds: args.url_timeout_seconds,
+            upload_chunk_size: args.worker_upload_chunk_size,
             ..Default::default()
         },
         max_concurrent_imports: args.max_concurrent_imports.max(1),

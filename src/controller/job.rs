@@ -45,6 +45,11 @@ pub struct WorkerSettings {
     pub url_allow_link_local: bool,
     pub url_deny_private: bool,
     pub url_max_bytes: u64,
+    /// Longest a URL download may take, in seconds (0: only the Job's deadline bounds it).
+    pub url_timeout_seconds: u64,
+    /// Bytes per blob upload request (see `imageimport push --upload-chunk-size`); None: one
+    /// request per blob.
+    pub upload_chunk_size: Option<u64>,
 }
 
 impl Default for WorkerSettings {
@@ -62,6 +67,8 @@ impl Default for WorkerSettings {
             url_allow_link_local: false,
             url_deny_private: false,
             url_max_bytes: 0,
+            url_timeout_seconds: 0,
+            upload_chunk_size: None,
         }
     }
 }
@@ -209,6 +216,15 @@ pub fn build(
             "IMAGEIMPORT_URL_MAX_BYTES",
             &settings.url_max_bytes.to_string(),
         ));
+    }
+    if settings.url_timeout_seconds > 0 {
+        env.push(env_var(
+            "IMAGEIMPORT_URL_TIMEOUT_SECONDS",
+            &settings.url_timeout_seconds.to_string(),
+        ));
+    }
+    if let Some(n) = settings.upload_chunk_size.filter(|n| *n > 0) {
+        env.push(env_var("IMAGEIMPORT_UPLOAD_CHUNK_SIZE", &n.to_string()));
     }
     // What the policy grants this namespace: every redirect hop must stay among its URL hosts,
     // every repository pushed to must match its patterns.
@@ -360,5 +376,74 @@ pub fn state(job: &Job) -> JobState {
         JobState::Failed
     } else {
         JobState::Running
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::policy::Grant;
+
+    fn env_of(job: &Job) -> BTreeMap<String, String> {
+        job.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|e| Some((e.name, e.value?)))
+            .collect()
+    }
+
+    #[test]
+    fn worker_settings_and_the_policy_grant_reach_the_worker_env() {
+        let obj: ImageImport = serde_json::from_value(serde_json::json!({
+            "apiVersion": "imageimport.dev/v1alpha1", "kind": "ImageImport",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u1", "generation": 1},
+            "spec": {
+                "source": {"url": {"url": "https://artifacts.example/web.tar"}},
+                "target": {"repository": "registry.example/shop/web"}
+            }
+        }))
+        .unwrap();
+        let plain = env_of(&build(
+            &obj,
+            &WorkerSettings::default(),
+            None,
+            "web-g1-a1",
+            1,
+            1,
+        ));
+        for k in [
+            "IMAGEIMPORT_UPLOAD_CHUNK_SIZE",
+            "IMAGEIMPORT_URL_TIMEOUT_SECONDS",
+            "IMAGEIMPORT_ALLOWED_REPOSITORIES",
+            "IMAGEIMPORT_URL_ALLOWED_HOSTS",
+        ] {
+            assert!(!plain.contains_key(k), "{k} set by default");
+        }
+        let settings = WorkerSettings {
+            upload_chunk_size: Some(64 << 20),
+            url_timeout_seconds: 600,
+            ..Default::default()
+        };
+        let grant = Grant {
+            url_hosts: vec!["artifacts.example".into()],
+            repositories: vec!["registry.example/shop/**".into(), "b/*".into()],
+        };
+        let env = env_of(&build(&obj, &settings, Some(grant), "web-g1-a1", 1, 1));
+        assert_eq!(env["IMAGEIMPORT_UPLOAD_CHUNK_SIZE"], "67108864");
+        assert_eq!(env["IMAGEIMPORT_URL_TIMEOUT_SECONDS"], "600");
+        assert_eq!(env["IMAGEIMPORT_URL_ALLOWED_HOSTS"], "artifacts.example");
+        assert_eq!(
+            env["IMAGEIMPORT_ALLOWED_REPOSITORIES"],
+            "registry.example/shop/**,b/*"
+        );
     }
 }

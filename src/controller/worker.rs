@@ -203,6 +203,11 @@ fn options(spec: &ImageImportSpec, root: &Path) -> Result<ImportOptions, ImportE
     http.url_policy.max_bytes = std::env::var("IMAGEIMPORT_URL_MAX_BYTES")
         .ok()
         .and_then(|v| v.parse().ok());
+    http.url_policy.total_timeout = std::env::var("IMAGEIMPORT_URL_TIMEOUT_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|s: &u64| *s > 0)
+        .map(Duration::from_secs);
     http.url_policy.allowed_hosts = std::env::var("IMAGEIMPORT_URL_ALLOWED_HOSTS")
         .ok()
         .map(|v| {
@@ -277,6 +282,9 @@ fn options(spec: &ImageImportSpec, root: &Path) -> Result<ImportOptions, ImportE
     }
     let mut registry = RegistryOptions {
         insecure: spec.target.insecure,
+        upload_segment: std::env::var("IMAGEIMPORT_UPLOAD_CHUNK_SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok()),
         ..Default::default()
     };
     if let Some(r) = &spec.target.credentials_secret_ref {
