@@ -17,6 +17,7 @@ use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
 
 use crate::api::ImageImportSpec;
+use crate::pipeline::url_guard;
 use crate::registry::repository_pattern;
 
 #[derive(Debug, Deserialize, Default)]
@@ -39,7 +40,9 @@ pub struct RuleSpec {
 struct Rule {
     namespaces: Vec<GlobMatcher>,
     repositories: Vec<GlobMatcher>,
-    url_hosts: Vec<GlobMatcher>,
+    /// Host names, `*.suffix` for any name under a domain, or IP literals: matched by the
+    /// worker's own matcher ([`url_guard::host_allowed`]), so both always agree.
+    url_hosts: Vec<String>,
 }
 
 pub struct Policy {
@@ -68,6 +71,23 @@ fn matchers(patterns: &[String], path: &Path) -> Result<Vec<GlobMatcher>, Policy
         .collect()
 }
 
+/// URL host patterns: a host name, `*.` and a domain (any name under it), or an IP literal.
+/// Anything else is refused when the policy is read, not silently never matched.
+fn host_patterns(patterns: &[String], path: &Path) -> Result<Vec<String>, PolicyError> {
+    for p in patterns {
+        let body = p.strip_prefix("*.").unwrap_or(p);
+        if body.is_empty() || body.contains(['*', '/', ':']) && !p.starts_with('[') {
+            return Err(PolicyError::Invalid {
+                path: path.display().to_string(),
+                detail: format!(
+                    "urlHosts pattern {p:?}: expected a host name, *.domain or an IP address"
+                ),
+            });
+        }
+    }
+    Ok(patterns.to_vec())
+}
+
 /// Repository patterns: `*` within one path component, `**` across them.
 fn repository_matchers(patterns: &[String], path: &Path) -> Result<Vec<GlobMatcher>, PolicyError> {
     patterns
@@ -94,7 +114,7 @@ impl Policy {
                 Ok(Rule {
                     namespaces: matchers(&r.namespaces, path)?,
                     repositories: repository_matchers(&r.repositories, path)?,
-                    url_hosts: matchers(&r.url_hosts, path)?,
+                    url_hosts: host_patterns(&r.url_hosts, path)?,
                 })
             })
             .collect::<Result<_, PolicyError>>()?;
@@ -126,14 +146,17 @@ impl Policy {
             ));
         }
         if let Some(u) = &spec.source.url {
-            let host = url::Url::parse(&u.url)
-                .ok()
+            let parsed = url::Url::parse(&u.url).ok();
+            let host = parsed
+                .as_ref()
                 .and_then(|u| u.host_str().map(str::to_string))
                 .unwrap_or_default();
-            if !rules
-                .iter()
-                .any(|r| r.url_hosts.iter().any(|m| m.is_match(&host)))
-            {
+            let allowed = parsed.as_ref().and_then(|u| u.host()).is_some_and(|h| {
+                rules
+                    .iter()
+                    .any(|r| url_guard::host_allowed(&h, &r.url_hosts))
+            });
+            if !allowed {
                 return Some(format!(
                     "the cluster policy does not allow namespace {namespace} to fetch from {host}"
                 ));
@@ -180,9 +203,7 @@ impl Policy {
         };
         let patterns = |m: &GlobMatcher| m.glob().glob().to_string();
         Grant {
-            url_hosts: rules()
-                .flat_map(|r| r.url_hosts.iter().map(patterns))
-                .collect(),
+            url_hosts: rules().flat_map(|r| r.url_hosts.clone()).collect(),
             repositories: rules()
                 .flat_map(|r| r.repositories.iter().map(patterns))
                 .collect(),
@@ -279,6 +300,21 @@ rules:
             .contains("fetch from")
         );
         assert!(Policy::parse("rules: [{namespaces: [a], bogus: 1}]", Path::new("p")).is_err());
+        for bad in ["*", "artifacts-*.example", "a.example/x"] {
+            let yaml = format!("rules: [{{namespaces: [a], urlHosts: [\"{bad}\"]}}]");
+            assert!(Policy::parse(&yaml, Path::new("p")).is_err(), "{bad}");
+        }
+        // Controller and worker agree: a subdomain pattern does not cover the domain itself.
+        let p = Policy::parse(
+            "rules: [{namespaces: [a], repositories: [\"r.example/**\"], urlHosts: [\"*.corp.example\", \"10.0.0.5\"]}]",
+            Path::new("p"),
+        )
+        .unwrap();
+        let url = |u: &str| p.check("a", &spec("r.example/x", Some(u))).is_none();
+        assert!(url("https://dl.corp.example/a.tar"));
+        assert!(!url("https://corp.example/a.tar"));
+        assert!(!url("https://dl.corp.example.evil/a.tar"));
+        assert!(url("http://10.0.0.5:8080/a.tar"));
     }
 
     #[test]

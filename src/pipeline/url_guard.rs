@@ -329,7 +329,10 @@ pub fn redact(url: &Url) -> String {
     shown.to_string()
 }
 
-fn host_allowed(host: &Host<&str>, allowed: &[String]) -> bool {
+/// Whether `host` matches one of the `allowed` patterns: a host name (exact), `*.` and a
+/// domain (any name under it, not the domain itself), or an IP literal (`[…]` for IPv6).
+/// The controller checks the cluster policy with this very function.
+pub fn host_allowed(host: &Host<&str>, allowed: &[String]) -> bool {
     let name = match host {
         Host::Domain(d) => d.trim_end_matches('.').to_ascii_lowercase(),
         Host::Ipv4(ip) => ip.to_string(),
