@@ -31,10 +31,13 @@ pub async fn reconcile(obj: Arc<ImageImport>, ctx: Arc<Context>) -> Result<Actio
     let api: Api<ImageImport> = Api::namespaced(ctx.client.clone(), &ns);
     // Read it fresh: a worker's result may be newer than the cache that woke us (the Job's
     // completion can arrive first), and deciding on stale status would retry a success.
-    let Some(obj) = api.get_opt(&name).await? else {
+    let Some(fresh) = api.get_opt(&name).await? else {
+        ctx.set_running(&obj, false);
         return Ok(Action::await_change());
     };
+    let obj = fresh;
     if obj.metadata.deletion_timestamp.is_some() {
+        ctx.set_running(&obj, false);
         return Ok(Action::await_change());
     }
     let mut pass = Pass::new(&ctx, &obj, api, Api::namespaced(ctx.client.clone(), &ns));
