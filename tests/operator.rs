@@ -698,3 +698,41 @@ async fn a_recreated_import_never_adopts_its_namesakes_job() {
     );
     c.wait_ready("again", "True", Some("Succeeded")).await;
 }
+
+/// The concurrency limit counts only Jobs an ImageImport owns: a tenant putting the label on
+/// Jobs of its own cannot hold every import in the cluster Queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labelled_jobs_of_others_take_no_import_slot() {
+    let c = Cluster::start().await;
+    let reg = Registry::plain();
+    for i in 0..3 {
+        let squatter: Job = serde_json::from_value(json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": format!("squatter-{i}"), "namespace": NS,
+                         "labels": {"app.kubernetes.io/managed-by": "imageimport"}},
+            "spec": {"template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "x", "image": "busybox"}]}}}
+        }))
+        .unwrap();
+        c.jobs()
+            .create(&PostParams::default(), &squatter)
+            .await
+            .unwrap();
+    }
+    let (dir, _) = archive_dir(&c, "slot", ImageSpec::new(&["web:1.4"], layers(5300)));
+    c.claim("slot").await;
+    c.apply(pvc_import(
+        "slot",
+        "slot",
+        &reg.reference("shop/slot"),
+        &["1"],
+    ))
+    .await;
+    let job = c.wait_job("slot").await;
+    assert_eq!(
+        c.run_job(&job, &BTreeMap::from([("slot", dir.as_path())]))
+            .await,
+        0
+    );
+    c.wait_ready("slot", "True", Some("Succeeded")).await;
+}

@@ -451,8 +451,19 @@ impl<'a> Pass<'a> {
         let limit = self.ctx.config.max_concurrent_imports;
         let all: Api<Job> = Api::all(self.ctx.client.clone());
         let ours = ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
+        // Only Jobs an ImageImport owns take room: anyone may put the label on a Job of theirs.
+        let owned = |meta: &kube::api::ObjectMeta| {
+            meta.owner_references.as_ref().is_some_and(|refs| {
+                refs.iter().any(|o| {
+                    o.controller == Some(true)
+                        && o.kind == "ImageImport"
+                        && o.api_version.starts_with(crate::api::GROUP)
+                })
+            })
+        };
         // Metadata first: cheap, and enough while there are fewer Jobs than the limit.
-        if all.list_metadata(&ours).await?.items.len() < limit
+        let listed = all.list_metadata(&ours).await?;
+        if listed.items.iter().filter(|j| owned(&j.metadata)).count() < limit
             || self.jobs.get_metadata_opt(job_name).await?.is_some()
         {
             return Ok(None);
@@ -462,7 +473,7 @@ impl<'a> Pass<'a> {
             .await?
             .items
             .iter()
-            .filter(|j| job::state(j) == JobState::Running)
+            .filter(|j| owned(&j.metadata) && job::state(j) == JobState::Running)
             .count();
         Ok((busy >= limit).then_some(busy))
     }
