@@ -389,9 +389,17 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
             let _ = listener_stop.send(true);
         }
     });
-    // Ready once the API server answers (a standby is ready too: it is healthy and waiting).
-    if client.apiserver_version().await.is_ok() {
-        ready.store(true, Ordering::Relaxed);
+    // Ready once the API server answers (a standby is ready too: it is healthy and waiting);
+    // asked again until it does, so a slow API server at start-up does not leave us unready.
+    {
+        let (client, ready) = (client.clone(), ready.clone());
+        tokio::spawn(async move {
+            while let Err(e) = client.apiserver_version().await {
+                tracing::warn!(error = %e, "API server not reachable yet; not ready");
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+            ready.store(true, Ordering::Relaxed);
+        });
     }
 
     if args.leader_elect {
