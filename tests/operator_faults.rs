@@ -496,3 +496,171 @@ async fn throttled_api_server_429s_every_import_completes_once() {
          nothing: {by_user:#?}"
     );
 }
+
+/// A spec change while the previous generation's worker Pod still runs (deleting a Job stops its
+/// Pod only later: the garbage collector deletes it, the kubelet stops it within its grace
+/// period): the old Job is deleted at once, but the new generation's Job waits until that Pod is
+/// gone. Otherwise the old worker, still pushing, could move the tag after the new import
+/// finished, and `status.digest` would name an image the tag no longer points at. Here the old
+/// worker does push late, to the same tag, while its Pod terminates; the new import runs after it
+/// and its image is the one left under the tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_change_waits_for_the_previous_worker_pod_to_stop() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::DeleteParams;
+    use support::archives::{self, Format};
+
+    let c = Cluster::start().await;
+    let reg = Registry::plain();
+    let (dir, first) = archive_dir(&c, "d", ImageSpec::new(&["web:1.4"], layers(4100)));
+    // The second generation imports another image, from another archive on the same claim.
+    let second = archives::build(
+        &Format::DockerLegacy,
+        &[ImageSpec::new(&["web:1.4"], layers(4200))],
+    );
+    std::fs::write(dir.join("web/web-2.tar"), &second.bytes).unwrap();
+    c.claim("d").await;
+    let claims = BTreeMap::from([("d", dir.as_path())]);
+    c.apply(pvc_import("web", "d", &reg.reference("shop/web"), &["1.4"]))
+        .await;
+    let job1 = c.wait_job("web").await;
+    let job1_name = job1.name_any();
+    assert!(job1_name.ends_with("-g1-a1"), "{job1_name}");
+
+    // Playing the Job controller, the scheduler and the kubelet: the Job's Pod, bound to a node
+    // and running. Its labels are the template's plus the ones the Job controller adds.
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
+    let template = job1.spec.clone().unwrap().template;
+    let mut labels = template.metadata.unwrap().labels.unwrap();
+    let uid = job1.metadata.uid.clone().unwrap();
+    for (k, v) in [
+        ("batch.kubernetes.io/job-name", job1_name.as_str()),
+        ("job-name", job1_name.as_str()),
+        ("batch.kubernetes.io/controller-uid", uid.as_str()),
+        ("controller-uid", uid.as_str()),
+    ] {
+        labels.insert(k.into(), v.into());
+    }
+    let mut spec = template.spec.unwrap();
+    spec.node_name = Some("node-a".into());
+    let pod_name = format!("{job1_name}-x7k2p");
+    let pod = Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some(pod_name.clone()),
+            labels: Some(labels),
+            owner_references: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: "batch/v1".into(),
+                    kind: "Job".into(),
+                    name: job1_name.clone(),
+                    uid,
+                    controller: Some(true),
+                    block_owner_deletion: Some(true),
+                },
+            ]),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    };
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    pods.patch_status(
+        &pod_name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": {"phase": "Running"}})),
+    )
+    .await
+    .unwrap();
+
+    // The spec changes: the other archive, to the same tag.
+    let mut changed = pvc_import("web", "d", &reg.reference("shop/web"), &["1.4"]);
+    changed["spec"]["source"]["pvc"]["path"] = json!("web/web-2.tar");
+    c.apply(changed).await;
+
+    // The generation-1 Job is deleted at once...
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.jobs().get_opt(&job1_name).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the generation-1 Job was kept");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ...and (playing the garbage collector) its Pod deleted with the default grace period: it
+    // stays, terminating, until the kubelet sees its container end.
+    pods.delete(&pod_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    let terminating = pods.get(&pod_name).await.unwrap();
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+
+    // No generation-2 Job while that Pod exists; the status says what it waits for.
+    let until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < until {
+        let jobs: Vec<String> = c
+            .jobs_for("web")
+            .await
+            .iter()
+            .map(|j| j.name_any())
+            .collect();
+        assert!(
+            jobs.is_empty(),
+            "a Job started beside the old worker: {jobs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let obj = c.wait_ready("web", "False", Some("Pending")).await;
+    let message = ready(&obj).unwrap().2;
+    assert!(
+        message.contains(&pod_name) && message.contains("previous import's worker"),
+        "{message}"
+    );
+    assert_eq!(obj.status.as_ref().unwrap().job_name, None);
+
+    // The old worker, still running, finishes its push now, to the tag (its Job is gone:
+    // nothing records its outcome; the result it reports is of generation 1 and ignored).
+    let mut old_worker = c.prepare_job(&job1, &claims).await;
+    let out = tokio::task::spawn_blocking(move || old_worker.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pushed_late = skopeo::manifest_digest(&reg, "shop/web:1.4");
+    assert_eq!(
+        skopeo::pull_diff_ids(&reg, "shop/web:1.4"),
+        first.images[0].diff_ids
+    );
+    assert!(c.jobs_for("web").await.is_empty());
+
+    // The kubelet saw the container end and removes the Pod: now generation 2 starts.
+    pods.delete(
+        &pod_name,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let job2 = c.wait_job("web").await;
+    assert!(job2.name_any().ends_with("-g2-a1"), "{}", job2.name_any());
+    assert_eq!(c.run_job(&job2, &claims).await, 0);
+    let obj = c.wait_ready("web", "True", Some("Succeeded")).await;
+    let st = obj.status.unwrap();
+    assert_eq!(st.observed_generation, Some(2));
+    // The tag points at the image the status names: the new generation's.
+    let digest = skopeo::manifest_digest(&reg, "shop/web:1.4");
+    assert_eq!(st.digest.as_deref(), Some(digest.as_str()));
+    assert_ne!(digest, pushed_late);
+    assert_eq!(
+        skopeo::pull_diff_ids(&reg, "shop/web:1.4"),
+        second.images[0].diff_ids
+    );
+    let jobs: Vec<String> = c
+        .jobs_for("web")
+        .await
+        .iter()
+        .map(|j| j.name_any())
+        .collect();
+    assert_eq!(jobs, vec![job2.name_any()]);
+}
