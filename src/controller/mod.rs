@@ -10,7 +10,7 @@ pub mod server;
 pub mod status;
 pub mod worker;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,7 +55,8 @@ pub struct Context {
     pub config: ControllerConfig,
     pub recorder: Recorder,
     /// Namespaces whose worker ServiceAccount and Role are in place.
-    pub prepared_namespaces: Mutex<HashSet<String>>,
+    /// Namespaces whose worker identity was applied, and when.
+    pub prepared_namespaces: Mutex<HashMap<String, std::time::Instant>>,
     pub metrics: Arc<metrics::Metrics>,
     /// Serializes "count running Jobs, then create one": reconciles run concurrently, and
     /// without this two of them could both see room under the limit.
@@ -122,7 +123,7 @@ pub async fn run(
         client: client.clone(),
         config,
         recorder: Recorder::new(client.clone(), reporter),
-        prepared_namespaces: Mutex::new(HashSet::new()),
+        prepared_namespaces: Mutex::new(HashMap::new()),
         failures: Mutex::new(Default::default()),
         metrics,
         admission: tokio::sync::Mutex::new(()),

@@ -1,17 +1,32 @@
 //! The worker's identity in each namespace: a ServiceAccount allowed only to write the
-//! status of ImageImports in its own namespace (progress and result). Applied on demand,
-//! the first time a namespace gets an import.
+//! status of ImageImports in its own namespace (progress and result). Applied on demand
+//! before a worker Job, at most every few minutes per namespace.
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams};
 
+use std::time::{Duration, Instant};
+
 use super::{Context, Error};
 
+/// How long an applied identity is trusted before it is applied again.
+const REAPPLY_AFTER: Duration = Duration::from_secs(300);
+
 pub async fn ensure_worker_access(ctx: &Context, ns: &str) -> Result<(), Error> {
-    // Applied before every worker Job (three idempotent requests), so a deleted Role or
-    // ServiceAccount is put back instead of failing every later import.
+    // Three idempotent requests, repeated now and then (not before every Job: a burst of
+    // imports would triple its API requests), so a deleted Role or ServiceAccount is put
+    // back within minutes instead of failing every later import.
+    if ctx
+        .prepared_namespaces
+        .lock()
+        .expect("lock")
+        .get(ns)
+        .is_some_and(|at| at.elapsed() < REAPPLY_AFTER)
+    {
+        return Ok(());
+    }
     let sa_name = ctx.config.worker.service_account.clone();
     let pp = PatchParams::apply("imageimport-controller").force();
     let labels = Some(
@@ -83,7 +98,7 @@ pub async fn ensure_worker_access(ctx: &Context, ns: &str) -> Result<(), Error> 
     ctx.prepared_namespaces
         .lock()
         .expect("lock")
-        .insert(ns.to_string());
+        .insert(ns.to_string(), Instant::now());
     Ok(())
 }
 

@@ -516,6 +516,38 @@ pub async fn apiserver_429s(client: &Client) -> BTreeMap<String, f64> {
     by
 }
 
+/// kube-apiserver flags for an audit log of every request's metadata, written under `dir`;
+/// returns the flags and the log's path.
+pub fn audit_flags(dir: &Path) -> (Vec<String>, PathBuf) {
+    let policy = dir.join("audit-policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: Metadata\n",
+    )
+    .unwrap();
+    let log = dir.join("audit.log");
+    (
+        vec![
+            format!("--audit-policy-file={}", policy.display()),
+            format!("--audit-log-path={}", log.display()),
+        ],
+        log,
+    )
+}
+
+/// Requests in an API server audit log, by user.
+pub fn audited_requests(log: &Path) -> BTreeMap<String, usize> {
+    let mut by = BTreeMap::new();
+    for line in std::fs::read_to_string(log).unwrap().lines() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        if e["stage"] == "ResponseComplete" {
+            let user = e["user"]["username"].as_str().unwrap_or("").to_string();
+            *by.entry(user).or_insert(0) += 1;
+        }
+    }
+    by
+}
+
 /// 429 answers in an API server audit log, by `user: verb resource/subresource`.
 pub fn audited_429s(log: &Path) -> BTreeMap<String, usize> {
     let mut by = BTreeMap::new();
