@@ -343,7 +343,7 @@ fn env(name: &str, value: &str) -> EnvVar {
 }
 
 /// Label values are at most 63 characters.
-fn label_value(s: &str) -> String {
+pub fn label_value(s: &str) -> String {
     if s.len() <= 63 {
         s.to_string()
     } else {

@@ -1,6 +1,6 @@
 //! The reconciler: level-based, idempotent. Everything it needs to decide is in the
-//! ImageImport's status and the worker Job it names, so a restarted controller picks up
-//! exactly where the last one stopped.
+//! ImageImport's status, the worker Job it names and the worker Pods its labels find, so a
+//! restarted controller picks up exactly where the last one stopped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -562,7 +562,7 @@ impl Pass<'_> {
         let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &ns);
         let selector = format!(
             "{LABEL_MANAGED_BY}={MANAGER},{LABEL_NAME}={}",
-            name_label(self.obj, &self.ctx.config.worker)
+            job::label_value(&self.obj.name_any())
         );
         let running: Vec<String> = pods
             .list(&ListParams::default().labels(&selector))
@@ -601,14 +601,6 @@ impl Pass<'_> {
 
 /// The value of the name label on `obj`'s worker Jobs and their Pods, exactly as `job::build`
 /// writes it (a name longer than a label value may be is shortened with a hash).
-fn name_label(obj: &ImageImport, settings: &job::WorkerSettings) -> String {
-    job::build(obj, settings, None, "", 0, 0)
-        .labels()
-        .get(LABEL_NAME)
-        .cloned()
-        .unwrap_or_default()
-}
-
 /// A worker Pod of a generation before `generation` whose containers may still run.
 fn is_unfinished_worker_before(pod: &Pod, generation: i64) -> bool {
     let older = pod
