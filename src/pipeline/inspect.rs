@@ -80,9 +80,13 @@ pub async fn inspect(
             Box::new(file)
         }
         Location::Stdin => Box::new(std::io::stdin()),
-        Location::Url(u) => source::open_url(u, &http)
-            .await
-            .map_err(|source| ImportError::Source { source })?,
+        Location::Url(u) => {
+            let (body, length) = source::open_url(u, &http)
+                .await
+                .map_err(|source| ImportError::Source { source })?;
+            progress.set_total(length.unwrap_or(0));
+            body
+        }
     };
     let a = archive.clone();
     let p = progress.clone();

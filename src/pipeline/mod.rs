@@ -175,9 +175,10 @@ pub async fn import(
         }
         Location::Stdin => import_stream(ctx, Box::new(io::stdin())).await,
         Location::Url(url) => {
-            let reader = source::open_url(&url, &ctx.opts.http)
+            let (reader, length) = source::open_url(&url, &ctx.opts.http)
                 .await
                 .map_err(|source| ImportError::Source { source })?;
+            ctx.progress.set_total(length.unwrap_or(0));
             import_stream(ctx, reader).await
         }
     }

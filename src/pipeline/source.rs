@@ -174,10 +174,11 @@ pub fn decompressing(
 
 /// Start an HTTP(S) download and return its body as a blocking reader (call from a
 /// blocking thread inside a Tokio runtime).
+/// The body of `url` as a reader, and its length when the server announces one.
 pub async fn open_url(
     url: &url::Url,
     opts: &HttpOptions,
-) -> Result<Box<dyn Read + Send>, SourceError> {
+) -> Result<(Box<dyn Read + Send>, Option<u64>), SourceError> {
     let shown = Location::Url(url.clone()).to_string();
     // Literal addresses are checked here; host names by the guarded resolver at connect
     // time, on every redirect hop too (see url_guard).
@@ -226,7 +227,10 @@ pub async fn open_url(
             status: status.as_u16(),
         });
     }
-    url_guard::body_reader(resp, &policy).map_err(|e| SourceError::Refused(e.to_string()))
+    let length = resp.content_length();
+    let body =
+        url_guard::body_reader(resp, &policy).map_err(|e| SourceError::Refused(e.to_string()))?;
+    Ok((body, length))
 }
 
 fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
