@@ -850,9 +850,6 @@ fn patches(reg: &Registry) -> usize {
 /// `--compression none` on a docker-save archive pushes each layer as stored, under its
 /// diff_id: a second push of the same archive has nothing to send (as it has with gzip/zstd).
 #[test]
-#[ignore = "bug: predict() in src/pipeline/mod.rs returns Unknown for layers pushed as stored \
-            without an archive descriptor, and process_seekable only skips stored blobs with a \
-            descriptor: every layer is uploaded again"]
 fn a_repush_with_compression_none_of_a_docker_save_archive_uploads_nothing() {
     let reg = Registry::plain();
     let dir = tempfile::tempdir().unwrap();
@@ -881,9 +878,6 @@ fn a_repush_with_compression_none_of_a_docker_save_archive_uploads_nothing() {
 /// A multi-platform archive re-pushed with the same forced codec: the layers this encoder
 /// already produced are in the registry (behind the index the tag points at), none is sent.
 #[test]
-#[ignore = "bug: known_layers() in src/pipeline/mod.rs reads only an image manifest behind the \
-            tag (m[\"config\"]); behind an index it finds nothing, so every layer is encoded and \
-            uploaded again"]
 fn a_repush_of_a_multi_platform_archive_with_a_forced_codec_uploads_nothing() {
     let reg = Registry::plain();
     let dir = tempfile::tempdir().unwrap();

@@ -306,10 +306,6 @@ struct Job {
 /// through the manifests the target tags point at now (an upgrade shares its base layers
 /// with the version it replaces). Equal codec id and diff_id mean equal bytes.
 async fn known_layers(ctx: &Ctx, todo: &[Planned]) -> HashMap<String, Pushed> {
-    let codec = match ctx.opts.compression {
-        CompressionPolicy::Keep(c) | CompressionPolicy::Force(c) => c,
-    };
-    let id = codec::codec_id(codec);
     let mut known = HashMap::new();
     let mut seen = std::collections::HashSet::new();
     for r in todo.iter().flat_map(|p| &p.refs) {
@@ -323,41 +319,67 @@ async fn known_layers(ctx: &Ctx, todo: &[Planned]) -> HashMap<String, Pushed> {
         let Ok(m) = serde_json::from_slice::<serde_json::Value>(&remote.bytes) else {
             continue;
         };
-        if m["annotations"][manifest::ANNOTATION_CODEC].as_str() != Some(id.as_str()) {
-            continue;
-        }
-        let Some(config_digest) = m["config"]["digest"].as_str() else {
-            continue;
-        };
-        let Ok(Some(config)) = ctx
-            .registry
-            .get_small_blob(&r.repository, config_digest, 4 << 20)
-            .await
-        else {
+        // Behind an index (a multi-platform image), each platform's manifest.
+        let Some(entries) = m["manifests"].as_array() else {
+            learn_layers(ctx, &r.repository, &m, &mut known).await;
             continue;
         };
-        let Ok(parsed) = serde_json::from_slice::<crate::archive::formats::ImageConfig>(&config)
-        else {
-            continue;
-        };
-        let layers = m["layers"].as_array().cloned().unwrap_or_default();
-        for (diff_id, l) in parsed.rootfs.diff_ids.iter().zip(&layers) {
-            if let (Some(d), Some(size)) = (l["digest"].as_str(), l["size"].as_u64())
-                && l["mediaType"].as_str() == Some(codec.oci_layer_media_type())
+        for d in entries.iter().take(32).filter_map(|e| e["digest"].as_str()) {
+            if let Ok(Some(remote)) = ctx.registry.get_manifest(&r.repository, d).await
+                && let Ok(m) = serde_json::from_slice::<serde_json::Value>(&remote.bytes)
             {
-                known.insert(
-                    diff_id.clone(),
-                    Pushed {
-                        digest: d.to_string(),
-                        size,
-                        repo: r.repository.clone(),
-                        sent: 0,
-                    },
-                );
+                learn_layers(ctx, &r.repository, &m, &mut known).await;
             }
         }
     }
     known
+}
+
+/// The layers of image manifest `m` in `repo` that this import would push identically (the
+/// same codec, recorded in the manifest's annotation), by diff_id.
+async fn learn_layers(
+    ctx: &Ctx,
+    repo: &str,
+    m: &serde_json::Value,
+    known: &mut HashMap<String, Pushed>,
+) {
+    let codec = match ctx.opts.compression {
+        CompressionPolicy::Keep(c) | CompressionPolicy::Force(c) => c,
+    };
+    if m["annotations"][manifest::ANNOTATION_CODEC].as_str()
+        != Some(codec::codec_id(codec).as_str())
+    {
+        return;
+    }
+    let Some(config_digest) = m["config"]["digest"].as_str() else {
+        return;
+    };
+    let Ok(Some(config)) = ctx
+        .registry
+        .get_small_blob(repo, config_digest, 4 << 20)
+        .await
+    else {
+        return;
+    };
+    let Ok(parsed) = serde_json::from_slice::<crate::archive::formats::ImageConfig>(&config) else {
+        return;
+    };
+    let layers = m["layers"].as_array().cloned().unwrap_or_default();
+    for (diff_id, l) in parsed.rootfs.diff_ids.iter().zip(&layers) {
+        if let (Some(d), Some(size)) = (l["digest"].as_str(), l["size"].as_u64())
+            && l["mediaType"].as_str() == Some(codec.oci_layer_media_type())
+        {
+            known.insert(
+                diff_id.clone(),
+                Pushed {
+                    digest: d.to_string(),
+                    size,
+                    repo: repo.to_string(),
+                    sent: 0,
+                },
+            );
+        }
+    }
 }
 
 async fn process_seekable(
@@ -767,6 +789,8 @@ enum Predicted {
         codec: Codec,
         codec_id: String,
     },
+    /// Every layer is pushed uncompressed as stored: blob digests are the diff_ids.
+    AsDiffIds,
     Unknown,
 }
 
@@ -785,6 +809,15 @@ fn predict(ctx: &Ctx, img: &ImageSource, stored: &dyn Fn(&str) -> Option<Codec>)
         && let Some((bytes, _)) = &img.original_manifest
     {
         return Predicted::Digest(digest::sha256_of(bytes));
+    }
+    // Uncompressed layers pushed as they are: each blob is the layer itself, its digest the
+    // diff_id the config names.
+    if plans
+        .iter()
+        .all(|(c, as_stored)| *as_stored && *c == Codec::None)
+        && !plans.is_empty()
+    {
+        return Predicted::AsDiffIds;
     }
     if let Some((codec, _)) = plans.first()
         && plans.iter().all(|(c, as_stored)| !as_stored && c == codec)
@@ -843,6 +876,19 @@ async fn up_to_date(
                         && layers
                             .iter()
                             .all(|l| l["mediaType"].as_str() == Some(codec.oci_layer_media_type()))
+                })
+            }
+            Predicted::AsDiffIds => {
+                let parsed: Option<serde_json::Value> = serde_json::from_slice(&remote.bytes).ok();
+                parsed.is_some_and(|m| {
+                    let layers = m["layers"].as_array().cloned().unwrap_or_default();
+                    m["config"]["digest"].as_str() == Some(img.config_digest.as_str())
+                        && layers.len() == img.diff_ids.len()
+                        && layers.iter().zip(&img.diff_ids).all(|(l, d)| {
+                            l["digest"].as_str() == Some(d.as_str())
+                                && l["mediaType"].as_str()
+                                    == Some(Codec::None.oci_layer_media_type())
+                        })
                 })
             }
             Predicted::Unknown => false,
