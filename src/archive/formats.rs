@@ -64,6 +64,20 @@ impl std::fmt::Display for Platform {
     }
 }
 
+impl Platform {
+    /// Whether this platform is the one `want` asks for. An absent variant in `want` matches
+    /// any; otherwise variants compare as containerd normalizes them (`arm64` is `arm64/v8`).
+    pub fn satisfies(&self, want: &Platform) -> bool {
+        let variant = |p: &Platform| match (p.architecture.as_str(), p.variant.as_deref()) {
+            ("arm64", None) => Some("v8".to_string()),
+            (_, v) => v.map(str::to_string),
+        };
+        self.os == want.os
+            && self.architecture == want.architecture
+            && (want.variant.is_none() || variant(self) == variant(want))
+    }
+}
+
 impl std::str::FromStr for Platform {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -135,4 +149,19 @@ impl ImageConfig {
 /// True for media types of manifests that list other manifests.
 pub fn is_index_media_type(mt: &str) -> bool {
     mt == OCI_INDEX || mt == DOCKER_MANIFEST_LIST
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Platform;
+
+    #[test]
+    fn arm64_is_arm64_v8() {
+        let p = |s: &str| s.parse::<Platform>().unwrap();
+        assert!(p("linux/arm64").satisfies(&p("linux/arm64/v8")));
+        assert!(p("linux/arm64/v8").satisfies(&p("linux/arm64")));
+        assert!(!p("linux/arm/v6").satisfies(&p("linux/arm/v7")));
+        assert!(p("linux/arm/v7").satisfies(&p("linux/arm")));
+        assert!(!p("linux/amd64").satisfies(&p("windows/amd64")));
+    }
 }

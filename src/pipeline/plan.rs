@@ -136,11 +136,7 @@ fn plan_one(
             let hit: Vec<ImageSource> = entry
                 .images
                 .iter()
-                .filter(|i| {
-                    i.platform.os == want.os
-                        && i.platform.architecture == want.architecture
-                        && (want.variant.is_none() || i.platform.variant == want.variant)
-                })
+                .filter(|i| i.platform.satisfies(want))
                 .take(1)
                 .cloned()
                 .collect();
