@@ -599,8 +599,6 @@ impl Pass<'_> {
     }
 }
 
-/// The value of the name label on `obj`'s worker Jobs and their Pods, exactly as `job::build`
-/// writes it (a name longer than a label value may be is shortened with a hash).
 /// A worker Pod of a generation before `generation` whose containers may still run.
 fn is_unfinished_worker_before(pod: &Pod, generation: i64) -> bool {
     let older = pod
