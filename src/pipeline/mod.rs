@@ -179,7 +179,16 @@ pub async fn import(
                 .await
                 .map_err(|source| ImportError::Source { source })?;
             ctx.progress.set_total(length.unwrap_or(0));
-            import_stream(ctx, reader).await
+            let (reader, failure) =
+                source::Watched::new(reader, Location::Url(url.clone()).to_string());
+            let outcome = import_stream(ctx, Box::new(reader)).await;
+            // A broken download surfaces as an unreadable archive; say what really happened.
+            match (outcome, failure.lock().expect("source failure lock").take()) {
+                (Err(ImportError::Archive { .. }), Some(source)) => {
+                    Err(ImportError::Source { source })
+                }
+                (outcome, _) => outcome,
+            }
         }
     }
 }

@@ -75,6 +75,52 @@ impl SourceError {
     }
 }
 
+/// A source read once (a URL body) that remembers how it failed: the archive reader above it
+/// sees only a broken stream (and may call it a truncated archive), but a download that broke
+/// off is the source's fault, worth retrying, and one over the size limit is refused.
+pub struct Watched<R> {
+    inner: R,
+    what: String,
+    failure: Arc<Mutex<Option<SourceError>>>,
+}
+
+impl<R> Watched<R> {
+    /// The reader, and where its failure (if any) is kept.
+    pub fn new(inner: R, what: String) -> (Self, Arc<Mutex<Option<SourceError>>>) {
+        let failure = Arc::new(Mutex::new(None));
+        (
+            Watched {
+                inner,
+                what,
+                failure: failure.clone(),
+            },
+            failure,
+        )
+    }
+}
+
+impl<R: Read> Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            let refused = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<url_guard::UrlError>())
+                .map(|u| u.to_string());
+            let failure = match refused {
+                Some(r) => SourceError::Refused(r),
+                None => SourceError::Unreachable {
+                    what: self.what.clone(),
+                    detail: format!("the download broke off: {e}"),
+                },
+            };
+            self.failure
+                .lock()
+                .expect("source failure lock")
+                .get_or_insert(failure);
+        })
+    }
+}
+
 /// Running sha256 of the raw input bytes (for `--expect-sha256`).
 #[derive(Clone, Default)]
 pub struct RawHash(Arc<Mutex<(Sha256, u64)>>);
