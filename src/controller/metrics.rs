@@ -57,7 +57,7 @@ impl Default for Metrics {
         let in_flight = Gauge::default();
         registry.register(
             "imports_in_flight",
-            "Worker Jobs running now",
+            "Imports whose worker Job this controller last saw running",
             in_flight.clone(),
         );
         let reconciliations = Counter::default();
