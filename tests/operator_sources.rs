@@ -611,18 +611,11 @@ async fn url_sources_with_a_token_secret_over_http_and_https() {
     let mut m = url_import("https-noca", &url, &reg.reference("shop/cli-noca"));
     m["spec"]["source"]["url"]["secretRef"] = json!({"name": "archive-token"});
     c.apply(m).await;
-    let job = c.wait_job("https-noca").await;
-    let code = c.run_job(&job, &no_claims).await;
-    assert_ne!(code, 0);
-    // (Today a transient failure, exit 75 and retried with backoff, unlike an untrusted
-    // registry certificate; only what holds either way is asserted.)
-    let obj = c
-        .wait_ready("https-noca", "False", Some("SourceUnavailable"))
-        .await;
-    let (_, _, msg) = ready(&obj).unwrap();
+    // Permanent, as for a registry: retrying cannot make the certificate trusted.
+    let (_, msg) = import_fails(&c, "https-noca", &no_claims, "UntrustedCertificate").await;
     assert!(
-        msg.contains("certificate") && !msg.contains("query-s3cret"),
-        "names the certificate, not the query string (exit {code}): {msg}"
+        msg.contains("certificate") && msg.contains("caBundleRef") && !msg.contains("query-s3cret"),
+        "names the certificate and the fix, not the query string: {msg}"
     );
     assert!(reg.tags("shop/cli-noca").is_empty());
     // The handshake failed: no request, the token was never sent (s_server gave up on its
@@ -631,7 +624,7 @@ async fn url_sources_with_a_token_secret_over_http_and_https() {
     assert_eq!((s.path.as_str(), s.authorization), ("", None));
     drop(server);
 
-    assert_single_attempt(&c, &["badtok"]).await;
+    assert_single_attempt(&c, &["badtok", "https-noca"]).await;
 }
 
 // ---------------------------------------------------------------------------

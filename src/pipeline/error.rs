@@ -72,6 +72,9 @@ impl ImportError {
             ImportError::Source {
                 source: SourceError::Refused(_),
             } => reason::SOURCE_REFUSED,
+            ImportError::Source {
+                source: SourceError::UntrustedCertificate { .. },
+            } => reason::UNTRUSTED_CERTIFICATE,
             ImportError::Source { .. } => reason::SOURCE_UNAVAILABLE,
             ImportError::Registry {
                 source: RegistryError::Unauthorized { .. },

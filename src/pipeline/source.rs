@@ -63,6 +63,11 @@ pub enum SourceError {
     /// Refused by the URL policy (internal address, redirect downgrade, size limit).
     #[error("{0}")]
     Refused(String),
+    /// The server's TLS certificate failed verification: retrying cannot change that.
+    #[error(
+        "{what}: the server's TLS certificate is not trusted ({detail}): if a private CA signed it, give that CA's certificate (PEM) with --source-ca-file, or with spec.source.url.caBundleRef in an ImageImport"
+    )]
+    UntrustedCertificate { what: String, detail: String },
 }
 
 impl SourceError {
@@ -258,9 +263,15 @@ pub async fn open_url(
         .await
         .map_err(|e| match url_guard::guard_error(&e) {
             Some(g) => SourceError::Refused(g.to_string()),
-            None => SourceError::Unreachable {
-                what: shown.clone(),
-                detail: url_guard::describe(&e),
+            None => match crate::registry::error::certificate_problem(&e) {
+                Some(detail) => SourceError::UntrustedCertificate {
+                    what: shown.clone(),
+                    detail,
+                },
+                None => SourceError::Unreachable {
+                    what: shown.clone(),
+                    detail: url_guard::describe(&e),
+                },
             },
         })?;
     let status = resp.status();

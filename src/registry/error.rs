@@ -69,7 +69,7 @@ const INVALID_CERTIFICATE: &str = "invalid peer certificate";
 /// error arrives in the cause chain inside an `io::Error` of kind `InvalidData` (tokio-rustls).
 /// rustls is not a direct dependency, so its error type cannot be named for a downcast and
 /// its text is recognised instead.
-fn certificate_problem(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+pub(crate) fn certificate_problem(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut source = Some(e);
     while let Some(s) = source {
         // `io::Error::source` skips the error it carries: look at that one directly.
