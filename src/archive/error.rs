@@ -26,6 +26,16 @@ pub enum ArchiveError {
     SymlinkLoop { member: String },
     #[error("member {member}: symlink to {target} leaves the archive")]
     SymlinkEscape { member: String, target: String },
+    /// The member list alone is larger than any image archive's (which have at most a few
+    /// thousand members): kept in memory, it would grow with the input.
+    #[error(
+        "member {member}: the archive has more than {cap} {what}, far more than an image archive has"
+    )]
+    TooManyMembers {
+        member: String,
+        what: &'static str,
+        cap: u64,
+    },
     #[error("no image in archive: it has neither manifest.json nor an OCI index.json")]
     NoImages,
     #[error(
