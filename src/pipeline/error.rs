@@ -55,7 +55,10 @@ impl ImportError {
             }
             ImportError::Archive { .. } => reason::INVALID_ARCHIVE,
             ImportError::Plan {
-                source: PlanError::TagRequired { .. } | PlanError::AllWithTag,
+                source:
+                    PlanError::TagRequired { .. }
+                    | PlanError::UntaggedInAll { .. }
+                    | PlanError::AllWithTag,
                 ..
             } => reason::TAG_REQUIRED,
             ImportError::Plan {

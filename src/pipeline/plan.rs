@@ -34,6 +34,10 @@ pub enum PlanError {
     Ambiguous { count: usize, available: String },
     #[error("image {image} was saved without a tag: give the target a tag (TARGET:TAG)")]
     TagRequired { image: String },
+    #[error(
+        "image {image} was saved without a tag, so importing all images cannot name it: import it on its own (--image {image} TARGET:TAG, or spec.image with target.tags)"
+    )]
+    UntaggedInAll { image: String },
     #[error("--all pushes each image under its own tags: give a target without a tag")]
     AllWithTag,
     #[error("image {image}: no platform is complete in the archive (left out: {left_out})")]
@@ -177,7 +181,10 @@ fn plan_one(
                 .collect(),
         };
         if saved.is_empty() {
-            return Err(PlanError::TagRequired { image: name });
+            return Err(match selection {
+                Selection::All => PlanError::UntaggedInAll { image: name },
+                _ => PlanError::TagRequired { image: name },
+            });
         }
         let mut refs: Vec<Target> = Vec::new();
         for s in saved {
@@ -474,7 +481,6 @@ mod tests {
     /// `--all` cannot place an image saved without a tag; the refusal must not advise giving
     /// the target a tag, which `--all` refuses (AllWithTag).
     #[test]
-    #[ignore = "bug: plan_one returns TagRequired (\"give the target a tag (TARGET:TAG)\") for an untagged image under --all, advice that --all itself refuses with AllWithTag"]
     fn all_with_an_untagged_image_gives_advice_that_can_be_followed() {
         let e = three();
         let err = plan_err(&e, Selection::All, "reg.io/mirror", &[], None);
