@@ -664,3 +664,698 @@ async fn spec_change_waits_for_the_previous_worker_pod_to_stop() {
         .collect();
     assert_eq!(jobs, vec![job2.name_any()]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Faults in the middle of an import: the upload is under way (bytes in the registry's
+// `_uploads`) when the registry or the worker dies. Helpers first, then the tests.
+// ---------------------------------------------------------------------------------------------
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use support::registry::{HARNESS_USER_AGENT, MANIFEST_ACCEPT};
+
+/// Two layers of 1 MiB files (~2/3 text-like, ~1/3 random: compressible only in part), 24 MiB
+/// in all: the upload takes long enough to be seen under way and cut.
+fn big_layers(seed: u64) -> Vec<support::archives::Layer> {
+    vec![
+        support::archives::layer(seed, 16, 1 << 20),
+        support::archives::layer(seed + 1, 8, 1 << 20),
+    ]
+}
+
+/// Bytes of unfinished blob uploads in a registry's storage (`_uploads/<id>/data`).
+fn upload_bytes(root: &std::path::Path) -> u64 {
+    fn walk(p: &std::path::Path, total: &mut u64) {
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    walk(&path, total);
+                } else if path.file_name().is_some_and(|n| n == "data")
+                    && path.to_string_lossy().contains("_uploads")
+                {
+                    *total += e.metadata().map(|m| m.len()).unwrap_or(0);
+                }
+            }
+        }
+    }
+    let mut total = 0;
+    walk(root, &mut total);
+    total
+}
+
+/// What `<repo>:<tag>` points at on a plain-HTTP registry, by a HEAD of its manifest:
+/// `Ok(None)` unknown, `Ok(Some(digest))`, `Err` when the registry cannot answer.
+fn tag_digest(host: &str, repo: &str, tag: &str) -> Result<Option<String>, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(host).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "HEAD /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: {host}\r\nAccept: {MANIFEST_ACCEPT}\r\n\
+         User-Agent: {HARNESS_USER_AGENT}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    let status: u16 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no HTTP answer: {out:?}"))?;
+    match status {
+        404 => Ok(None),
+        200 => out
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("docker-content-digest")
+                    .then(|| Some(v.trim().to_string()))
+            })
+            .flatten()
+            .map(Some)
+            .ok_or_else(|| format!("200 without Docker-Content-Digest: {out:?}")),
+        s => Err(format!("HTTP {s}")),
+    }
+}
+
+/// One look at the tag: when (since the watch started) and what it pointed at.
+type TagSeen = (Duration, Result<Option<String>, String>);
+
+/// Looks at a tag every 20 ms from a thread, for as long as a fault test runs.
+struct TagWatch {
+    t0: Instant,
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<TagSeen>>,
+}
+
+impl TagWatch {
+    fn start(host: &str, repo: &str, tag: &str) -> TagWatch {
+        let t0 = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (host, repo, tag, flag) = (
+            host.to_string(),
+            repo.to_string(),
+            tag.to_string(),
+            stop.clone(),
+        );
+        let handle = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                seen.push((t0.elapsed(), tag_digest(&host, &repo, &tag)));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        });
+        TagWatch { t0, stop, handle }
+    }
+
+    /// Now, on the watch's clock.
+    fn now(&self) -> Duration {
+        self.t0.elapsed()
+    }
+
+    fn finish(self) -> Vec<TagSeen> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap()
+    }
+}
+
+/// Manifest PUTs of the import's clients (not the harness) to `/v2/<repo>/manifests/<tag>`.
+fn manifest_puts(reg: &Registry, repo: &str, tag: &str) -> usize {
+    let path = format!("/v2/{repo}/manifests/{tag}");
+    reg.requests()
+        .into_iter()
+        .filter(|r| r.is_client() && r.method == "PUT" && r.path == path)
+        .count()
+}
+
+/// Starts the worker of `job` (playing the node; its stderr into `log`) and returns once the
+/// registry holds at least 1 MiB of an unfinished blob upload, the worker still running.
+async fn start_worker_until_uploading(
+    c: &Cluster,
+    job: &Job,
+    claims: &BTreeMap<&str, &std::path::Path>,
+    reg: &Registry,
+    log: &std::path::Path,
+) -> (std::process::Child, k8s_openapi::jiff::Timestamp) {
+    let mut cmd = c.prepare_job(job, claims).await;
+    let started = k8s_openapi::jiff::Timestamp::now();
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while upload_bytes(&reg.storage_dir()) < (1 << 20) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the worker ended ({status}) before an upload was seen under way: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "no upload seen under way");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (child, started)
+}
+
+/// Checks the tag's history: unknown until `quiet_until`, and from then on unknown or the
+/// final digest, never anything else; and the watch did look at it during the fault and after.
+fn assert_never_half_pushed(seen: &[TagSeen], quiet_until: Duration, digest: &str) {
+    assert!(
+        seen.iter().filter(|s| s.0 < quiet_until).count() >= 5,
+        "the tag was hardly looked at before the fault: {seen:?}"
+    );
+    for (at, what) in seen {
+        match what {
+            Ok(Some(d)) if *at < quiet_until => {
+                panic!("the tag existed ({d}) at {at:?}, before the import could have ended")
+            }
+            Ok(Some(d)) => assert_eq!(d, digest, "the tag pointed elsewhere at {at:?}"),
+            _ => {}
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|s| s.1.as_ref().ok() == Some(&Some(digest.to_string()))),
+        "the watch never saw the final tag: {seen:?}"
+    );
+}
+
+/// The registry is killed while the worker's upload is under way (bytes in `_uploads`) and
+/// comes back a second later: the worker continues the upload (or fails transiently and the
+/// next attempt does it). The import ends Ready with the tag's digest, the tag put exactly
+/// once, and the tag never existed before the import ended nor pointed at anything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_killed_mid_upload_the_import_completes_once() {
+    let t0 = Instant::now();
+    let c = Cluster::start().await;
+    let mut reg = Registry::plain();
+    let (dir, built) = archive_dir(&c, "d", ImageSpec::new(&["web:1.4"], big_layers(4300)));
+    c.claim("d").await;
+    let claims = BTreeMap::from([("d", dir.as_path())]);
+    c.apply(pvc_import("web", "d", &reg.reference("shop/web"), &["1.4"]))
+        .await;
+    let job = c.wait_job("web").await;
+    let watch = TagWatch::start(&reg.host, "shop/web", "1.4");
+    let log = c.work.path().join("worker-a1.log");
+    let (mut child, started) = start_worker_until_uploading(&c, &job, &claims, &reg, &log).await;
+
+    let killed_at = watch.now();
+    let held = upload_bytes(&reg.storage_dir());
+    reg.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    reg.restart();
+    let restarted_at = watch.now();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let code = status.code().unwrap_or(137);
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    eprintln!(
+        "worker a1 (registry killed with {held} bytes uploading, {killed_at:?} into the watch): \
+         exit {code}: {stderr}"
+    );
+    c.record_job_outcome(&job.name_any(), code == 0, started)
+        .await;
+    let attempts = match code {
+        0 => {
+            assert!(
+                stderr.contains("interrupted") || stderr.contains("retrying"),
+                "the worker did not meet the outage: {stderr}"
+            );
+            1
+        }
+        // Transient: the controller says so and runs the next attempt after its backoff.
+        75 => {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let obj = c.imports().get("web").await.unwrap();
+                match ready(&obj) {
+                    Some((s, _, m)) if s == "False" && m.contains("retrying") => break,
+                    other => assert!(Instant::now() < deadline, "not retried: {other:?}"),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let job2 = c.wait_job("web").await;
+            assert!(job2.name_any().ends_with("-a2"), "{}", job2.name_any());
+            assert_eq!(c.run_job(&job2, &claims).await, 0);
+            2
+        }
+        other => panic!("the worker ended with {other}: {stderr}"),
+    };
+    let obj = c.wait_ready("web", "True", Some("Succeeded")).await;
+    let seen = watch.finish();
+    let st = obj.status.unwrap();
+    let digest = skopeo::manifest_digest(&reg, "shop/web:1.4");
+    assert_eq!(st.digest.as_deref(), Some(digest.as_str()));
+    assert_eq!(st.attempts, attempts);
+    assert_eq!(
+        skopeo::pull_diff_ids(&reg, "shop/web:1.4"),
+        built.images[0].diff_ids
+    );
+    // The watch saw the outage (it was looking), no tag before the registry came back, and
+    // never another image under the tag.
+    assert!(
+        seen.iter()
+            .any(|s| s.0 > killed_at && s.0 < restarted_at && s.1.is_err()),
+        "the watch did not see the registry down"
+    );
+    assert_never_half_pushed(&seen, restarted_at, &digest);
+    assert_eq!(
+        manifest_puts(&reg, "shop/web", "1.4"),
+        1,
+        "the tag is put exactly once"
+    );
+    assert_eq!(reg.tags("shop/web"), vec!["1.4".to_string()]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(c.jobs_for("web").await.len() as u32, attempts);
+    eprintln!(
+        "registry killed mid-upload: {attempts} attempt(s), test {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+/// The worker is killed (SIGKILL: OOM, eviction) while its upload is under way: the Job
+/// fails without a result, the controller calls the worker lost (WorkerFailed, retrying) and,
+/// after its backoff, runs attempt 2, which imports the image. No tag exists from the kill
+/// until attempt 2 puts it, and then only the final one, put once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_upload_is_lost_and_the_next_attempt_imports() {
+    let t0 = Instant::now();
+    let c = Cluster::start().await;
+    let reg = Registry::plain();
+    let (dir, built) = archive_dir(&c, "d", ImageSpec::new(&["web:1.4"], big_layers(4400)));
+    c.claim("d").await;
+    let claims = BTreeMap::from([("d", dir.as_path())]);
+    c.apply(pvc_import("web", "d", &reg.reference("shop/web"), &["1.4"]))
+        .await;
+    let job = c.wait_job("web").await;
+    assert!(job.name_any().ends_with("-a1"), "{}", job.name_any());
+    let watch = TagWatch::start(&reg.host, "shop/web", "1.4");
+    let log = c.work.path().join("worker-a1.log");
+    let (mut child, started) = start_worker_until_uploading(&c, &job, &claims, &reg, &log).await;
+    let held = upload_bytes(&reg.storage_dir());
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    let killed_at = watch.now();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "the worker was killed, not ended: {status}"
+    );
+    eprintln!(
+        "worker a1 killed with {held} bytes uploading: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    c.record_job_outcome(&job.name_any(), false, started).await;
+
+    let obj = c.wait_ready("web", "False", Some("WorkerFailed")).await;
+    let msg = ready(&obj).unwrap().2;
+    assert!(
+        msg.contains("retrying") && msg.contains(&job.name_any()),
+        "{msg}"
+    );
+    let st = obj.status.unwrap();
+    assert_eq!(st.attempts, 1);
+    assert!(st.result.is_none(), "the killed worker reported nothing");
+    assert!(st.next_attempt_after.is_some());
+    assert!(reg.tags("shop/web").is_empty(), "no half-pushed tag");
+
+    let job2 = c.wait_job("web").await;
+    assert!(job2.name_any().ends_with("-a2"), "{}", job2.name_any());
+    // The backoff was waited out: attempt 2 is not created before 10 s after the loss.
+    let a2_at = watch.now();
+    assert!(
+        a2_at >= killed_at + Duration::from_secs(9),
+        "attempt 2 came {:?} after the kill",
+        a2_at - killed_at
+    );
+    assert_eq!(c.run_job(&job2, &claims).await, 0);
+    let obj = c.wait_ready("web", "True", Some("Succeeded")).await;
+    let seen = watch.finish();
+    let st = obj.status.unwrap();
+    assert_eq!(st.attempts, 2);
+    let digest = skopeo::manifest_digest(&reg, "shop/web:1.4");
+    assert_eq!(st.digest.as_deref(), Some(digest.as_str()));
+    assert_eq!(
+        skopeo::pull_diff_ids(&reg, "shop/web:1.4"),
+        built.images[0].diff_ids
+    );
+    // No tag from the start through the kill and the backoff until attempt 2 ran.
+    assert_never_half_pushed(&seen, a2_at, &digest);
+    assert!(seen.iter().all(|s| s.1.is_ok()), "the registry stayed up");
+    assert_eq!(manifest_puts(&reg, "shop/web", "1.4"), 1);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let jobs: Vec<String> = c
+        .jobs_for("web")
+        .await
+        .iter()
+        .map(|j| j.name_any())
+        .collect();
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    eprintln!(
+        "worker killed mid-upload: attempt 2 {:?} after the kill, test {:.1}s",
+        a2_at - killed_at,
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+/// The value of one series in a Prometheus/OpenMetrics text exposition (`name{labels}` exact).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+/// The controller's /metrics once `ready(text)` holds (the counters are bumped in the same
+/// reconcile as the status write a test waits for, but scraped over another connection).
+async fn scrape_until(addr: &str, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = http_get(addr, "/metrics").map(|r| r.1).unwrap_or_default();
+        if ready(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed {what}: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The controller's metrics after one import that succeeds and one that fails for good (a
+/// tampered layer): imports by result and reason, bytes pushed equal to what the status says
+/// was pushed, archive bytes read, the duration histogram, the in-flight gauge up while an import
+/// runs and back to 0, and the reconcile counters. Counted once: a later scrape says the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_a_success_and_a_failure_once() {
+    let t0 = Instant::now();
+    let c = Cluster::start().await;
+    let reg = Registry::plain();
+    let addr = c.metrics_addr.clone();
+    let inflight = "imageimport_imports_in_flight";
+
+    let web_layers = layers(4500);
+    let layer_bytes: usize = web_layers.iter().map(|l| l.tar.len()).sum();
+    let (dir, built) = archive_dir(&c, "d", ImageSpec::new(&["web:1.4"], web_layers));
+    c.claim("d").await;
+    c.apply(pvc_import("web", "d", &reg.reference("shop/web"), &["1.4"]))
+        .await;
+    let job = c.wait_job("web").await;
+    scrape_until(&addr, "one import in flight", |t| {
+        metric(t, inflight) == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        c.run_job(&job, &BTreeMap::from([("d", dir.as_path())]))
+            .await,
+        0
+    );
+    let web = c.wait_ready("web", "True", Some("Succeeded")).await;
+
+    let bad = c.work.path().join("claim-bad");
+    std::fs::create_dir_all(bad.join("web")).unwrap();
+    let tampered = support::archives::hostile::tampered_layer();
+    std::fs::write(bad.join("web/web-1.4.tar"), &tampered).unwrap();
+    c.claim("bad").await;
+    c.apply(pvc_import(
+        "evil",
+        "bad",
+        &reg.reference("shop/evil"),
+        &["1"],
+    ))
+    .await;
+    let job = c.wait_job("evil").await;
+    assert_eq!(
+        c.run_job(&job, &BTreeMap::from([("bad", bad.as_path())]))
+            .await,
+        1
+    );
+    let evil = c
+        .wait_ready("evil", "False", Some("VerificationFailed"))
+        .await;
+
+    let ok = r#"imageimport_imports_total{result="succeeded",reason="Succeeded"}"#;
+    let failed = r#"imageimport_imports_total{result="failed",reason="VerificationFailed"}"#;
+    let text = scrape_until(&addr, "both imports", |t| {
+        metric(t, ok).is_some() && metric(t, failed).is_some() && metric(t, inflight) == Some(0.0)
+    })
+    .await;
+    eprintln!("{text}");
+    assert_eq!(metric(&text, ok), Some(1.0), "{text}");
+    assert_eq!(metric(&text, failed), Some(1.0), "{text}");
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("imageimport_imports_total{"))
+        .collect();
+    assert_eq!(series.len(), 2, "only these two outcomes: {series:?}");
+
+    let web_st = web.status.unwrap();
+    let evil_st = evil.status.unwrap();
+    let pushed = web_st.pushed_bytes.expect("status.pushedBytes");
+    assert!(pushed > 0);
+    assert_eq!(
+        metric(&text, "imageimport_bytes_pushed_total"),
+        Some(pushed as f64),
+        "bytes pushed = the successful import's status.pushedBytes (the failed one pushed no \
+         tag): {text}"
+    );
+    let read_web = web_st.progress.as_ref().map(|p| p.bytes_done).unwrap_or(0);
+    let read_evil = evil_st.progress.as_ref().map(|p| p.bytes_done).unwrap_or(0);
+    eprintln!(
+        "archives: web {} bytes (read {read_web}), evil {} bytes (read {read_evil}); pushed {pushed}",
+        built.bytes.len(),
+        tampered.len()
+    );
+    assert!(read_web > 0 && read_evil > 0, "{web_st:?} {evil_st:?}");
+    assert_eq!(
+        metric(&text, "imageimport_archive_bytes_read_total"),
+        Some((read_web + read_evil) as f64),
+        "archive bytes read = what the two workers reported reading: {text}"
+    );
+    // From a file, what is read (and counted) is the layers' bytes: the worker seeks past the
+    // rest.
+    assert_eq!(
+        read_web as usize, layer_bytes,
+        "the successful import read its layers ({read_web} of {layer_bytes} bytes)"
+    );
+    assert_eq!(
+        metric(&text, "imageimport_import_duration_seconds_count"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(metric(&text, inflight), Some(0.0), "{text}");
+    assert!(
+        metric(&text, "imageimport_reconcile_errors_total").is_some(),
+        "the reconcile-errors counter is exposed: {text}"
+    );
+    assert!(
+        metric(&text, "imageimport_reconciliations_total").is_some_and(|n| n >= 4.0),
+        "{text}"
+    );
+
+    // Counted once: more reconciles (a requeue, a resync) do not count the outcomes again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = http_get(&addr, "/metrics").unwrap().1;
+    for s in [
+        ok,
+        failed,
+        "imageimport_bytes_pushed_total",
+        "imageimport_archive_bytes_read_total",
+        "imageimport_import_duration_seconds_count",
+        inflight,
+    ] {
+        assert_eq!(metric(&again, s), metric(&text, s), "{s}: {again}");
+    }
+    eprintln!("metrics: test {:.1}s", t0.elapsed().as_secs_f64());
+}
+
+/// SIGTERM to a controller process: `kill -TERM <pid>`.
+fn sigterm(child: &std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits (at most `within`) for a process to exit; its status and how long it took.
+async fn exits_within(
+    child: &mut std::process::Child,
+    within: Duration,
+    what: &str,
+) -> (std::process::ExitStatus, Duration) {
+    let t = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, t.elapsed());
+        }
+        assert!(
+            t.elapsed() < within,
+            "{what} still runs {within:?} after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// With leader election: SIGTERM to a standby ends it at once (exit 0), the Lease untouched;
+/// SIGTERM to the leader, while an import runs, ends it promptly (exit 0) and releases its
+/// Lease (the Lease no longer names it as soon as it has exited, long before the lease
+/// duration would have run out); the remaining standby takes the Lease and finishes the import,
+/// exactly once; SIGTERM to that new leader releases the Lease too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_the_leader_releases_the_lease() {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    const LEASE_SECONDS: u64 = 15;
+    let t0 = Instant::now();
+    let mut c = Cluster::start().await;
+    c.kill_controller();
+    let reg = Registry::plain();
+    let leases: Api<Lease> = Api::namespaced(c.client.clone(), "default");
+    let lease = || async {
+        leases
+            .get_opt("imageimport-controller")
+            .await
+            .unwrap()
+            .and_then(|l| l.spec)
+            .unwrap_or_default()
+    };
+    let wait_holder = |want: &'static str, within: Duration| {
+        let lease = &lease;
+        async move {
+            let deadline = Instant::now() + within;
+            loop {
+                let spec: LeaseSpec = lease().await;
+                if spec.holder_identity.as_deref() == Some(want) {
+                    return spec;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{want} did not take the Lease: {spec:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let lease_seconds = LEASE_SECONDS.to_string();
+    let spawn = |identity: &str| {
+        let metrics = format!("127.0.0.1:{}", free_port());
+        c.spawn_controller(
+            &[
+                "--leader-elect",
+                "--leader-election-namespace",
+                "default",
+                "--lease-duration-seconds",
+                &lease_seconds,
+                "--metrics-bind-address",
+                &metrics,
+            ],
+            identity,
+        )
+    };
+    let log = |identity: &str| {
+        std::fs::read_to_string(c.work.path().join(format!("controller-{identity}.log")))
+            .unwrap_or_default()
+    };
+
+    // ctl-a leads (it starts alone), ctl-b and ctl-c stand by.
+    let mut a = spawn("ctl-a");
+    wait_holder("ctl-a", Duration::from_secs(30)).await;
+    let mut b = spawn("ctl-b");
+    let mut cc = spawn("ctl-c");
+    // The standbys are up (their health listener answers) and have seen the Lease taken.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(b.try_wait().unwrap().is_none(), "{}", log("ctl-b"));
+    assert!(cc.try_wait().unwrap().is_none(), "{}", log("ctl-c"));
+
+    // An import is under way: the leader created its Job.
+    let (dir, built) = archive_dir(&c, "d", ImageSpec::new(&["web:1.4"], layers(4600)));
+    c.claim("d").await;
+    c.apply(pvc_import("web", "d", &reg.reference("shop/web"), &["1.4"]))
+        .await;
+    let job = c.wait_job("web").await;
+
+    // A standby's SIGTERM: it exits 0 at once, and leaves the Lease to its holder.
+    let held = lease().await;
+    sigterm(&b);
+    let (status, took_b) = exits_within(&mut b, Duration::from_secs(10), "the standby").await;
+    assert!(status.success(), "standby exit {status}: {}", log("ctl-b"));
+    let after = lease().await;
+    assert_eq!(after.holder_identity.as_deref(), Some("ctl-a"));
+    assert_eq!(after.acquire_time, held.acquire_time, "the leader kept it");
+
+    // The leader's SIGTERM: it exits 0 promptly and gives the Lease up on its way out.
+    let before = lease().await;
+    let renewed = before.renew_time.clone().expect("a held Lease is renewed");
+    sigterm(&a);
+    let (status, took_a) = exits_within(&mut a, Duration::from_secs(10), "the leader").await;
+    assert!(status.success(), "leader exit {status}: {}", log("ctl-a"));
+    let released = lease().await;
+    eprintln!(
+        "Lease before the leader's SIGTERM: {before:?}; after its exit: {released:?}; it exited \
+         in {took_a:?} (the standby in {took_b:?})"
+    );
+    match released.holder_identity.as_deref() {
+        // Released: nobody holds it (and no renewal of a holder is left in it).
+        None => assert!(released.renew_time.is_none(), "{released:?}"),
+        // Or the standby took it at once (only possible because it was free).
+        Some("ctl-c") => assert!(
+            released
+                .renew_time
+                .as_ref()
+                .is_some_and(|t| t.0 > renewed.0),
+            "{released:?}"
+        ),
+        Some(other) => panic!(
+            "the Lease still names {other} after the leader exited: it was not released, and \
+             the standby waits up to {LEASE_SECONDS}s for it to expire: {released:?}"
+        ),
+    }
+
+    // The standby takes over and the import completes, once. (When: kube-lease-manager's
+    // standby sleeps until the expiry it last read and does not watch the Lease, so a released
+    // Lease is taken only then; reported, not asserted.)
+    let exited = Instant::now();
+    wait_holder("ctl-c", Duration::from_secs(LEASE_SECONDS + 15)).await;
+    let gap = exited.elapsed();
+    assert_eq!(
+        c.run_job(&job, &BTreeMap::from([("d", dir.as_path())]))
+            .await,
+        0
+    );
+    let obj = c.wait_ready("web", "True", Some("Succeeded")).await;
+    assert_eq!(
+        obj.status.unwrap().digest.unwrap(),
+        skopeo::manifest_digest(&reg, "shop/web:1.4")
+    );
+    assert_eq!(
+        skopeo::pull_diff_ids(&reg, "shop/web:1.4"),
+        built.images[0].diff_ids
+    );
+    assert_eq!(c.jobs_for("web").await.len(), 1);
+
+    // The new leader's SIGTERM releases the Lease as well.
+    sigterm(&cc);
+    let (status, _) = exits_within(&mut cc, Duration::from_secs(10), "the new leader").await;
+    assert!(
+        status.success(),
+        "new leader exit {status}: {}",
+        log("ctl-c")
+    );
+    let last = lease().await;
+    assert_eq!(last.holder_identity, None, "{last:?}");
+    eprintln!(
+        "leader SIGTERM: the standby took the released Lease {gap:?} after the leader exited \
+         (lease duration {LEASE_SECONDS}s); test {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+}
