@@ -983,6 +983,12 @@ async fn worker_killed_mid_upload_is_lost_and_the_next_attempt_imports() {
     assert!(st.result.is_none(), "the killed worker reported nothing");
     assert!(st.next_attempt_after.is_some());
     assert!(reg.tags("shop/web").is_empty(), "no half-pushed tag");
+    // The lost attempt is counted as a failure.
+    let (_, metrics) = http_get(&c.metrics_addr, "/metrics").expect("metrics");
+    assert!(
+        metrics.contains(r#"imageimport_imports_total{result="failed",reason="WorkerFailed"} 1"#),
+        "{metrics}"
+    );
 
     let job2 = c.wait_job("web").await;
     assert!(job2.name_any().ends_with("-a2"), "{}", job2.name_any());

@@ -220,6 +220,15 @@ impl<'a> Pass<'a> {
             "worker Job {job_name} {ended} without reporting a result (killed, out of memory or past its deadline); retrying in {}s",
             wait.as_secs()
         );
+        // A lost worker is a failed attempt too (counted here: it reported nothing).
+        self.ctx
+            .metrics
+            .imports
+            .get_or_create(&super::metrics::ResultLabels {
+                result: "failed".into(),
+                reason: reason::WORKER_FAILED.into(),
+            })
+            .inc();
         self.st.job_name = None;
         self.st.next_attempt_after = Some(Time(k8s_openapi::jiff::Timestamp::now() + wait));
         self.set(READY, false, reason::WORKER_FAILED, &msg);
