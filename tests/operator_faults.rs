@@ -683,27 +683,6 @@ fn big_layers(seed: u64) -> Vec<support::archives::Layer> {
     ]
 }
 
-/// Bytes of unfinished blob uploads in a registry's storage (`_uploads/<id>/data`).
-fn upload_bytes(root: &std::path::Path) -> u64 {
-    fn walk(p: &std::path::Path, total: &mut u64) {
-        if let Ok(rd) = std::fs::read_dir(p) {
-            for e in rd.flatten() {
-                let path = e.path();
-                if path.is_dir() {
-                    walk(&path, total);
-                } else if path.file_name().is_some_and(|n| n == "data")
-                    && path.to_string_lossy().contains("_uploads")
-                {
-                    *total += e.metadata().map(|m| m.len()).unwrap_or(0);
-                }
-            }
-        }
-    }
-    let mut total = 0;
-    walk(root, &mut total);
-    total
-}
-
 /// What `<repo>:<tag>` points at on a plain-HTTP registry, by a HEAD of its manifest:
 /// `Ok(None)` unknown, `Ok(Some(digest))`, `Err` when the registry cannot answer.
 fn tag_digest(host: &str, repo: &str, tag: &str) -> Result<Option<String>, String> {
@@ -808,7 +787,7 @@ async fn start_worker_until_uploading(
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while upload_bytes(&reg.storage_dir()) < (1 << 20) {
+    while reg.uploading_bytes() < (1 << 20) {
         if let Some(status) = child.try_wait().unwrap() {
             panic!(
                 "the worker ended ({status}) before an upload was seen under way: {}",
@@ -864,7 +843,7 @@ async fn registry_killed_mid_upload_the_import_completes_once() {
     let (mut child, started) = start_worker_until_uploading(&c, &job, &claims, &reg, &log).await;
 
     let killed_at = watch.now();
-    let held = upload_bytes(&reg.storage_dir());
+    let held = reg.uploading_bytes();
     reg.stop();
     tokio::time::sleep(Duration::from_secs(1)).await;
     reg.restart();
@@ -957,7 +936,7 @@ async fn worker_killed_mid_upload_is_lost_and_the_next_attempt_imports() {
     let watch = TagWatch::start(&reg.host, "shop/web", "1.4");
     let log = c.work.path().join("worker-a1.log");
     let (mut child, started) = start_worker_until_uploading(&c, &job, &claims, &reg, &log).await;
-    let held = upload_bytes(&reg.storage_dir());
+    let held = reg.uploading_bytes();
     child.kill().unwrap();
     let status = child.wait().unwrap();
     let killed_at = watch.now();

@@ -727,27 +727,6 @@ fn url_sources_refuse_metadata_and_link_local_addresses() {
     assert!(reg.tags("ssrf").is_empty());
 }
 
-/// Total bytes of upload data files in the registry's storage (uploads in progress).
-fn uploading_bytes(root: &Path) -> u64 {
-    fn walk(p: &Path, total: &mut u64) {
-        if let Ok(rd) = std::fs::read_dir(p) {
-            for e in rd.flatten() {
-                let path = e.path();
-                if path.is_dir() {
-                    walk(&path, total);
-                } else if path.file_name().is_some_and(|n| n == "data")
-                    && path.to_string_lossy().contains("_uploads")
-                {
-                    *total += e.metadata().map(|m| m.len()).unwrap_or(0);
-                }
-            }
-        }
-    }
-    let mut total = 0;
-    walk(root, &mut total);
-    total
-}
-
 #[test]
 fn registry_killed_mid_upload_is_retried_and_the_import_completes() {
     let mut reg = Registry::plain();
@@ -773,7 +752,7 @@ fn registry_killed_mid_upload_is_retried_and_the_import_completes() {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while uploading_bytes(&reg.storage_dir()) < (1 << 20) {
+    while reg.uploading_bytes() < (1 << 20) {
         assert!(std::time::Instant::now() < deadline, "no upload seen");
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -836,6 +815,22 @@ fn push_via(
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// `push --all ARCHIVE PROXY/mirror`.
+fn push_all_via(proxy: &FaultyProxy, archive: &Path) -> std::process::Output {
+    bin()
+        .args([
+            "push",
+            "--insecure",
+            "-q",
+            "--all",
+            archive.to_str().unwrap(),
+            &format!("{}/mirror", proxy.host()),
+        ])
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .output()
+        .unwrap()
 }
 
 fn count(seen: &[Seen], method: &str, path_part: &str) -> usize {
@@ -1001,7 +996,7 @@ fn a_failed_upload_cancels_its_session() {
     }
     // Distribution writes the session's hash state once more after a cancel; the bytes go.
     assert_eq!(
-        uploading_bytes(&reg.storage_dir()),
+        reg.uploading_bytes(),
         0,
         "no uploaded bytes left on the registry"
     );
@@ -1061,18 +1056,7 @@ fn with_all_no_image_is_tagged_while_another_can_still_fail() {
     // The registry takes everything but the second image's manifests.
     let proxy = FaultyProxy::start(&reg.base_url());
     proxy.break_every("PUT", "/library/second/manifests/", Fault::Refuse503);
-    let out = bin()
-        .args([
-            "push",
-            "--insecure",
-            "-q",
-            "--all",
-            path.to_str().unwrap(),
-            &format!("{}/mirror", proxy.host()),
-        ])
-        .env("DOCKER_CONFIG", "/nonexistent")
-        .output()
-        .unwrap();
+    let out = push_all_via(&proxy, &path);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(75), "{err}");
     assert!(reg.tags("mirror/library/second").is_empty());
@@ -1125,18 +1109,7 @@ fn a_registry_without_mounts_gets_shared_layers_copied() {
     let path = archives::write_to(dir.path(), "shared.tar", &built.bytes);
     let proxy = FaultyProxy::start(&reg.base_url());
     proxy.refuse_mounts();
-    let out = bin()
-        .args([
-            "push",
-            "--insecure",
-            "-q",
-            "--all",
-            path.to_str().unwrap(),
-            &format!("{}/mirror", proxy.host()),
-        ])
-        .env("DOCKER_CONFIG", "/nonexistent")
-        .output()
-        .unwrap();
+    let out = push_all_via(&proxy, &path);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     let lines: Vec<String> = String::from_utf8(out.stdout)

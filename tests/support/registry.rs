@@ -245,6 +245,28 @@ impl Registry {
         self.dir.path().join("storage")
     }
 
+    /// Bytes of unfinished blob uploads in the storage (`_uploads/<id>/data` files): what a
+    /// registry holds of uploads in progress or abandoned.
+    pub fn uploading_bytes(&self) -> u64 {
+        fn walk(p: &Path, total: &mut u64) {
+            if let Ok(rd) = std::fs::read_dir(p) {
+                for e in rd.flatten() {
+                    let path = e.path();
+                    if path.is_dir() {
+                        walk(&path, total);
+                    } else if path.file_name().is_some_and(|n| n == "data")
+                        && path.to_string_lossy().contains("_uploads")
+                    {
+                        *total += e.metadata().map(|m| m.len()).unwrap_or(0);
+                    }
+                }
+            }
+        }
+        let mut total = 0;
+        walk(&self.storage_dir(), &mut total);
+        total
+    }
+
     /// The registry's private temp dir (config.yml, registry.log, certs, htpasswd, docker/).
     pub fn dir(&self) -> &Path {
         self.dir.path()
