@@ -742,7 +742,18 @@ impl TagWatch {
         let handle = std::thread::spawn(move || {
             let mut seen = Vec::new();
             while !flag.load(Ordering::Relaxed) {
-                seen.push((t0.elapsed(), tag_digest(&host, &repo, &tag)));
+                // A probe that fails is asked again (three tries): on a loaded machine one
+                // HEAD can miss its 5 s timeout while the registry is up.
+                let at = t0.elapsed();
+                let mut look = tag_digest(&host, &repo, &tag);
+                for _ in 0..2 {
+                    if look.is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                    look = tag_digest(&host, &repo, &tag);
+                }
+                seen.push((at, look));
                 std::thread::sleep(Duration::from_millis(20));
             }
             seen
@@ -991,7 +1002,8 @@ async fn worker_killed_mid_upload_is_lost_and_the_next_attempt_imports() {
     );
     // No tag from the start through the kill and the backoff until attempt 2 ran.
     assert_never_half_pushed(&seen, a2_at, &digest);
-    assert!(seen.iter().all(|s| s.1.is_ok()), "the registry stayed up");
+    let errors: Vec<&String> = seen.iter().filter_map(|s| s.1.as_ref().err()).collect();
+    assert!(errors.is_empty(), "the registry stayed up: {errors:?}");
     assert_eq!(manifest_puts(&reg, "shop/web", "1.4"), 1);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let jobs: Vec<String> = c
