@@ -262,44 +262,6 @@ fn seen(handle: JoinHandle<Seen>) -> Seen {
     handle.join().unwrap()
 }
 
-/// A CA (PEM) and a server certificate and key for 127.0.0.1 it signed (PEM files in `dir`).
-fn generate_server_tls(dir: &Path) -> (String, PathBuf, PathBuf) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose, date_time_ymd,
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "imageimport archive server test CA");
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    ca.not_before = date_time_ymd(2000, 1, 1);
-    ca.not_after = date_time_ymd(2099, 12, 31);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    leaf.distinguished_name
-        .push(DnType::CommonName, "127.0.0.1");
-    leaf.is_ca = IsCa::ExplicitNoCa;
-    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf.use_authority_key_identifier_extension = true;
-    leaf.not_before = date_time_ymd(2000, 1, 1);
-    leaf.not_after = date_time_ymd(2099, 12, 31);
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    let (cert_file, key_file) = (dir.join("server.crt"), dir.join("server.key"));
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    (ca_cert.pem(), cert_file, key_file)
-}
-
 /// Whether something listens on 127.0.0.1:`port` (Linux /proc).
 fn listening(port: u16) -> bool {
     let wanted = format!("0100007F:{port:04X}");
@@ -556,7 +518,12 @@ async fn url_sources_with_a_token_secret_over_http_and_https() {
     // HTTPS from a server whose certificate a private CA signed: the CA from a ConfigMap,
     // the token checked over TLS too.
     let tls_dir = c.work.path().join("archive-server-tls");
-    let (ca_pem, cert, key) = generate_server_tls(&tls_dir);
+    let tls = support::registry::generate_tls(&tls_dir);
+    let (ca_pem, cert, key) = (
+        String::from_utf8(tls.ca_pem).unwrap(),
+        tls.cert_file,
+        tls.key_file,
+    );
     create_config_map(&c, "archive-ca", &[("bundle.pem", &ca_pem)]).await;
     let built = archives::build(
         &Format::OciArchive {

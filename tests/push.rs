@@ -5,50 +5,12 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 
 use support::archives::{self, Comp, Format, ImageSpec, hostile};
+use support::cli::{bin, push_ok, run, split_result};
 use support::faults::{Fault, FaultyProxy, Seen};
 use support::registry::{Registry, skopeo};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_imageimport"))
-}
-
-fn run(args: &[&str]) -> Output {
-    let out = bin()
-        .args(args)
-        .env("DOCKER_CONFIG", "/nonexistent")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    eprintln!(
-        "$ imageimport {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn push_ok(args: &[&str]) -> Vec<String> {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "push failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect()
-}
-
-/// `host/repo:tag@sha256:…` → (reference, digest)
-fn split_result(line: &str) -> (&str, &str) {
-    line.split_once('@').expect("REF@DIGEST")
-}
 
 fn two_layers(seed: u64) -> Vec<archives::Layer> {
     vec![

@@ -3,30 +3,12 @@
 
 mod support;
 
-use std::process::{Command, Output, Stdio};
-
 use support::archives::{self, Format, ImageSpec};
+use support::cli::run;
 use support::registry::Registry;
 
 /// EX_TEMPFAIL: the CLI's exit code for a failure worth trying again later.
 const TRANSIENT: i32 = 75;
-
-fn run(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_imageimport"))
-        .args(args)
-        .env("DOCKER_CONFIG", "/nonexistent")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    eprintln!(
-        "$ imageimport {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 #[test]
 fn an_untrusted_registry_certificate_is_permanent() {

@@ -6,65 +6,18 @@
 
 mod support;
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use serde_json::Value;
 use support::archives::{
     self, Built, BuiltImage, Comp, Format, ImageSpec, MT_OCI_INDEX, MT_OCI_LAYER,
     MT_OCI_LAYER_GZIP, MT_OCI_LAYER_ZSTD, MT_OCI_MANIFEST,
 };
+use support::cli::{lines_of, push_ok, run, run_with};
 use support::registry::{Registry, crane, sha256_digest, skopeo};
 
 /// Annotation recording the encoder of layers encoded by imageimport (src/pipeline/manifest.rs).
 const ANNOTATION_CODEC: &str = "dev.imageimport.layer-codec";
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_imageimport"))
-}
-
-/// Runs the CLI with `env` (no ambient docker credentials unless `env` sets DOCKER_CONFIG),
-/// stdin from `stdin` (a file) or nothing.
-fn run_with(args: &[&str], env: &[(&str, std::ffi::OsString)], stdin: Option<&str>) -> Output {
-    let mut cmd = bin();
-    cmd.args(args).env("DOCKER_CONFIG", "/nonexistent");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    match stdin {
-        Some(path) => cmd.stdin(std::fs::File::open(path).unwrap()),
-        None => cmd.stdin(Stdio::null()),
-    };
-    let out = cmd.output().unwrap();
-    eprintln!(
-        "$ imageimport {}{}\n{}{}",
-        args.join(" "),
-        stdin.map(|p| format!(" < {p}")).unwrap_or_default(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn run(args: &[&str]) -> Output {
-    run_with(args, &[], None)
-}
-
-fn lines_of(out: &Output) -> Vec<String> {
-    assert!(
-        out.status.success(),
-        "push failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone())
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect()
-}
-
-fn push_ok(args: &[&str]) -> Vec<String> {
-    lines_of(&run(args))
-}
 
 /// The only `REF@DIGEST` line of a push → (reference, digest).
 fn single_result(lines: &[String]) -> (String, String) {

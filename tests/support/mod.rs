@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod archives;
+pub mod cli;
 pub mod cluster;
 pub mod faults;
 pub mod http;

@@ -756,15 +756,19 @@ fn owns_listening_port(pid: u32, port: u16) -> Option<bool> {
     }))
 }
 
-struct TlsFiles {
-    ca_pem: Vec<u8>,
-    ca_file: PathBuf,
-    cert_dir: PathBuf,
+/// A test CA and a server certificate it signed, as files.
+pub struct TlsFiles {
+    pub ca_pem: Vec<u8>,
+    pub ca_file: PathBuf,
+    pub cert_dir: PathBuf,
+    /// The server's certificate and key (PEM).
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// CA + server leaf (SANs 127.0.0.1, ::1, localhost) under `<root>/tls`, CA also as
 /// `<root>/certs/ca.crt` for `--cert-dir`.
-fn generate_tls(root: &Path) -> TlsFiles {
+pub fn generate_tls(root: &Path) -> TlsFiles {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose, date_time_ymd,
@@ -813,12 +817,15 @@ fn generate_tls(root: &Path) -> TlsFiles {
     let ca_file = tls_dir.join("ca.crt");
     fs::write(&ca_file, &ca_pem).unwrap();
     fs::write(cert_dir.join("ca.crt"), &ca_pem).unwrap();
-    fs::write(tls_dir.join("server.crt"), leaf_cert.pem()).unwrap();
-    fs::write(tls_dir.join("server.key"), leaf_key.serialize_pem()).unwrap();
+    let (cert_file, key_file) = (tls_dir.join("server.crt"), tls_dir.join("server.key"));
+    fs::write(&cert_file, leaf_cert.pem()).unwrap();
+    fs::write(&key_file, leaf_key.serialize_pem()).unwrap();
     TlsFiles {
         ca_pem: ca_pem.into_bytes(),
         ca_file,
         cert_dir,
+        cert_file,
+        key_file,
     }
 }
 
