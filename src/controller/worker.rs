@@ -208,14 +208,7 @@ fn options(spec: &ImageImportSpec, root: &Path) -> Result<ImportOptions, ImportE
         .and_then(|v| v.parse().ok())
         .filter(|s: &u64| *s > 0)
         .map(Duration::from_secs);
-    http.url_policy.allowed_hosts = std::env::var("IMAGEIMPORT_URL_ALLOWED_HOSTS")
-        .ok()
-        .map(|v| {
-            v.split(',')
-                .filter(|h| !h.is_empty())
-                .map(String::from)
-                .collect()
-        });
+    http.url_policy.allowed_hosts = env_list("IMAGEIMPORT_URL_ALLOWED_HOSTS");
     let source = match (&spec.source.pvc, &spec.source.url) {
         (Some(pvc), None) => {
             if pvc.path.starts_with('/') || pvc.path.split('/').any(|c| c == "..") {
@@ -314,14 +307,7 @@ fn options(spec: &ImageImportSpec, root: &Path) -> Result<ImportOptions, ImportE
         Some(i) => Selection::Image(i.clone()),
         None => Selection::Only,
     };
-    opts.allowed_repositories = std::env::var("IMAGEIMPORT_ALLOWED_REPOSITORIES")
-        .ok()
-        .map(|v| {
-            v.split(',')
-                .filter(|p| !p.is_empty())
-                .map(String::from)
-                .collect()
-        });
+    opts.allowed_repositories = env_list("IMAGEIMPORT_ALLOWED_REPOSITORIES");
     opts.platform = spec
         .platform
         .as_deref()
@@ -338,6 +324,17 @@ fn options(spec: &ImageImportSpec, root: &Path) -> Result<ImportOptions, ImportE
     opts.expect_image_id = spec.verify.as_ref().and_then(|v| v.image_id.clone());
     opts.tags = spec.target.tags.iter().map(|t| t.0.clone()).collect();
     Ok(opts)
+}
+
+/// A comma-separated list the Job hands the worker (what the policy grants); None when the
+/// variable is not set (no policy: anything), empty when it grants nothing.
+fn env_list(name: &str) -> Option<Vec<String>> {
+    std::env::var(name).ok().map(|v| {
+        v.split(',')
+            .filter(|p| !p.is_empty())
+            .map(String::from)
+            .collect()
+    })
 }
 
 fn read_trimmed(p: &Path) -> Result<String, ImportError> {
