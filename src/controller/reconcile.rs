@@ -249,10 +249,7 @@ impl<'a> Pass<'a> {
         let elapsed = k8s_openapi::jiff::Timestamp::now()
             .duration_since(finished)
             .unsigned_abs();
-        let reason_text = r
-            .reason
-            .clone()
-            .unwrap_or_else(|| reason::WORKER_FAILED.into());
+        let reason_text = failure_reason(r);
         let msg = format!(
             "attempt {} failed: {}; retrying in {}s",
             self.st.attempts,
@@ -326,10 +323,7 @@ impl<'a> Pass<'a> {
             self.write(Some((EventType::Normal, reason::SUCCEEDED, &msg)))
                 .await
         } else {
-            let reason_text = r
-                .reason
-                .clone()
-                .unwrap_or_else(|| reason::WORKER_FAILED.into());
+            let reason_text = failure_reason(r);
             let msg = format!(
                 "{} (not retried: fix the archive or the spec; a spec change starts a new import)",
                 r.message.clone().unwrap_or_default()
@@ -500,6 +494,13 @@ async fn result_reported(
         .and_then(|o| o.status)
         .and_then(|s| s.result)
         .is_some_and(|r| r.generation == generation && r.job_name == job_name))
+}
+
+/// The condition reason of a failed attempt (a worker that gave none failed as a worker).
+fn failure_reason(r: &WorkerResult) -> String {
+    r.reason
+        .clone()
+        .unwrap_or_else(|| reason::WORKER_FAILED.into())
 }
 
 /// Metrics for a finished attempt (counted once, when its outcome is first recorded).
