@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Go binaries the tests need (kube-apiserver, etcd, crane, helm, and the node
-# components kubelet, kube-controller-manager, kube-scheduler of hack/cluster.sh) from Go modules
+# components kubelet, kube-controller-manager, kube-scheduler and kubectl of hack/cluster.sh) from Go modules
 # through the Go module proxy, and caches them outside the checkout, keyed by version.
 #
 # Usage: hack/build-test-bins.sh [crane] [helm] [etcd] [kube-apiserver] [kube-node]   (default: all)
@@ -123,9 +123,10 @@ build_helm() {
   install_bin helm "$HELM_VERSION" go_install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "$ld"
 }
 
-# The node components of hack/cluster.sh: `tool` lines of the kube-apiserver wrapper module (same
-# module graph, version and GOCACHE), built in one `go build` so shared packages compile once.
-KUBE_NODE_BINS=(kubelet kube-controller-manager kube-scheduler)
+# The node components of hack/cluster.sh (and kubectl, for machines without one): `tool` lines
+# of the kube-apiserver wrapper module (same module graph, version and GOCACHE), built in one
+# `go build` so shared packages compile once.
+KUBE_NODE_BINS=(kubelet kube-controller-manager kube-scheduler kubectl)
 
 build_kube_node() {
   kube_wrapper_version

@@ -98,7 +98,9 @@ wait_for() {
   return 1
 }
 
-kctl() { kubectl --kubeconfig "$STATE/kubeconfig" "$@"; }
+# kubectl of this machine, else the one hack/build-test-bins.sh builds with the node components.
+kubectl_bin() { command -v kubectl || echo "$TESTBIN/kubectl"; }
+kctl() { "$(kubectl_bin)" --kubeconfig "$STATE/kubeconfig" "$@"; }
 
 # --- installation ---------------------------------------------------------------------------
 install_prereqs() {
@@ -112,9 +114,8 @@ install_prereqs() {
     apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
   fi
-  command -v kubectl >/dev/null || die "kubectl not found in PATH"
   local missing=0
-  for p in etcd kube-apiserver kubelet kube-controller-manager kube-scheduler helm; do
+  for p in etcd kube-apiserver kubelet kube-controller-manager kube-scheduler kubectl helm; do
     [[ -x "$TESTBIN/$p" ]] || missing=1
   done
   if ((missing)); then

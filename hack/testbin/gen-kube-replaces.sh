@@ -6,7 +6,7 @@
 # wrapper module requires k8s.io/kubernetes and replaces every staging module with its published
 # v0.<minor>.<patch> release. The list is derived from the upstream go.mod of the exact tag.
 #
-# The node components (kubelet, kube-controller-manager, kube-scheduler) of hack/cluster.sh are
+# The node components (kubelet, kube-controller-manager, kube-scheduler) and kubectl of hack/cluster.sh are
 # `tool` lines of the same module, so they are built from the very same module graph and version
 # as kube-apiserver (hack/build-test-bins.sh kube-node).
 #
@@ -38,7 +38,7 @@ mapfile -t staging < <(sed -n 's#^[[:space:]]*\(k8s\.io/[^[:space:]]*\)[[:space:
   echo "require k8s.io/kubernetes ${K8S_VERSION}"
   echo
   echo "tool ("
-  for t in kubelet kube-controller-manager kube-scheduler; do
+  for t in kubelet kube-controller-manager kube-scheduler kubectl; do
     printf '\tk8s.io/kubernetes/cmd/%s\n' "$t"
   done
   echo ")"
