@@ -115,9 +115,10 @@ install_prereqs() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
   fi
   local missing=0
-  for p in etcd kube-apiserver kubelet kube-controller-manager kube-scheduler kubectl helm; do
+  for p in etcd kube-apiserver kubelet kube-controller-manager kube-scheduler helm; do
     [[ -x "$TESTBIN/$p" ]] || missing=1
   done
+  [[ -x "$(kubectl_bin)" ]] || missing=1
   if ((missing)); then
     [[ "${IMAGEIMPORT_CLUSTER_INSTALL:-1}" != 0 ]] || die "missing Go binaries in $TESTBIN"
     log "building Go binaries (hack/build-test-bins.sh; cold: about 15-30 min on 2 cores)"
