@@ -191,6 +191,15 @@ fn write_seeds() {
             seeds.push((format!("hostile-{}.tar", n.replace('_', "-")), bytes));
         }
     }
+    // The bombs' first headers (the 600 MiB of data left out): refused on the header.
+    seeds.push((
+        "hostile-pax-header-over-cap.tar".into(),
+        hostile::bomb_head(b'x'),
+    ));
+    seeds.push((
+        "hostile-long-name-over-cap.tar".into(),
+        hostile::bomb_head(b'L'),
+    ));
     for (n, bytes) in &seeds {
         assert!(bytes.len() < 64 << 10, "seed {n} is {} bytes", bytes.len());
         std::fs::write(dir.join(n), bytes).unwrap();
@@ -250,6 +259,16 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ),
     // The stream reader meets the 64 MiB claim before the missing bytes; the seekable one
     // sees the claim reach past the end of the file.
+    (
+        "seeds/hostile-long-name-over-cap.tar",
+        "ExtensionTooLarge",
+        "ExtensionTooLarge",
+    ),
+    (
+        "seeds/hostile-pax-header-over-cap.tar",
+        "ExtensionTooLarge",
+        "ExtensionTooLarge",
+    ),
     (
         "seeds/hostile-manifest-json-size-lie.tar",
         "MetadataTooLarge",

@@ -110,7 +110,8 @@ pub async fn run() -> i32 {
         Err(e) => {
             eprintln!("imageimport worker: {e}");
             result.reason = Some(e.reason().to_string());
-            result.message = Some(e.to_string());
+            // Capped: archive names in it can be megabytes, and it is written to the status.
+            result.message = Some(e.to_string().chars().take(4096).collect());
             result.transient = e.is_transient();
             if e.is_transient() { 75 } else { 1 }
         }

@@ -1545,8 +1545,48 @@ pub mod hostile {
         t.finish()
     }
 
+    /// What a compression bomb's extension entry claims: 600 MiB.
+    pub const BOMB_SIZE: u64 = 600 << 20;
+
+    /// The uncompressed start of a bomb: the config, then a header of type `typeflag` (`L`
+    /// GNU long name, `x` PAX) claiming [`BOMB_SIZE`] bytes of data.
+    pub fn bomb_head(typeflag: u8) -> Vec<u8> {
+        let p = parts();
+        let mut t = TarWriter::new();
+        t.file(&format!("{}.json", p.config_hex), &p.config);
+        t.header("././@LongLink", typeflag, BOMB_SIZE, 0o644, "", (0, 0));
+        t.into_unfinished()
+    }
+
+    /// A whole-archive gzip of about 600 KB that holds [`bomb_head`] and then 600 MiB of
+    /// extension data (`filler` bytes), a member and the end blocks: readers that take the
+    /// extension's size from its header and read it into memory need 600 MiB. Written as
+    /// one gzip member per MiB (valid gzip, as `cat a.gz b.gz` is), so it is quick to build.
+    fn bomb(typeflag: u8, filler: u8) -> Vec<u8> {
+        let gz = |bytes: &[u8]| compress_whole(bytes, Comp::Gzip);
+        let mut out = gz(&bomb_head(typeflag));
+        let mib = gz(&vec![filler; 1 << 20]);
+        for _ in 0..(BOMB_SIZE >> 20) {
+            out.extend_from_slice(&mib);
+        }
+        let mut t = TarWriter::new();
+        t.file("manifest.json", b"[]");
+        out.extend(gz(&t.finish()));
+        out
+    }
+
+    /// A 600 MiB PAX extended header (`x`) in a ~600 KB gzip.
+    pub fn pax_header_bomb() -> Vec<u8> {
+        bomb(b'x', b'0')
+    }
+
+    /// A 600 MiB GNU long name (`L`) in a ~600 KB gzip.
+    pub fn long_name_bomb() -> Vec<u8> {
+        bomb(b'L', b'a')
+    }
+
     /// Every small hostile archive, with its function name (excludes
-    /// `oversized_manifest_json`, which takes a size).
+    /// `oversized_manifest_json`, which takes a size, and the bombs, which are not small).
     pub fn all() -> Vec<(&'static str, Vec<u8>)> {
         vec![
             ("absolute_path_member", absolute_path_member()),
