@@ -310,6 +310,41 @@ fn archive_saved_by_id_needs_a_tag() {
         &reg.reference("byid:v9"),
     ]);
     assert_round_trip(&reg, "byid:v9", &built.images[0], split_result(&lines[0]).1);
+
+    // Docker 25+ by ID: Go's nil slices as `null` ("manifests":null, "RepoTags":null).
+    let built = archives::docker25_saved_by_id(&ImageSpec::new(&[], two_layers(1210)));
+    let path = archives::write_to(dir.path(), "byid25.tar", &built.bytes);
+    let out = run(&[
+        "push",
+        "--insecure",
+        path.to_str().unwrap(),
+        &reg.reference("byid25"),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without a tag"));
+    let lines = push_ok(&[
+        "push",
+        "--insecure",
+        "-q",
+        path.to_str().unwrap(),
+        &reg.reference("byid25:v1"),
+    ]);
+    assert_round_trip(
+        &reg,
+        "byid25:v1",
+        &built.images[0],
+        split_result(&lines[0]).1,
+    );
+    // skopeo reads the same archive, as a cross-check of the generator.
+    let copy = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("docker-archive:{}", path.display()))
+        .output()
+        .unwrap();
+    assert!(
+        copy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
 }
 
 #[test]

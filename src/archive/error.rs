@@ -36,6 +36,9 @@ pub enum ArchiveError {
         what: &'static str,
         cap: u64,
     },
+    /// A document two clients would read as two different images (see `ambiguity`).
+    #[error("member {member}: ambiguous document, refused: {detail}")]
+    Ambiguous { member: String, detail: String },
     #[error("no image in archive: it has neither manifest.json nor an OCI index.json")]
     NoImages,
     #[error(
