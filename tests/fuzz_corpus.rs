@@ -148,6 +148,10 @@ fn write_seeds() {
             "valid-docker25-oci.tar".into(),
             build(&Format::Docker25Oci, &one()).bytes,
         ),
+        (
+            "valid-docker25-by-id-go-nulls.tar".into(),
+            docker25_saved_by_id(&ImageSpec::new(&[], vec![small(1), small(2)])).bytes,
+        ),
     ];
     for (c, n) in [
         (Comp::None, "none"),
@@ -285,6 +289,36 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "DigestMismatch",
     ),
     (
+        "seeds/hostile-oci-duplicate-layers-key.tar",
+        "BadJson",
+        "BadJson",
+    ),
+    (
+        "seeds/hostile-oci-index-json-with-layers.tar",
+        "Ambiguous",
+        "Ambiguous",
+    ),
+    (
+        "seeds/hostile-oci-index-with-layers.tar",
+        "Ambiguous",
+        "Ambiguous",
+    ),
+    (
+        "seeds/hostile-oci-manifest-with-manifests.tar",
+        "Ambiguous",
+        "Ambiguous",
+    ),
+    (
+        "seeds/hostile-oci-media-type-mismatch.tar",
+        "Ambiguous",
+        "Ambiguous",
+    ),
+    (
+        "seeds/hostile-oci-schema-version-1.tar",
+        "Ambiguous",
+        "Ambiguous",
+    ),
+    (
         "seeds/hostile-oci-digest-path-traversal.tar",
         "BadMetadata",
         "BadMetadata",
@@ -316,6 +350,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     // The seekable reader reads plain tar files only (the importer decompresses a compressed
     // file as a stream).
     ("seeds/valid-docker-legacy.tar.gz", "ok", "NotTar"),
+    ("seeds/valid-docker25-by-id-go-nulls.tar", "ok", "ok"),
     ("seeds/valid-docker25-oci.tar", "ok", "ok"),
     ("seeds/valid-oci-archive-gzip.tar", "ok", "ok"),
     ("seeds/valid-oci-archive-none.tar", "ok", "ok"),

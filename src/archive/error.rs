@@ -79,6 +79,9 @@ pub enum ArchiveError {
         cap: u64,
         after: String,
     },
+    /// A document two clients would read as two different images (see `ambiguity`).
+    #[error("member {}: ambiguous document, refused: {}", shown(.member), shown_detail(.detail))]
+    Ambiguous { member: String, detail: String },
     #[error("no image in archive: it has neither manifest.json nor an OCI index.json")]
     NoImages,
     #[error(

@@ -88,6 +88,9 @@ pub async fn run() -> i32 {
                     digest: r.digest.clone(),
                     image_ids: r.image_ids.clone(),
                     refs: r.refs.clone(),
+                    archive_digest: r.archive_digest.clone(),
+                    digest_changed: r.digest_changed.clone(),
+                    checked: Some(r.checked.clone()),
                 })
                 .collect();
             result.pushed = reports
