@@ -3,6 +3,7 @@
 
 Subcommands:
   make-archive DIR        build (once) a ~1 GB legacy `docker save` archive from real files
+  make-archive-v2 ARCHIVE the next version: the same layers plus a new ~0.4 MB one
   free-port               print a free 127.0.0.1 TCP port
   wait-http URL [SECS]    wait until URL answers (any HTTP status)
   registry-config DIR PORT  write DIR/config.yml for `docker-registry serve`
@@ -56,8 +57,16 @@ LAYERS = [
         "created_by": "COPY app /",
     },
 ]
+# BENCH_SIZE=small: a ~230 MB archive of the same shape, for checking the bench itself on a
+# busy machine (its figures are not the 1 GB bench's).
+if os.environ.get("BENCH_SIZE") == "small":
+    LAYERS = [
+        {"name": "base: Go sources", "paths": ["usr/local/go/src"], "created_by": "COPY base /"},
+        {"name": "toolchain: Go packages", "paths": ["usr/local/go/pkg"], "created_by": "COPY go /usr/local/go/pkg"},
+        {"name": "app: python stdlib", "paths": ["usr/lib/python3.11"], "created_by": "COPY app /"},
+    ]
 IMAGE_TAG = "bench/polyglot:1"
-ARCHIVE_NAME = "polyglot-docker-save.tar"
+ARCHIVE_NAME = "polyglot-small-docker-save.tar" if os.environ.get("BENCH_SIZE") == "small" else "polyglot-docker-save.tar"
 TAR_OPTS = [
     "--sort=name",
     "--mtime=@0",
@@ -231,6 +240,105 @@ def cmd_make_archive(args):
     with open(meta_path, "w") as f:
         json.dump(meta, f, indent=1)
     print(archive)
+
+
+V2_ARCHIVE_NAME = ARCHIVE_NAME.replace("polyglot", "polyglot-v2", 1)
+V2_IMAGE_TAG = "bench/polyglot:2"
+# The new version's only new layer: ~0.4 MB of real text files.
+V2_LAYER_PATHS = ["usr/share/common-licenses", "usr/share/doc"]
+V2_LAYER_TARGET = 400_000
+
+
+def cmd_make_archive_v2(args):
+    """make-archive-v2 ARCHIVE: the next version of the image in ARCHIVE, as docker save writes
+    it: the same three layers (byte for byte) plus one new ~0.4 MB layer on top."""
+    src = args[0]
+    d = os.path.dirname(src)
+    out = os.path.join(d, V2_ARCHIVE_NAME)
+    meta_path = out + ".meta.json"
+    if os.path.exists(out) and os.path.exists(meta_path):
+        print(out)
+        return
+    with tarfile.open(src) as t:
+        members = t.getmembers()
+        manifest = json.loads(t.extractfile("manifest.json").read())[0]
+        config = json.loads(t.extractfile(manifest["Config"]).read())
+    # The new layer: the first files of V2_LAYER_PATHS (name order) up to the target size.
+    files = []
+    total = 0
+    for root in V2_LAYER_PATHS:
+        for dirpath, dirnames, filenames in os.walk("/" + root):
+            dirnames.sort()
+            for fn in sorted(filenames):
+                p = os.path.join(dirpath, fn)
+                if os.path.isfile(p) and not os.path.islink(p) and os.access(p, os.R_OK):
+                    files.append(p.lstrip("/"))
+                    total += os.path.getsize(p)
+                if total >= V2_LAYER_TARGET:
+                    break
+            if total >= V2_LAYER_TARGET:
+                break
+        if total >= V2_LAYER_TARGET:
+            break
+    layer_file = out + ".layer.tar"
+    list_file = out + ".files"
+    with open(list_file, "w") as f:
+        f.write("\n".join(files) + "\n")
+    cmd_paths = ["-T", list_file]
+    hexd, size = make_layer(cmd_paths, [], layer_file)
+    os.remove(list_file)
+    created = "1970-01-01T00:00:01Z"
+    diff_id = "sha256:" + hexd
+    config["rootfs"]["diff_ids"].append(diff_id)
+    config["history"].append({"created": created, "created_by": "COPY release /"})
+    config_bytes = json.dumps(config, separators=(",", ":")).encode()
+    config_hex = hashlib.sha256(config_bytes).hexdigest()
+    parent = manifest["Layers"][-1].split("/")[0]
+    v1id = hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest()
+    v1json = json.dumps(
+        {"id": v1id, "parent": parent, "created": created, "container_config": {"Cmd": ["COPY release /"]}, "os": "linux"},
+        separators=(",", ":"),
+    ).encode()
+    layers = manifest["Layers"] + [f"{v1id}/layer.tar"]
+    repo, tag = V2_IMAGE_TAG.rsplit(":", 1)
+    tmp = out + ".tmp"
+    keep = {l.split("/")[0] for l in manifest["Layers"]}
+    with tarfile.open(src) as t, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as w:
+        for m in members:
+            if m.name.split("/")[0] in keep:
+                w.addfile(m, t.extractfile(m) if m.isfile() else None)
+        add_dir(w, v1id + "/")
+        add_bytes(w, v1id + "/VERSION", b"1.0")
+        add_bytes(w, v1id + "/json", v1json)
+        ti = tarfile.TarInfo(v1id + "/layer.tar")
+        ti.size = size
+        ti.mode = 0o644
+        ti.mtime = 0
+        with open(layer_file, "rb") as f:
+            w.addfile(ti, f)
+        add_bytes(w, f"{config_hex}.json", config_bytes)
+        add_bytes(
+            w,
+            "manifest.json",
+            json.dumps([{"Config": f"{config_hex}.json", "RepoTags": [V2_IMAGE_TAG], "Layers": layers}], separators=(",", ":")).encode(),
+        )
+        add_bytes(w, "repositories", json.dumps({repo: {tag: v1id}}, separators=(",", ":")).encode())
+    os.replace(tmp, out)
+    os.remove(layer_file)
+    with open(meta_path, "w") as f:
+        json.dump(
+            {
+                "archive": out,
+                "archive_bytes": os.path.getsize(out),
+                "image_tag": V2_IMAGE_TAG,
+                "image_id": "sha256:" + config_hex,
+                "new_layer": {"diff_id": diff_id, "bytes": size, "files": len(files)},
+                "config_bytes": len(config_bytes),
+            },
+            f,
+            indent=1,
+        )
+    print(out)
 
 
 def cmd_free_port(_):
@@ -441,6 +549,7 @@ def fetch_manifest(host, repo, tag):
     m = json.loads(body)
     layers = m.get("layers", [])
     return {
+        "manifest_bytes": len(body),
         "manifest_digest": digest,
         "manifest_media_type": m.get("mediaType"),
         "config_bytes": m["config"]["size"],
@@ -451,9 +560,11 @@ def fetch_manifest(host, repo, tag):
 
 
 def cmd_record(args):
-    """record TOOL KIND LABEL TIMEFILE WALL_S SAMPLEFILE HOST REPO TAG STDOUTFILE"""
-    tool, kind, label, timefile, wall, samplefile, host, repo, tag, stdoutfile = args
+    """record TOOL KIND LABEL TIMEFILE WALL_S SAMPLEFILE HOST REPO TAG STDOUTFILE STORED_BYTES"""
+    tool, kind, label, timefile, wall, samplefile, host, repo, tag, stdoutfile, stored = args
     r = {"tool": tool, "kind": kind, "label": label}
+    # Bytes the registry's blob store grew by during the run: what was really sent and kept.
+    r["stored_bytes"] = int(stored) if stored.lstrip("-").isdigit() else None
     r.update(parse_time_v(timefile))
     r["wall_s"] = round(float(wall), 3)
     r["cpu_s"] = round(r.get("user_s", 0) + r.get("sys_s", 0), 2)
@@ -612,6 +723,45 @@ def cmd_report(args):
     if bad_print:
         print(f"  WARNING: {len(bad_print)} imageimport run(s) printed a digest other than the registry's")
     summary["distinct_manifest_digests"] = {k: sorted(v) for k, v in digests.items()}
+    # ---- peers: every tool a user would pick, on the same archive and registry
+    peers = {}
+    for tool in ("crane", "regctl"):
+        rs = sel(tool, "cold")
+        if rs:
+            peers[tool] = {k: med(col(rs, k)) for k in ["wall_s", "cpu_s", "max_rss_mib", "pushed_bytes"]}
+            peers[tool]["wall_over_imageimport"] = ratio(peers[tool]["wall_s"], i["wall_s"])
+            peers[tool]["pushed_bytes_over_imageimport"] = ratio(peers[tool]["pushed_bytes"], i["pushed_bytes"])
+    if peers:
+        print()
+        print("peers (cold, medians; ratio = peer wall / imageimport wall):")
+        for tool, x in [("skopeo", dict(s, wall_over_imageimport=w, pushed_bytes_over_imageimport=ratio(s["pushed_bytes"], i["pushed_bytes"])))] + list(peers.items()):
+            print(f"  {tool:<8} wall {fmt(x['wall_s']):>6} s  {fmt(x['wall_over_imageimport'])}x  cpu {fmt(x['cpu_s'], 1):>5} s  "
+                  f"peak RSS {fmt(x['max_rss_mib'], 1):>6} MiB  pushed {fmt(None if x['pushed_bytes'] is None else x['pushed_bytes'] / 1e6, 1):>7} MB "
+                  f"({fmt(x['pushed_bytes_over_imageimport'], 3)}x imageimport's)")
+    summary["peers"] = peers
+
+    # ---- a new version beside the old one (issue 12 part 2)
+    up = sel("imageimport", "upgrade")
+    v2 = sel("imageimport", "cold", "v2")
+    if up and v2:
+        up_wall, v2_wall = med(col(up, "wall_s")), med(col(v2, "wall_s"))
+        limits = [
+            r["layer_bytes"][-1] + r["config_bytes"] + r["manifest_bytes"]
+            for r in up if r.get("exit") == 0 and r.get("layer_bytes")
+        ]
+        stored = col(up, "stored_bytes")
+        up_ratio = ratio(up_wall, v2_wall)
+        targets["upgrade_le_0.3x_cold_v2"] = ok(None if up_ratio is None else up_ratio <= 0.3)
+        targets["upgrade_sends_only_new_layer_config_manifest"] = ok(
+            None if not stored or not limits else max(stored) <= max(limits)
+        )
+        summary["upgrade"] = {"wall_s": up_wall, "cold_v2_wall_s": v2_wall, "ratio": up_ratio,
+                              "stored_bytes": stored, "limit_bytes": limits}
+        print()
+        print("a new version (v2 = v1 + one new layer) pushed beside v1 under a new tag:")
+        print(f"  wall {fmt(up_wall)} s vs cold push of v2 {fmt(v2_wall)} s: {fmt(up_ratio)}x   target <= 0.3x: {targets['upgrade_le_0.3x_cold_v2']}")
+        print(f"  registry blob store grew by {stored} bytes; new layer + config + manifest = {limits}   "
+              f"target: no more: {targets['upgrade_sends_only_new_layer_config_manifest']}")
     if failed:
         print(f"\n{len(failed)} run(s) FAILED: " + ", ".join(f"{r['tool']} {r['kind']} {r['label']}" for r in failed))
 
@@ -624,6 +774,7 @@ def cmd_report(args):
 def main():
     cmds = {
         "make-archive": cmd_make_archive,
+        "make-archive-v2": cmd_make_archive_v2,
         "free-port": cmd_free_port,
         "wait-http": cmd_wait_http,
         "registry-config": cmd_registry_config,

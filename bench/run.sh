@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# imageimport vs `skopeo copy docker-archive:` on the same ~1 GB docker-save archive and the same
-# kind of registry, in one run. See bench/README.md.
+# imageimport vs skopeo (`skopeo copy docker-archive:`), crane (`crane push`) and regctl
+# (`regctl image import`) on the same ~1 GB docker-save archive and the same kind of registry, in
+# one run; and a new version of the image pushed beside the old one. See bench/README.md.
 #
 # Environment:
 #   BENCH_DIR        cache + scratch dir (default /tmp/imageimport-bench; the archive is kept)
@@ -11,8 +12,13 @@
 #                    that other work on a shared machine disturbs less; 0 to leave it)
 #   BENCH_PIDSTAT    1 (default when pidstat exists): log `pidstat -u -t` per run in the work dir
 #   BENCH_NO_BUILD   1: do not run `cargo build --release`
+#   BENCH_BIN        the imageimport binary (default target/release/imageimport)
 #   BENCH_SAVE       1 (default): copy the result to bench/results/latest.json and
 #                    bench/results/<date>-polyglot.json
+#   BENCH_PEERS      1 (default): also crane and regctl, built by bench/build-peers.sh
+#   BENCH_UPGRADE    1 (default): also v2 beside v1 under a new tag, and a cold push of v2
+#   BENCH_SIZE       small: a ~230 MB archive of the same shape, to check the bench on a busy
+#                    machine (results go to bench/results/<date>-small.json, not latest.json)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,7 +31,7 @@ if [[ $(id -u) == 0 ]]; then NICE=${BENCH_NICE:--20}; else NICE=${BENCH_NICE:-0}
 if command -v pidstat >/dev/null; then PIDSTAT=${BENCH_PIDSTAT:-1}; else PIDSTAT=0; fi
 PY=${PYTHON:-python3}
 LIB="$HERE/benchlib.py"
-BIN="$ROOT/target/release/imageimport"
+BIN=${BENCH_BIN:-"$ROOT/target/release/imageimport"}
 SKOPEO=${SKOPEO:-skopeo}
 REGISTRY_BIN=${REGISTRY_BIN:-docker-registry}
 
@@ -65,12 +71,24 @@ if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
     (cd "$ROOT" && cargo build --release --quiet) || die "build failed"
 fi
 [[ -x $BIN ]] || die "$BIN missing"
+PEERS=${BENCH_PEERS:-1}
+UPGRADE=${BENCH_UPGRADE:-1}
+if [[ $PEERS == 1 ]]; then
+    log "peers: crane and regctl from their Go modules (bench/build-peers.sh)"
+    PEER_DIR=$(bash "$HERE/build-peers.sh") || die "building the peers failed (BENCH_PEERS=0 skips them)"
+    CRANE="$PEER_DIR/crane"
+    REGCTL="$PEER_DIR/regctl"
+fi
 
 mkdir -p "$BENCH_DIR"
 log "archive (generated once into $BENCH_DIR)"
 ARCHIVE=$("$PY" "$LIB" make-archive "$BENCH_DIR")
 META="$ARCHIVE.meta.json"
-# Both tools read the archive from the page cache: warm it once.
+if [[ $UPGRADE == 1 ]]; then
+    ARCHIVE_V2=$("$PY" "$LIB" make-archive-v2 "$ARCHIVE")
+    cat "$ARCHIVE_V2" >/dev/null
+fi
+# Every tool reads the archive from the page cache: warm it once.
 cat "$ARCHIVE" >/dev/null
 
 WORK=$(mktemp -d "$BENCH_DIR/run.XXXXXX")
@@ -154,7 +172,8 @@ measure() {
         PIDSTAT_PID=$!
     fi
     while [[ ! -e $base.sample.ready ]]; do sleep 0.02; done
-    local t0 t1
+    local t0 t1 stored0 stored1
+    stored0=$(du -sb "$REG_DIR/storage/docker/registry/v2/blobs" 2>/dev/null | cut -f1 || true)
     t0=$(date +%s.%N)
     /usr/bin/time -v -o "$base.time" timeout 600 "$@" >"$base.out" 2>"$base.err" &
     local job=$!
@@ -171,8 +190,9 @@ measure() {
     fi
     local wall
     wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}')
+    stored1=$(du -sb "$REG_DIR/storage/docker/registry/v2/blobs" 2>/dev/null | cut -f1 || true)
     "$PY" "$LIB" record "$tool" "$kind" "$label" "$base.time" "$wall" "$base.sample" \
-        "$HOST" "$repo" "$tag" "$base.out" >>"$RUNS_FILE"
+        "$HOST" "$repo" "$tag" "$base.out" "$((${stored1:-0} - ${stored0:-0}))" >>"$RUNS_FILE"
     "$PY" - "$RUNS_FILE" <<'EOF' >&2
 import json, sys
 r = json.loads(open(sys.argv[1]).read().splitlines()[-1])
@@ -198,21 +218,42 @@ ii_push() { # KIND LABEL [extra args]
     measure imageimport "$kind" "$label" bench/ii 1 -- \
         "$BIN" push --insecure -q "$@" "$ARCHIVE" "$HOST/bench/ii:1"
 }
+ii_push_v2() { # KIND LABEL: v2 under the new tag bench/ii:2
+    measure imageimport "$1" "$2" bench/ii 2 -- \
+        "$BIN" push --insecure -q "$ARCHIVE_V2" "$HOST/bench/ii:2"
+}
+crane_push() {
+    measure crane cold default bench/crane 1 -- \
+        "$CRANE" push --insecure "$ARCHIVE" "$HOST/bench/crane:1"
+}
+regctl_push() {
+    measure regctl cold default bench/regctl 1 -- \
+        "$REGCTL" --host "reg=$HOST,tls=disabled" image import "$HOST/bench/regctl:1" "$ARCHIVE"
+}
 
 log "work dir $WORK; $RUNS cold run(s) per tool, alternating"
 for ((i = 1; i <= RUNS; i++)); do
     if ((i % 2)); then order=(skopeo imageimport); else order=(imageimport skopeo); fi
+    if [[ $PEERS == 1 ]]; then order+=(crane regctl); fi
     for tool in "${order[@]}"; do
         start_registry "$tool-$i"
-        if [[ $tool == skopeo ]]; then
-            skopeo_push cold
-            skopeo_push warm
-        else
-            ii_push cold default
-            ii_push warm default
-        fi
+        case $tool in
+            skopeo) skopeo_push cold; skopeo_push warm ;;
+            imageimport)
+                ii_push cold default
+                ii_push warm default
+                if [[ $UPGRADE == 1 ]]; then ii_push_v2 upgrade default; fi
+                ;;
+            crane) crane_push ;;
+            regctl) regctl_push ;;
+        esac
         stop_registry
     done
+    if [[ $UPGRADE == 1 ]]; then
+        start_registry "imageimport-v2-$i"
+        ii_push_v2 cold v2
+        stop_registry
+    fi
 done
 if [[ $VARIANTS == 1 ]]; then
     for comp in none zstd; do
@@ -223,7 +264,7 @@ if [[ $VARIANTS == 1 ]]; then
 fi
 
 ENV_JSON="$WORK/env.json"
-"$PY" - "$ENV_JSON" "$ROOT" "$SKOPEO" "$REGISTRY_BIN" "$RUNS" "$NICE" "$QUIET_WAIT" <<'EOF'
+CRANE=${CRANE:-} REGCTL=${REGCTL:-} "$PY" - "$ENV_JSON" "$ROOT" "$SKOPEO" "$REGISTRY_BIN" "$RUNS" "$NICE" "$QUIET_WAIT" <<'EOF'
 import json, os, platform, subprocess, sys
 out, root, skopeo, reg, runs, nice, quiet = sys.argv[1:]
 def sh(*a, cwd=None):
@@ -249,7 +290,12 @@ json.dump({
     "commands": {
         "skopeo": "skopeo copy -q --dest-tls-verify=false docker-archive:ARCHIVE docker://HOST/bench/skopeo:1",
         "imageimport": "target/release/imageimport push --insecure -q [--compression C] ARCHIVE HOST/bench/ii:1",
+        "imageimport upgrade": "target/release/imageimport push --insecure -q ARCHIVE_V2 HOST/bench/ii:2 (after ARCHIVE to bench/ii:1)",
+        "crane": "crane push --insecure ARCHIVE HOST/bench/crane:1",
+        "regctl": "regctl --host reg=HOST,tls=disabled image import HOST/bench/regctl:1 ARCHIVE",
     },
+    "peers": {"crane": sh(os.environ.get("CRANE", "crane"), "version"),
+              "regctl": sh(os.environ.get("REGCTL", "regctl"), "version", "--format", "{{.VCSTag}}")},
 }, open(out, "w"), indent=1)
 EOF
 "$PY" - "$META" "$ENV_JSON" "$WORK/meta.json" <<'EOF'
@@ -261,7 +307,12 @@ EOF
 
 if [[ ${BENCH_SAVE:-1} == 1 ]]; then
     mkdir -p "$HERE/results"
-    cp "$WORK/result.json" "$HERE/results/latest.json"
-    cp "$WORK/result.json" "$HERE/results/$(date -u +%F)-polyglot.json"
-    log "results: bench/results/latest.json, bench/results/$(date -u +%F)-polyglot.json (raw: $WORK)"
+    if [[ ${BENCH_SIZE:-} == small ]]; then
+        cp "$WORK/result.json" "$HERE/results/$(date -u +%F)-small.json"
+        log "results: bench/results/$(date -u +%F)-small.json (raw: $WORK)"
+    else
+        cp "$WORK/result.json" "$HERE/results/latest.json"
+        cp "$WORK/result.json" "$HERE/results/$(date -u +%F)-polyglot.json"
+        log "results: bench/results/latest.json, bench/results/$(date -u +%F)-polyglot.json (raw: $WORK)"
+    fi
 fi
