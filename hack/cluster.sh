@@ -596,9 +596,10 @@ unmount_under() { # PATH-PREFIX: every mount below it, deepest first
 down() {
   [[ $EUID -eq 0 ]] || die "needs root"
   [[ -d "$STATE" ]] || { log "nothing to stop ($STATE does not exist)"; return 0; }
-  local t0=$SECONDS netns=() c pid
+  local t0=$SECONDS netns=() ids=() c pid
   stop kubelet
   if alive containerd; then
+    mapfile -t ids < <(ctr_ containers ls -q 2>/dev/null)
     # Sandboxes' network namespaces, to unmount after their tasks are gone.
     mapfile -t netns < <(ctr_ containers ls -q 2>/dev/null | while read -r c; do
       ctr_ containers info "$c" 2>/dev/null | jq -r '.Spec.linux.namespaces[]? | select(.type == "network") | .path // empty'
@@ -626,6 +627,8 @@ down() {
   rmdir /var/lib/kubelet/device-plugins /var/lib/kubelet 2>/dev/null || true
   find /var/log/containers -maxdepth 1 -type l -lname "$STATE/*" -delete 2>/dev/null || true
   rm -f /var/lib/cni/results/imageimport-* 2>/dev/null || true
+  # CRI's loopback network leaves its results too (cni-loopback-<sandbox id>-lo).
+  for c in "${ids[@]}"; do [[ -n "$c" ]] && rm -f /var/lib/cni/results/*-"$c"-* 2>/dev/null; done
   if [[ -f "$STATE/run-containerd-s.before" ]]; then
     for c in $(ls /run/containerd/s 2>/dev/null); do
       grep -qx "$c" "$STATE/run-containerd-s.before" || rm -f "/run/containerd/s/$c"
