@@ -361,7 +361,8 @@ start_containerd() {
 import_node_images() {
   local img="$STATE/images" modcache src
   mkdir -p "$img"
-  if ! ctr_ images ls -q | grep -qx registry.k8s.io/pause:3.10; then
+  # (grep without -q: with pipefail, ctr killed by SIGPIPE would read as "not there".)
+  if ! ctr_ images ls -q | grep -x registry.k8s.io/pause:3.10 >/dev/null; then
     modcache="$(go env GOMODCACHE 2>/dev/null || /usr/local/go/bin/go env GOMODCACHE)"
     src="$(ls -d "$modcache"/k8s.io/kubernetes@v1.34.*/build/pause/linux/pause.c 2>/dev/null | tail -1)"
     [[ -f "$src" ]] || die "pause.c not found in the Go module cache ($modcache)"
@@ -369,9 +370,9 @@ import_node_images() {
     strip "$img/pause"
     python3 "$ROOT/hack/oci-image.py" --out "$img/pause.tar" --name registry.k8s.io/pause:3.10 \
       --entrypoint '["/pause"]' --user 65535:65535 --file "$img/pause:/pause:0755" >/dev/null
-    ctr_ images import "$img/pause.tar" >&2
+    ctr_ images import "$img/pause.tar" >>"$STATE/logs/images.log"
   fi
-  if ! ctr_ images ls -q | grep -qx docker.io/library/busybox:1.36; then
+  if ! ctr_ images ls -q | grep -x docker.io/library/busybox:1.36 >/dev/null; then
     local a args=(--out "$img/busybox.tar" --name docker.io/library/busybox:1.36 --cmd '["sh"]'
       --file /bin/busybox:/bin/busybox:0755 --dir /tmp:1777
       --text "/etc/passwd:0644:root:x:0:0:root:/root:/bin/sh
@@ -381,7 +382,7 @@ nobody:x:65534:
 ")
     for a in $(/bin/busybox --list); do [[ "$a" == busybox ]] || args+=(--symlink "/bin/$a:busybox"); done
     python3 "$ROOT/hack/oci-image.py" "${args[@]}" >/dev/null
-    ctr_ images import "$img/busybox.tar" >&2
+    ctr_ images import "$img/busybox.tar" >>"$STATE/logs/images.log"
   fi
 }
 
@@ -491,7 +492,11 @@ install_chart() {
   "$TESTBIN/helm" --kubeconfig "$STATE/kubeconfig" upgrade --install "$RELEASE" "$ROOT/charts/imageimport" \
     -n "$RELEASE_NS" --create-namespace --wait --timeout 5m \
     --set image.repository="$NODE_IP:$REGISTRY_PORT/imageimport/imageimport" --set image.tag="$tag" \
-    --set image.pullPolicy=IfNotPresent >&2
+    --set image.pullPolicy=IfNotPresent >"$STATE/logs/helm.log" 2>&1 || {
+    cat "$STATE/logs/helm.log" >&2
+    kctl -n "$RELEASE_NS" get pods -o wide >&2 || true
+    die "helm upgrade --install failed (log: $STATE/logs/helm.log)"
+  }
 }
 
 # The claim `deliveries` of the README's quick start: a hostPath volume on the node, bound to
@@ -591,9 +596,10 @@ unmount_under() { # PATH-PREFIX: every mount below it, deepest first
 down() {
   [[ $EUID -eq 0 ]] || die "needs root"
   [[ -d "$STATE" ]] || { log "nothing to stop ($STATE does not exist)"; return 0; }
-  local t0=$SECONDS netns=() c pid
+  local t0=$SECONDS netns=() ids=() c pid
   stop kubelet
   if alive containerd; then
+    mapfile -t ids < <(ctr_ containers ls -q 2>/dev/null)
     # Sandboxes' network namespaces, to unmount after their tasks are gone.
     mapfile -t netns < <(ctr_ containers ls -q 2>/dev/null | while read -r c; do
       ctr_ containers info "$c" 2>/dev/null | jq -r '.Spec.linux.namespaces[]? | select(.type == "network") | .path // empty'
@@ -621,6 +627,8 @@ down() {
   rmdir /var/lib/kubelet/device-plugins /var/lib/kubelet 2>/dev/null || true
   find /var/log/containers -maxdepth 1 -type l -lname "$STATE/*" -delete 2>/dev/null || true
   rm -f /var/lib/cni/results/imageimport-* 2>/dev/null || true
+  # CRI's loopback network leaves its results too (cni-loopback-<sandbox id>-lo).
+  for c in "${ids[@]}"; do [[ -n "$c" ]] && rm -f /var/lib/cni/results/*-"$c"-* 2>/dev/null; done
   if [[ -f "$STATE/run-containerd-s.before" ]]; then
     for c in $(ls /run/containerd/s 2>/dev/null); do
       grep -qx "$c" "$STATE/run-containerd-s.before" || rm -f "/run/containerd/s/$c"

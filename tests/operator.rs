@@ -416,69 +416,6 @@ async fn cluster_policy_limits_targets_and_hosts() {
     }
 }
 
-/// `hack/demo.sh`: a local API server, registry and controller; applies
-/// `examples/imageimport-pvc.yaml` (pointed at the local registry) with a generated archive,
-/// plays the node for its Job, and shows the ImageImport reaching Ready with its digest.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "interactive demo: run hack/demo.sh"]
-async fn demo() {
-    let c = Cluster::start().await;
-    let reg = Registry::plain();
-    println!(
-        "\n== kube-apiserver at {} (KUBECONFIG={})",
-        c.api.url,
-        c.api.kubeconfig.display()
-    );
-    println!("== registry at {}", reg.base_url());
-    let (dir, built) = archive_dir(&c, "deliveries", ImageSpec::new(&["web:1.4"], layers(42)));
-    println!(
-        "== generated archive {}/web/web-1.4.tar (image ID {})",
-        dir.display(),
-        built.images[0].config_digest
-    );
-    c.claim("deliveries").await;
-    let yaml = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/imageimport-pvc.yaml"
-    ))
-    .unwrap();
-    let mut manifest: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
-    manifest["spec"]["target"]["repository"] = json!(reg.reference("shop/web"));
-    manifest["spec"]["target"]["insecure"] = json!(true);
-    manifest["spec"]["target"]
-        .as_object_mut()
-        .unwrap()
-        .remove("credentialsSecretRef");
-    println!(
-        "== applying examples/imageimport-pvc.yaml (target: {})",
-        reg.reference("shop/web")
-    );
-    c.apply(manifest).await;
-    let job = c.wait_job("web-1-4").await;
-    println!(
-        "== controller created Job {}; playing the node (no kubelet here)",
-        job.name_any()
-    );
-    c.run_job(&job, &BTreeMap::from([("deliveries", dir.as_path())]))
-        .await;
-    let obj = c.wait_ready("web-1-4", "True", Some("Succeeded")).await;
-    let st = obj.status.unwrap();
-    println!("\nNAME      READY   TARGET                              DIGEST");
-    println!(
-        "web-1-4   True    {}   {}",
-        obj.spec.target.repository,
-        st.digest.clone().unwrap_or_default()
-    );
-    println!(
-        "\nstatus:\n{}",
-        serde_yaml::to_string(&serde_json::to_value(&st).unwrap()).unwrap()
-    );
-    println!(
-        "skopeo reads {} for shop/web:1.4",
-        skopeo::manifest_digest(&reg, "shop/web:1.4")
-    );
-}
-
 /// Load: 50 ImageImports applied at once all reach Ready, never more than the concurrency
 /// limit of worker Jobs running at a time. Reports the controller's memory and the API
 /// request rate it caused (figures, not assertions on speed).
