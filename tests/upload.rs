@@ -563,6 +563,12 @@ async fn the_plugin_creates_the_import_uploads_and_prints_the_reference() {
         tokio::task::spawn_blocking(move || cmd.output().unwrap())
     };
     let run = plugin(kubeconfig.clone(), file.clone(), target.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.imports().get_opt("plugged").await.unwrap().is_none() {
+        assert!(!run.is_finished(), "the plugin ended before creating the import");
+        assert!(Instant::now() < deadline, "the plugin created no ImageImport");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let worker = start_worker(c, "plugged").await;
     assert_eq!(worker.finish(c).await, 0);
     let out = run.await.unwrap();
