@@ -44,7 +44,12 @@ function isZeroBlock(block) {
 }
 
 function checksumOk(block, offset) {
-  const stored = number(block, 148, 8, 'checksum', offset);
+  let stored;
+  try {
+    stored = number(block, 148, 8, 'checksum', offset);
+  } catch {
+    return false;
+  }
   let sum = 0;
   for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 32 : block[i];
   return sum === stored;
