@@ -26,7 +26,8 @@ export class Kube {
   }
 
   async request(method, path, { body, accept, contentType } = {}) {
-    const headers = { Accept: accept ?? 'application/json', ...this.authHeaders() };
+    // The pass-through refuses requests without this header (no cross-site use of a proxy's cookie).
+    const headers = { Accept: accept ?? 'application/json', 'X-Imageimport-Console': '1', ...this.authHeaders() };
     if (body !== undefined) headers['Content-Type'] = contentType ?? 'application/json';
     let response;
     try {
