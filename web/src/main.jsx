@@ -406,6 +406,8 @@ function ImportCard({ obj, upload, hasFile, onReselect, onResume, onDelete, onRe
 
 function Console({ kube, user, via, onSignOut }) {
   const [namespace, setNamespace] = useState(store.get('namespace') || 'default');
+  // What is typed, applied on Enter or when the field is left (polling re-renders must not undo typing).
+  const [nsInput, setNsInput] = useState(namespace);
   const [namespaces, setNamespaces] = useState([]);
   const [imports, setImports] = useState(null);
   const [listError, setListError] = useState('');
@@ -690,17 +692,25 @@ function Console({ kube, user, via, onSignOut }) {
       </header>
       <main>
         <section class="namespace">
-          <label>
-            Namespace
-            <input
-              type="text"
-              list="namespaces"
-              value={namespace}
-              spellcheck={false}
-              autocomplete="off"
-              onChange={(e) => setNamespace(e.currentTarget.value.trim())}
-            />
-          </label>
+          <form
+            onSubmit={(e) => {
+              e.preventDefault();
+              setNamespace(nsInput.trim());
+            }}
+          >
+            <label>
+              Namespace
+              <input
+                type="text"
+                list="namespaces"
+                value={nsInput}
+                spellcheck={false}
+                autocomplete="off"
+                onInput={(e) => setNsInput(e.currentTarget.value)}
+                onChange={(e) => setNamespace(e.currentTarget.value.trim())}
+              />
+            </label>
+          </form>
           <datalist id="namespaces">
             {namespaces.map((n) => (
               <option key={n} value={n} />
