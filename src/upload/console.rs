@@ -20,12 +20,13 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'
      style-src 'self'; img-src 'self'; connect-src 'self'; object-src 'none'; \
      base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-/// The console's routes: `/` and `/assets/…`.
+/// The console's routes: `/`, `/assets/…` and the API pass-through `/k8s/…`.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(index))
         .route("/index.html", get(index))
         .route("/assets/{*file}", get(asset))
+        .merge(super::kube_proxy::router())
 }
 
 /// Headers every console answer carries.
