@@ -36,6 +36,8 @@ enum Command {
     Controller(Box<ControllerArgs>),
     /// Run one import inside a worker Job (started by the controller).
     Worker,
+    /// Run the upload service (tus 1.0 uploads into ImageImports with `source.upload`).
+    UploadServer(UploadServerArgs),
     /// List the images, tags, IDs and layers of an archive, and verify it.
     Inspect {
         /// Print JSON.
@@ -103,9 +105,34 @@ struct ControllerArgs {
     /// broken upload continues from the last accepted request; default: one request per blob.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     worker_upload_chunk_size: Option<u64>,
-    /// Longest an import may run before its Job is stopped.
+    /// Longest an import may run before its Job is stopped (upload sources: plus the
+    /// upload expiry).
     #[arg(long, default_value_t = 6 * 3600)]
     worker_deadline_seconds: i64,
+    /// Base URL of the upload service as users reach it (status.upload.url is
+    /// <URL>/uploads/<namespace>/<name>); default: --upload-internal-url.
+    #[arg(long, env = "IMAGEIMPORT_UPLOAD_URL")]
+    upload_url: Option<String>,
+    /// Base URL of the upload service inside the cluster, which workers pull uploads from.
+    #[arg(long, env = "IMAGEIMPORT_UPLOAD_INTERNAL_URL")]
+    upload_internal_url: Option<String>,
+    /// An upload that receives no byte for this long ends Ready=False, UploadExpired.
+    #[arg(long, default_value_t = 24 * 3600)]
+    upload_expiry_seconds: u64,
+}
+
+#[derive(clap::Args)]
+struct UploadServerArgs {
+    /// Address to listen on (tus endpoints under /uploads/, workers under /internal/).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    bind_address: std::net::SocketAddr,
+    /// ServiceAccount the workers run as (the controller's --worker-service-account).
+    #[arg(long, default_value = "imageimport-worker")]
+    worker_service_account: String,
+    /// Accept worker tokens not bound to a Pod (any Pod of the worker ServiceAccount of that
+    /// namespace may then pull its uploads). Off: only the Pod of the import's current Job.
+    #[arg(long)]
+    allow_unbound_worker_tokens: bool,
 }
 
 #[derive(clap::Args)]
@@ -216,6 +243,7 @@ fn main() -> ExitCode {
                 imageimport::controller::worker::run().await as u8,
             )),
             Command::Controller(args) => controller(*args).await,
+            Command::UploadServer(args) => upload_server(args).await,
         }
     });
     match result {
@@ -350,6 +378,11 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
             url_max_bytes: args.url_max_bytes,
             url_timeout_seconds: args.url_timeout_seconds,
             upload_chunk_size: args.worker_upload_chunk_size,
+            upload: imageimport::controller::upload::UploadSettings {
+                public_url: args.upload_url,
+                internal_url: args.upload_internal_url,
+                expiry: Duration::from_secs(args.upload_expiry_seconds),
+            },
             ..Default::default()
         },
         max_concurrent_imports: args.max_concurrent_imports.max(1),
@@ -529,4 +562,27 @@ mod tests {
         assert!(parse_size("M").is_err());
         assert!(parse_size("99999999999G").is_err());
     }
+}
+
+async fn upload_server(args: UploadServerArgs) -> Result<ExitCode, ImportError> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| ImportError::Usage(format!("no Kubernetes configuration: {e}")))?;
+    let config = imageimport::upload::ServerConfig {
+        bind: args.bind_address,
+        worker_service_account: args.worker_service_account,
+        allow_unbound_worker_tokens: args.allow_unbound_worker_tokens,
+    };
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    imageimport::upload::serve(client, config, shutdown)
+        .await
+        .map_err(|e| ImportError::Usage(format!("upload service: {e}")))?;
+    Ok(ExitCode::SUCCESS)
 }

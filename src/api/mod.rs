@@ -56,15 +56,19 @@ pub struct ImageImportSpec {
     pub layer_compression: Option<LayerCompression>,
 }
 
-/// Where the archive is: exactly one of `pvc` or `url`.
+/// Where the archive is: exactly one of `pvc`, `url` or `upload`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.pvc) != has(self.url)").message("exactly one of source.pvc or source.url must be set"))]
+#[x_kube(validation = Rule::new("(has(self.pvc) ? 1 : 0) + (has(self.url) ? 1 : 0) + (has(self.upload) ? 1 : 0) == 1").message("exactly one of source.pvc or source.url or source.upload must be set"))]
 pub struct Source {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pvc: Option<PvcSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<UrlSource>,
+    /// The archive is uploaded (tus 1.0) to the upload service, at the URL `status.upload.url`
+    /// gives, and streamed into the import as it arrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadSource>,
     /// Optional pin of the archive file's sha256 (hex, or `sha256:` + hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(sha256:)?[a-f0-9]{64}$"))]
@@ -96,6 +100,17 @@ pub struct UrlSource {
     /// ConfigMap key (same namespace) with the CA bundle for the URL's server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle_ref: Option<KeyRef>,
+}
+
+/// An archive uploaded to the upload service (see `status.upload`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadSource {
+    /// Largest archive accepted, in bytes: an upload announcing more is refused (413), and
+    /// one that sends more is cut off. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_bytes: Option<u64>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -216,6 +231,33 @@ pub struct ImageImportStatus {
     /// Outcome reported by the worker (read by the controller to set conditions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<WorkerResult>,
+    /// Where and how far the upload of an upload-source import is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadStatus>,
+}
+
+/// The upload of an upload-source import. `url` is written by the controller; the rest by the
+/// upload service (its own field manager), for the generation it names.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadStatus {
+    /// The tus 1.0 creation endpoint for this import (`POST` here, then `PATCH` the
+    /// `Location` it answers). Authenticate with a Kubernetes bearer token allowed to
+    /// `create` `imageimports/upload` on this object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The generation the fields below describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// Bytes the import has taken in (what a client resumes from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The archive's length as the client announced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
+    /// When the upload expires if no byte arrives before (`UploadExpired`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
 }
 
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

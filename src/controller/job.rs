@@ -50,6 +50,8 @@ pub struct WorkerSettings {
     /// Bytes per blob upload request (see `imageimport push --upload-chunk-size`); None: one
     /// request per blob.
     pub upload_chunk_size: Option<u64>,
+    /// Upload sources: where the upload service is, and the expiry.
+    pub upload: super::upload::UploadSettings,
 }
 
 impl Default for WorkerSettings {
@@ -69,6 +71,7 @@ impl Default for WorkerSettings {
             url_max_bytes: 0,
             url_timeout_seconds: 0,
             upload_chunk_size: None,
+            upload: Default::default(),
         }
     }
 }
@@ -285,7 +288,7 @@ pub fn build(
     let owner = obj
         .controller_owner_ref(&())
         .expect("ImageImport has a name and uid");
-    Job {
+    let mut job = Job {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             namespace: obj.namespace(),
@@ -327,7 +330,9 @@ pub fn build(
             ..Default::default()
         }),
         status: None,
-    }
+    };
+    super::upload::adapt_job(obj, &settings.upload, &mut job);
+    job
 }
 
 fn env_var(name: &str, value: &str) -> EnvVar {

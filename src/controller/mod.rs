@@ -8,6 +8,7 @@ pub mod rbac;
 pub mod reconcile;
 pub mod server;
 pub mod status;
+pub mod upload;
 pub mod worker;
 
 use std::collections::{HashMap, HashSet};

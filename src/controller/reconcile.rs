@@ -14,6 +14,7 @@ use kube::{Resource, ResourceExt};
 
 use super::job::{self, JobState, LABEL_GENERATION, LABEL_MANAGED_BY, LABEL_NAME, MANAGER};
 use super::status::{self, condition};
+use super::upload;
 use super::{Context, Error};
 use crate::api::{IMPORTING, READY, SOURCE_READY, VERIFIED};
 use crate::api::{ImageImport, ImageImportStatus, WorkerResult, reason};
@@ -187,11 +188,21 @@ impl<'a> Pass<'a> {
             "worker Job {job_name} is importing (attempt {})",
             self.st.attempts
         );
-        self.set(IMPORTING, true, reason::IMPORTING, &msg);
-        self.set(READY, false, reason::IMPORTING, &msg);
+        let mut again = Duration::from_secs(60);
+        match upload::running_reason(self.obj, &self.st) {
+            Some((r, m, after)) => {
+                self.set(IMPORTING, true, r, &m);
+                self.set(READY, false, r, &m);
+                again = after;
+            }
+            None => {
+                self.set(IMPORTING, true, reason::IMPORTING, &msg);
+                self.set(READY, false, reason::IMPORTING, &msg);
+            }
+        }
         self.write(None).await?;
-        // Job events wake us; this is only a safety net.
-        Ok(Action::requeue(Duration::from_secs(60)))
+        // Job events wake us; this is only a safety net (and how upload progress is seen).
+        Ok(Action::requeue(again))
     }
 
     /// The worker reports its result before exiting; a Job that ended without one was killed
@@ -388,7 +399,9 @@ impl<'a> Pass<'a> {
         }
         // Concurrency limit over all namespaces (held until the Job exists).
         let _admission = ctx.admission.lock().await;
-        if let Some(busy) = self.at_capacity(&job_name).await? {
+        if !upload::is_upload(self.obj)
+            && let Some(busy) = self.at_capacity(&job_name).await?
+        {
             let msg = format!(
                 "waiting: {busy} imports are running (limit {})",
                 ctx.config.max_concurrent_imports
@@ -443,9 +456,15 @@ impl<'a> Pass<'a> {
         );
         self.set(IMPORTING, true, reason::JOB_CREATED, &msg);
         self.set(READY, false, reason::IMPORTING, &msg);
+        upload::set_url(self.obj, &ctx.config.worker.upload, &mut self.st);
+        let mut again = Duration::from_secs(60);
+        if let Some((r, m, after)) = upload::running_reason(self.obj, &self.st) {
+            self.set(READY, false, r, &m);
+            again = after;
+        }
         self.write(Some((EventType::Normal, reason::JOB_CREATED, &msg)))
             .await?;
-        Ok(Action::requeue(Duration::from_secs(60)))
+        Ok(Action::requeue(again))
     }
 
     /// `Some(running)` when the concurrency limit leaves no room for `job_name` (a Job that
@@ -466,7 +485,12 @@ impl<'a> Pass<'a> {
         };
         // Metadata first: cheap, and enough while there are fewer Jobs than the limit.
         let listed = all.list_metadata(&ours).await?;
-        if listed.items.iter().filter(|j| owned(&j.metadata)).count() < limit
+        if listed
+            .items
+            .iter()
+            .filter(|j| owned(&j.metadata) && !upload::is_upload_job(&j.metadata))
+            .count()
+            < limit
             || self.jobs.get_metadata_opt(job_name).await?.is_some()
         {
             return Ok(None);
@@ -476,7 +500,11 @@ impl<'a> Pass<'a> {
             .await?
             .items
             .iter()
-            .filter(|j| owned(&j.metadata) && job::state(j) == JobState::Running)
+            .filter(|j| {
+                owned(&j.metadata)
+                    && !upload::is_upload_job(&j.metadata)
+                    && job::state(j) == JobState::Running
+            })
             .count();
         Ok((busy >= limit).then_some(busy))
     }

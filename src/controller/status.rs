@@ -58,6 +58,7 @@ pub async fn apply_controller_status(
         obj.remove("result");
         obj.remove("progress");
     }
+    super::upload::strip_service_fields(&mut status);
     apply_status(api, name, CONTROLLER_MANAGER, status).await
 }
 

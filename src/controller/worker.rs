@@ -261,6 +261,7 @@ fn options(spec: &ImageImportSpec, root: &Path) -> Result<ImportOptions, ImportE
             }
             u.url.parse().map_err(usage)?
         }
+        (None, None) if spec.source.upload.is_some() => super::upload::worker_location(spec, root)?,
         _ => {
             return Err(usage(
                 "exactly one of source.pvc or source.url must be set".into(),

@@ -87,6 +87,11 @@ pub async fn inspect(
             progress.set_total(length.unwrap_or(0));
             body
         }
+        Location::Upload(_) => {
+            return Err(ImportError::Usage(
+                "an upload is imported by its worker, not inspected".into(),
+            ));
+        }
     };
     let a = archive.clone();
     let p = progress.clone();

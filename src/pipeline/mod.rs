@@ -190,6 +190,20 @@ pub async fn import(
                 (outcome, _) => outcome,
             }
         }
+        Location::Upload(ep) => {
+            let (reader, failure) = source::UploadReader::new(*ep.clone())
+                .map_err(|source| ImportError::Source { source })?;
+            let outcome = import_stream(ctx, Box::new(reader)).await;
+            let outcome = match (outcome, failure.lock().expect("source failure lock").take()) {
+                (Err(ImportError::Archive { .. }), Some(source)) => {
+                    Err(ImportError::Source { source })
+                }
+                (outcome, _) => outcome,
+            };
+            let failed = outcome.as_ref().err().map(|e| (e.reason(), e.to_string()));
+            source::upload_finished(&ep, failed).await;
+            outcome
+        }
     }
 }
 
