@@ -170,14 +170,16 @@ async function newestCard(page) {
 
 async function waitReady(card) {
   await card.getByText('Ready', { exact: true }).waitFor({ timeout: STEP_TIMEOUT });
-  const digest = (await card.locator('dd.mono').textContent()).trim();
+  // One digest for one image; with several images each pull reference carries its own.
+  const digest = (await card.locator('dd.mono').count()) ? (await card.locator('dd.mono').textContent()).trim() : '';
   const refs = await card.getByLabel('Pull reference').evaluateAll((els) => els.map((e) => e.value));
   return { digest, refs };
 }
 
 async function acked(card, name) {
   const bar = card.getByLabel(`Upload of ${name}`);
-  return Number((await bar.getAttribute('value').catch(() => '0')) ?? 0);
+  if ((await bar.count()) === 0) return 0;
+  return Number(await bar.evaluate((el) => el.value).catch(() => 0));
 }
 
 async function waitAcked(card, name, atLeast) {

@@ -4,7 +4,7 @@ import { render } from 'preact';
 import { useCallback, useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { Kube, KubeError, GROUP, VERSION } from './kube.js';
 import { readArchive } from './archive/reader.js';
-import { importName, parseTags, prefill, registryOf, REPOSITORY_PATTERN, TAG_PATTERN } from './archive/refs.js';
+import { importName, parseTags, prefill, registryOf, savedPath, REPOSITORY_PATTERN, TAG_PATTERN } from './archive/refs.js';
 import { age, formatBytes, formatDuration, phaseOf, pullRefs } from './status.js';
 import { startUpload } from './uploads.js';
 import './style.css';
@@ -228,7 +228,7 @@ function Draft({ draft, update, remove }) {
           {draft.choice === 'all' && (
             <p class="muted">
               Each image goes to the prefix plus its saved path, under its saved tags (e.g.{' '}
-              {`${draft.repository || 'registry/prefix'}/${(images[0]?.tags[0] ?? 'app:1').replace(/^([^/]*[.:][^/]*|localhost)\//, '').replace(/^library\//, '')}`}).
+              {`${draft.repository || 'registry/prefix'}/${savedPath(images.find((i) => i.tags.length)?.tags[0] ?? 'app:1')}`}).
             </p>
           )}
           {draft.info.problems.length > 0 && (
@@ -597,7 +597,8 @@ function Console({ kube, user, via, onSignOut }) {
     for (const d of drafts) {
       const registry = registryOf(d.repository);
       if (registry) store.set('registry', registry);
-      const name = importName(d.repository);
+      const first = d.info.images.find((i) => i.tags.length)?.tags[0];
+      const name = importName(d.choice === 'all' && first ? savedPath(first).split(':')[0] : d.repository);
       const object = {
         apiVersion: `${GROUP}/${VERSION}`,
         kind: 'ImageImport',

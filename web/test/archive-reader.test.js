@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { createHash } from 'node:crypto';
 import { readArchive, ArchiveReadError } from '../src/archive/reader.js';
-import { prefill, splitSaved, importName, REPOSITORY_PATTERN } from '../src/archive/refs.js';
+import { prefill, splitSaved, savedPath, importName, REPOSITORY_PATTERN } from '../src/archive/refs.js';
 
 const SEEDS = new URL('../../fuzz/seeds/', import.meta.url).pathname;
 const seed = (name) => openAsBlob(join(SEEDS, name));
@@ -191,6 +191,9 @@ test('target pre-fill from saved names', () => {
   assert.deepEqual(splitSaved('localhost:5000/a/b@sha256:00'), { host: 'localhost:5000', path: 'a/b', tag: '' });
   assert.ok(REPOSITORY_PATTERN.test(prefill('web:1', 'localhost:5000', '').repository));
   assert.match(importName('r.example/team/Web_App', () => 0.5), /^web-app-[a-z0-9]{5}$/);
+  assert.equal(savedPath('web:1.4'), 'library/web:1.4');
+  assert.equal(savedPath('docker.io/team/app:2'), 'team/app:2');
+  assert.equal(savedPath('tools/api:2'), 'tools/api:2');
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -21,6 +21,16 @@ export function splitSaved(saved) {
   return { host, path: parts.join('/').toLowerCase(), tag };
 }
 
+/**
+ * Where `allImages` puts a saved image under the prefix: its name without the registry, Docker
+ * Hub's one-word names under `library/` (`web:1.4` → `library/web:1.4`), as the engine does.
+ */
+export function savedPath(saved) {
+  const { host, path, tag } = splitSaved(saved);
+  const p = !host && path && !path.includes('/') ? `library/${path}` : path;
+  return tag ? `${p}:${tag}` : p;
+}
+
 /** A repository path from a file name: `my-app_1.4.tar.gz` → `my-app_1.4`. */
 export function pathFromFileName(fileName) {
   const base = fileName.replace(/\.(tar(\.(gz|zst|zstd))?|tgz|tzst|oci)$/i, '');
