@@ -147,30 +147,63 @@ async fn start() -> Console {
     Console { c, service, base }
 }
 
-/// Plays the node for every worker Job of NS until dropped: runs its command here and records
-/// its outcome on the Job as the Job controller would.
-async fn kubelet(c: &Cluster) {
-    let mut seen = HashSet::new();
-    let mut running = FuturesUnordered::new();
-    loop {
+type Finished = (String, k8s_openapi::jiff::Timestamp, std::process::Output);
+
+/// Plays the node for the worker Jobs of NS: runs each Job's command here once and records its
+/// outcome on the Job as the Job controller would. Kept across browser runs, so a Job is never
+/// run twice, and drained after each run, so no outcome is left unrecorded.
+#[derive(Default)]
+struct Kubelet {
+    seen: HashSet<String>,
+    running: FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = Finished> + Send>>>,
+    /// Ended, outcome not yet recorded (recorded first thing on the next step: a step cut off
+    /// while recording records it again).
+    ended: Vec<Finished>,
+}
+
+impl Kubelet {
+    async fn record(&mut self, c: &Cluster) {
+        while let Some((name, started, out)) = self.ended.last() {
+            eprintln!("worker {name}: {}", String::from_utf8_lossy(&out.stderr));
+            let (name, started, ok) = (name.clone(), *started, out.status.success());
+            c.record_job_outcome(&name, ok, started).await;
+            self.ended.pop();
+        }
+    }
+
+    async fn step(&mut self, c: &Cluster) {
+        self.record(c).await;
         for job in c.jobs().list(&ListParams::default()).await.unwrap().items {
             let name = job.name_any();
-            if seen.insert(name.clone()) {
-                let mut cmd = c.prepare_job(&job, &BTreeMap::new()).await;
-                let started = k8s_openapi::jiff::Timestamp::now();
-                running.push(async move {
-                    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
-                    (name, started, out)
-                });
+            if self.seen.contains(&name) {
+                continue;
             }
+            let mut cmd = c.prepare_job(&job, &BTreeMap::new()).await;
+            let started = k8s_openapi::jiff::Timestamp::now();
+            self.seen.insert(name.clone());
+            self.running.push(Box::pin(async move {
+                let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+                (name, started, out)
+            }));
         }
         tokio::select! {
-            Some((name, started, out)) = running.next(), if !running.is_empty() => {
-                eprintln!("worker {name}: {}", String::from_utf8_lossy(&out.stderr));
-                c.record_job_outcome(&name, out.status.success(), started).await;
-            }
+            Some(done) = self.running.next(), if !self.running.is_empty() => self.ended.push(done),
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
+    }
+
+    async fn run(&mut self, c: &Cluster) {
+        loop {
+            self.step(c).await;
+        }
+    }
+
+    /// Waits for the workers still running and records every outcome.
+    async fn drain(&mut self, c: &Cluster) {
+        while let Some(done) = self.running.next().await {
+            self.ended.push(done);
+        }
+        self.record(c).await;
     }
 }
 
@@ -184,7 +217,7 @@ fn web_dir() -> PathBuf {
 }
 
 /// Runs a browser scenario (web/e2e/console.mjs) while the node plays the workers; its events.
-async fn browser(c: &Cluster, scenario: &str, args: &[&str]) -> Vec<Value> {
+async fn browser(c: &Cluster, kubelet: &mut Kubelet, scenario: &str, args: &[&str]) -> Vec<Value> {
     let mut cmd = Command::new("node");
     cmd.current_dir(web_dir()).arg("e2e/console.mjs").arg(scenario).args(args);
     if let Some(dir) = std::env::var_os("IMAGEIMPORT_CONSOLE_SHOTS") {
@@ -193,8 +226,9 @@ async fn browser(c: &Cluster, scenario: &str, args: &[&str]) -> Vec<Value> {
     let run = tokio::task::spawn_blocking(move || cmd.output().unwrap());
     let out = tokio::select! {
         out = run => out.unwrap(),
-        _ = kubelet(c) => unreachable!("the kubelet loop never ends"),
+        _ = kubelet.run(c) => unreachable!("the kubelet loop never ends"),
     };
+    kubelet.drain(c).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{scenario}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "scenario {scenario} failed: {stdout}");
@@ -219,6 +253,7 @@ fn write(c: &Cluster, name: &str, bytes: &[u8]) -> String {
 async fn console_signs_in_imports_a_multi_image_archive_and_explains_refusals() {
     let u = start().await;
     let c = &u.c;
+    let mut kubelet = Kubelet::default();
     let reg = Registry::plain();
     let alice = user(c, "alice", editor_rules(true)).await;
     let bob = user(c, "bob", editor_rules(false)).await;
@@ -243,7 +278,7 @@ async fn console_signs_in_imports_a_multi_image_archive_and_explains_refusals() 
     assert!(anonymous == 401 || anonymous == 403, "anonymous list answered {anonymous}");
 
     // A forged token is refused, and says so.
-    let events = browser(c, "wrong-token", &["--url", url, "--token", "x"]).await;
+    let events = browser(c, &mut kubelet, "wrong-token", &["--url", url, "--token", "x"]).await;
     let refused = event(&events, "refused")["text"].as_str().unwrap().to_string();
     assert!(refused.contains("did not accept this token"), "{refused}");
 
@@ -256,12 +291,12 @@ async fn console_signs_in_imports_a_multi_image_archive_and_explains_refusals() 
     let multi = write(c, "two-images.tar", &built.bytes);
 
     // Bob may create imports but not upload: he is told why before he tries.
-    let events = browser(c, "no-upload", &["--url", url, "--token", &bob, "--namespace", NS, "--archive", &multi, "--registry", registry]).await;
+    let events = browser(c, &mut kubelet, "no-upload", &["--url", url, "--token", &bob, "--namespace", NS, "--archive", &multi, "--registry", registry]).await;
     let explained = event(&events, "explained");
     assert_eq!(explained["startDisabled"], true, "{explained}");
     assert!(explained["text"].as_str().unwrap().contains("imageimports/upload"), "{explained}");
 
-    let events = browser(c, "multi-image", &["--url", url, "--token", &alice, "--namespace", NS, "--archive", &multi, "--registry", &format!("{registry}/shop")]).await;
+    let events = browser(c, &mut kubelet, "multi-image", &["--url", url, "--token", &alice, "--namespace", NS, "--archive", &multi, "--registry", &format!("{registry}/shop")]).await;
     let read = event(&events, "read");
     assert_eq!(read["rows"], 2, "{read}");
     assert_eq!(read["choice"], "all", "{read}");
@@ -288,19 +323,19 @@ async fn console_signs_in_imports_a_multi_image_archive_and_explains_refusals() 
     // Typed by keyboard, a single image: the digest shown is skopeo's.
     let single = archives::build(&Format::Docker25Oci, &[ImageSpec::new(&["kb:1"], layers(8300))]);
     let single = write(c, "kb.tar", &single.bytes);
-    let events = browser(c, "keyboard", &["--url", url, "--token", &alice, "--namespace", NS, "--archive", &single, "--registry", registry]).await;
+    let events = browser(c, &mut kubelet, "keyboard", &["--url", url, "--token", &alice, "--namespace", NS, "--archive", &single, "--registry", registry]).await;
     let ready = event(&events, "ready");
     assert_eq!(ready["digest"].as_str().unwrap(), skopeo::manifest_digest(&reg, "shop/keyboard:kb1"));
 
     // A tampered layer: the page cannot see it, the import refuses it, nothing is tagged.
     let tampered = write(c, "tampered.tar", &hostile::tampered_layer());
-    let events = browser(c, "hostile", &["--url", url, "--token", &alice, "--namespace", NS, "--archive", &tampered, "--registry", registry]).await;
+    let events = browser(c, &mut kubelet, "hostile", &["--url", url, "--token", &alice, "--namespace", NS, "--archive", &tampered, "--registry", registry]).await;
     let failed = event(&events, "failed")["text"].as_str().unwrap().to_string();
     assert!(failed.contains("VerificationFailed") || failed.contains("InvalidArchive"), "{failed}");
     assert!(reg.tags("shop/hostile").is_empty(), "a hostile archive was tagged");
     // A member escaping the archive: refused in the browser, before any byte is sent.
     let escaping = write(c, "dotdot.tar", &hostile::dotdot_member());
-    let events = browser(c, "refused-early", &["--url", url, "--token", &alice, "--namespace", NS, "--archive", &escaping]).await;
+    let events = browser(c, &mut kubelet, "refused-early", &["--url", url, "--token", &alice, "--namespace", NS, "--archive", &escaping]).await;
     let refused = event(&events, "refused");
     assert_eq!(refused["startDisabled"], true, "{refused}");
 }
@@ -316,6 +351,7 @@ fn big_archive(c: &Cluster, name: &str, seed: u64) -> (String, u64) {
 async fn console_uploads_resume_after_a_network_cut_and_a_reload() {
     let u = start().await;
     let c = &u.c;
+    let mut kubelet = Kubelet::default();
     let reg = Registry::plain();
     let alice = user(c, "alice", editor_rules(true)).await;
     let registry = reg.reference("shop");
@@ -323,7 +359,7 @@ async fn console_uploads_resume_after_a_network_cut_and_a_reload() {
     let url = u.base.as_str();
 
     let (file, len) = big_archive(c, "cut.tar", 9100);
-    let events = browser(c, "network-cut", &["--url", url, "--token", &alice, "--namespace", NS, "--archive", &file, "--registry", registry]).await;
+    let events = browser(c, &mut kubelet, "network-cut", &["--url", url, "--token", &alice, "--namespace", NS, "--archive", &file, "--registry", registry]).await;
     let cut = event(&events, "cut")["acked"].as_u64().unwrap();
     assert!(cut > 0 && cut < len, "cut at {cut} of {len}");
     let ready = event(&events, "ready");
@@ -333,7 +369,7 @@ async fn console_uploads_resume_after_a_network_cut_and_a_reload() {
     assert!(after < len, "{after} bytes sent after the cut, the archive is {len}");
 
     let (file, len) = big_archive(c, "reload.tar", 9200);
-    let events = browser(c, "reload", &["--url", url, "--token", &alice, "--namespace", NS, "--archive", &file, "--registry", registry]).await;
+    let events = browser(c, &mut kubelet, "reload", &["--url", url, "--token", &alice, "--namespace", NS, "--archive", &file, "--registry", registry]).await;
     let before = event(&events, "reloaded")["acked"].as_u64().unwrap();
     assert!(before > 0 && before < len, "reloaded at {before} of {len}");
     let ready = event(&events, "ready");

@@ -159,9 +159,9 @@ async function startImport(page) {
   await page.getByRole('button', { name: 'Start import' }).click();
 }
 
-/** The card of the newest import, once it appears. */
-async function newestCard(page) {
-  const card = page.getByRole('article').first();
+/** The card of the import just created (named after its repository: `<prefix>-xxxxx`). */
+async function newestCard(page, prefix) {
+  const card = page.getByRole('article', { name: new RegExp(`^Import ${prefix}-[a-z0-9]{5}$`) }).first();
   await card.waitFor({ timeout: STEP_TIMEOUT });
   const name = (await card.getByRole('heading').textContent()).trim();
   emit('created', { name });
@@ -172,7 +172,7 @@ async function waitReady(card) {
   await card.getByText('Ready', { exact: true }).waitFor({ timeout: STEP_TIMEOUT });
   // One digest for one image; with several images each pull reference carries its own.
   const digest = (await card.locator('dd.mono').count()) ? (await card.locator('dd.mono').textContent()).trim() : '';
-  const refs = await card.getByLabel('Pull reference').evaluateAll((els) => els.map((e) => e.value));
+  const refs = await card.getByLabel('Pull reference', { exact: true }).evaluateAll((els) => els.map((e) => e.value));
   return { digest, refs };
 }
 
@@ -227,7 +227,7 @@ const scenarios = {
     emit('read', { rows: images - 1, choice, prefilled });
     await shot(page, 'console-archive-read');
     await startImport(page);
-    const { card, name } = await newestCard(page);
+    const { card, name } = await newestCard(page, 'web');
     await card.getByText(/Uploading|Verifying and pushing|Ready/).first().waitFor({ timeout: STEP_TIMEOUT });
     await shot(page, 'console-uploading');
     const ready = await waitReady(card);
@@ -258,7 +258,7 @@ const scenarios = {
     await page.keyboard.press('Space');
     await page.keyboard.press('Tab');
     await page.keyboard.press('Enter'); // Start import
-    const { card, name } = await newestCard(page);
+    const { card, name } = await newestCard(page, 'keyboard');
     emit('ready', { name, ...(await waitReady(card)) });
   },
 
@@ -268,7 +268,7 @@ const scenarios = {
     await openNamespace(page);
     await addArchive(page, archive, `${registry}/shop/cut`, 'cut1');
     await startImport(page);
-    const { card, name } = await newestCard(page);
+    const { card, name } = await newestCard(page, 'cut');
     const before = await waitAcked(card, name, 1);
     const sentBefore = net.sent();
     net.cut();
@@ -287,7 +287,7 @@ const scenarios = {
     await openNamespace(page);
     await addArchive(page, archive, `${registry}/shop/reload`, 'r1');
     await startImport(page);
-    const { card, name } = await newestCard(page);
+    const { card, name } = await newestCard(page, 'reload');
     const before = await waitAcked(card, name, 1);
     const sentBefore = net.sent();
     await page.reload();
@@ -307,7 +307,7 @@ const scenarios = {
     await openNamespace(page);
     await addArchive(page, archive, `${registry}/shop/hostile`, 'bad');
     await startImport(page);
-    const { card, name } = await newestCard(page);
+    const { card, name } = await newestCard(page, 'hostile');
     const failure = card.getByRole('alert');
     await failure.waitFor({ timeout: STEP_TIMEOUT });
     emit('failed', { name, text: (await failure.textContent()).trim() });
