@@ -67,7 +67,11 @@ async fn install_upload_rbac(c: &Cluster) -> PathBuf {
         .stdin(Stdio::null())
         .output()
         .expect("run helm (hack/build-test-bins.sh builds it)");
-    assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     c.api.create_namespace(RELEASE_NS).await;
     let mut account = None;
     for doc in serde_yaml::Deserializer::from_str(&String::from_utf8_lossy(&out.stdout)) {
@@ -96,7 +100,10 @@ async fn install_upload_rbac(c: &Cluster) -> PathBuf {
 
 /// A ServiceAccount of NS with `rules` (a Role bound to it); its bearer token.
 async fn user(c: &Cluster, name: &str, rules: Value) -> String {
-    let role: Role = serde_json::from_value(json!({"metadata": {"name": name, "namespace": NS}, "rules": rules})).unwrap();
+    let role: Role = serde_json::from_value(
+        json!({"metadata": {"name": name, "namespace": NS}, "rules": rules}),
+    )
+    .unwrap();
     let binding: RoleBinding = serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": NS},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
@@ -104,8 +111,14 @@ async fn user(c: &Cluster, name: &str, rules: Value) -> String {
     }))
     .unwrap();
     let pp = PatchParams::apply("test").force();
-    Api::<Role>::namespaced(c.client.clone(), NS).patch(name, &pp, &Patch::Apply(&role)).await.unwrap();
-    Api::<RoleBinding>::namespaced(c.client.clone(), NS).patch(name, &pp, &Patch::Apply(&binding)).await.unwrap();
+    Api::<Role>::namespaced(c.client.clone(), NS)
+        .patch(name, &pp, &Patch::Apply(&role))
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(c.client.clone(), NS)
+        .patch(name, &pp, &Patch::Apply(&binding))
+        .await
+        .unwrap();
     c.api.service_account_token(NS, name).await
 }
 
@@ -128,7 +141,11 @@ async fn start() -> Console {
     let base = format!("http://127.0.0.1:{port}");
     let log = std::fs::File::create(c.work.path().join("upload-server.log")).unwrap();
     let service = Command::new(bin())
-        .args(["upload-server", "--bind-address", &format!("127.0.0.1:{port}")])
+        .args([
+            "upload-server",
+            "--bind-address",
+            &format!("127.0.0.1:{port}"),
+        ])
         .arg("--allow-unbound-worker-tokens")
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "imageimport=debug")
@@ -138,11 +155,17 @@ async fn start() -> Console {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while http_get(&format!("127.0.0.1:{port}"), "/healthz").is_none() {
-        assert!(Instant::now() < deadline, "the upload service never listened");
+        assert!(
+            Instant::now() < deadline,
+            "the upload service never listened"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     c.kill_controller();
-    let ctl = c.spawn_controller(&["--upload-url", &base, "--upload-internal-url", &base], "ctl");
+    let ctl = c.spawn_controller(
+        &["--upload-url", &base, "--upload-internal-url", &base],
+        "ctl",
+    );
     c.controller = Some(ctl);
     Console { c, service, base }
 }
@@ -182,7 +205,9 @@ impl Kubelet {
             let started = k8s_openapi::jiff::Timestamp::now();
             self.seen.insert(name.clone());
             self.running.push(Box::pin(async move {
-                let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+                let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+                    .await
+                    .unwrap();
                 (name, started, out)
             }));
         }
@@ -219,7 +244,10 @@ fn web_dir() -> PathBuf {
 /// Runs a browser scenario (web/e2e/console.mjs) while the node plays the workers; its events.
 async fn browser(c: &Cluster, kubelet: &mut Kubelet, scenario: &str, args: &[&str]) -> Vec<Value> {
     let mut cmd = Command::new("node");
-    cmd.current_dir(web_dir()).arg("e2e/console.mjs").arg(scenario).args(args);
+    cmd.current_dir(web_dir())
+        .arg("e2e/console.mjs")
+        .arg(scenario)
+        .args(args);
     if let Some(dir) = std::env::var_os("IMAGEIMPORT_CONSOLE_SHOTS") {
         cmd.arg("--shots").arg(dir);
     }
@@ -230,17 +258,37 @@ async fn browser(c: &Cluster, kubelet: &mut Kubelet, scenario: &str, args: &[&st
     };
     kubelet.drain(c).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{scenario}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "{scenario}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "scenario {scenario} failed: {stdout}");
-    let events: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let origins = events.iter().find(|e| e["event"] == "origins").expect("origins event");
-    assert_eq!(origins["foreign"], json!([]), "the page made third-party requests");
-    assert_eq!(origins["cspViolations"], json!([]), "the page broke its own CSP");
+    let events: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let origins = events
+        .iter()
+        .find(|e| e["event"] == "origins")
+        .expect("origins event");
+    assert_eq!(
+        origins["foreign"],
+        json!([]),
+        "the page made third-party requests"
+    );
+    assert_eq!(
+        origins["cspViolations"],
+        json!([]),
+        "the page broke its own CSP"
+    );
     events
 }
 
 fn event<'a>(events: &'a [Value], name: &str) -> &'a Value {
-    events.iter().find(|e| e["event"] == name).unwrap_or_else(|| panic!("no {name} event in {events:?}"))
+    events
+        .iter()
+        .find(|e| e["event"] == name)
+        .unwrap_or_else(|| panic!("no {name} event in {events:?}"))
 }
 
 fn write(c: &Cluster, name: &str, bytes: &[u8]) -> String {
@@ -263,40 +311,105 @@ async fn console_signs_in_imports_a_multi_image_archive_and_explains_refusals() 
 
     // The page and its headers.
     let page = reqwest::get(format!("{url}/")).await.unwrap();
-    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
-    assert!(csp.contains("default-src 'self'") && csp.contains("script-src 'self'") && !csp.contains("unsafe"), "{csp}");
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("default-src 'self'")
+            && csp.contains("script-src 'self'")
+            && !csp.contains("unsafe"),
+        "{csp}"
+    );
     // The pass-through adds nothing of the service's own: without a user token the API
     // server sees an anonymous request, which may not list imports.
     let anonymous = reqwest::Client::new()
-        .get(format!("{url}/k8s/apis/imageimport.dev/v1alpha1/namespaces/{NS}/imageimports"))
+        .get(format!(
+            "{url}/k8s/apis/imageimport.dev/v1alpha1/namespaces/{NS}/imageimports"
+        ))
         .header("X-Imageimport-Console", "1")
         .send()
         .await
         .unwrap()
         .status()
         .as_u16();
-    assert!(anonymous == 401 || anonymous == 403, "anonymous list answered {anonymous}");
+    assert!(
+        anonymous == 401 || anonymous == 403,
+        "anonymous list answered {anonymous}"
+    );
 
     // A forged token is refused, and says so.
-    let events = browser(c, &mut kubelet, "wrong-token", &["--url", url, "--token", "x"]).await;
-    let refused = event(&events, "refused")["text"].as_str().unwrap().to_string();
+    let events = browser(
+        c,
+        &mut kubelet,
+        "wrong-token",
+        &["--url", url, "--token", "x"],
+    )
+    .await;
+    let refused = event(&events, "refused")["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(refused.contains("did not accept this token"), "{refused}");
 
     // Two images in one docker save archive: both read in the browser, all imported (each
     // under the prefix plus its normalized saved name, as `push --all` does).
     let built = archives::build(
         &Format::DockerLegacy,
-        &[ImageSpec::new(&["web:1.4"], layers(8100)), ImageSpec::new(&["tools/api:2"], layers(8200))],
+        &[
+            ImageSpec::new(&["web:1.4"], layers(8100)),
+            ImageSpec::new(&["tools/api:2"], layers(8200)),
+        ],
     );
     let multi = write(c, "two-images.tar", &built.bytes);
 
     // Bob may create imports but not upload: he is told why before he tries.
-    let events = browser(c, &mut kubelet, "no-upload", &["--url", url, "--token", &bob, "--namespace", NS, "--archive", &multi, "--registry", registry]).await;
+    let events = browser(
+        c,
+        &mut kubelet,
+        "no-upload",
+        &[
+            "--url",
+            url,
+            "--token",
+            &bob,
+            "--namespace",
+            NS,
+            "--archive",
+            &multi,
+            "--registry",
+            registry,
+        ],
+    )
+    .await;
     let explained = event(&events, "explained");
     assert_eq!(explained["startDisabled"], true, "{explained}");
-    assert!(explained["text"].as_str().unwrap().contains("imageimports/upload"), "{explained}");
+    assert!(
+        explained["text"]
+            .as_str()
+            .unwrap()
+            .contains("imageimports/upload"),
+        "{explained}"
+    );
 
-    let events = browser(c, &mut kubelet, "multi-image", &["--url", url, "--token", &alice, "--namespace", NS, "--archive", &multi, "--registry", &format!("{registry}/shop")]).await;
+    let events = browser(
+        c,
+        &mut kubelet,
+        "multi-image",
+        &[
+            "--url",
+            url,
+            "--token",
+            &alice,
+            "--namespace",
+            NS,
+            "--archive",
+            &multi,
+            "--registry",
+            &format!("{registry}/shop"),
+        ],
+    )
+    .await;
     let read = event(&events, "read");
     assert_eq!(read["rows"], 2, "{read}");
     assert_eq!(read["choice"], "all", "{read}");
@@ -312,37 +425,121 @@ async fn console_signs_in_imports_a_multi_image_archive_and_explains_refusals() 
             digests.insert(reference.to_string(), img.digest.clone());
         }
     }
-    assert_eq!(digests.keys().cloned().collect::<Vec<_>>(), ["shop/library/web:1.4", "shop/tools/api:2"]);
-    let shown: Vec<String> = ready["refs"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect();
+    assert_eq!(
+        digests.keys().cloned().collect::<Vec<_>>(),
+        ["shop/library/web:1.4", "shop/tools/api:2"]
+    );
+    let shown: Vec<String> = ready["refs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
     for (reference, digest) in &digests {
-        assert!(shown.contains(&format!("{registry}/{reference}@{digest}")), "{shown:?} lacks {reference}@{digest}");
+        assert!(
+            shown.contains(&format!("{registry}/{reference}@{digest}")),
+            "{shown:?} lacks {reference}@{digest}"
+        );
     }
     assert_eq!(obj.spec.all_images, true);
-    assert_eq!(obj.spec.source.upload.as_ref().unwrap().max_bytes, Some(built.bytes.len() as u64));
+    assert_eq!(
+        obj.spec.source.upload.as_ref().unwrap().max_bytes,
+        Some(built.bytes.len() as u64)
+    );
 
     // Typed by keyboard, a single image: the digest shown is skopeo's.
-    let single = archives::build(&Format::Docker25Oci, &[ImageSpec::new(&["kb:1"], layers(8300))]);
+    let single = archives::build(
+        &Format::Docker25Oci,
+        &[ImageSpec::new(&["kb:1"], layers(8300))],
+    );
     let single = write(c, "kb.tar", &single.bytes);
-    let events = browser(c, &mut kubelet, "keyboard", &["--url", url, "--token", &alice, "--namespace", NS, "--archive", &single, "--registry", registry]).await;
+    let events = browser(
+        c,
+        &mut kubelet,
+        "keyboard",
+        &[
+            "--url",
+            url,
+            "--token",
+            &alice,
+            "--namespace",
+            NS,
+            "--archive",
+            &single,
+            "--registry",
+            registry,
+        ],
+    )
+    .await;
     let ready = event(&events, "ready");
-    assert_eq!(ready["digest"].as_str().unwrap(), skopeo::manifest_digest(&reg, "shop/keyboard:kb1"));
+    assert_eq!(
+        ready["digest"].as_str().unwrap(),
+        skopeo::manifest_digest(&reg, "shop/keyboard:kb1")
+    );
 
     // A tampered layer: the page cannot see it, the import refuses it, nothing is tagged.
     let tampered = write(c, "tampered.tar", &hostile::tampered_layer());
-    let events = browser(c, &mut kubelet, "hostile", &["--url", url, "--token", &alice, "--namespace", NS, "--archive", &tampered, "--registry", registry]).await;
-    let failed = event(&events, "failed")["text"].as_str().unwrap().to_string();
-    assert!(failed.contains("VerificationFailed") || failed.contains("InvalidArchive"), "{failed}");
-    assert!(reg.tags("shop/hostile").is_empty(), "a hostile archive was tagged");
+    let events = browser(
+        c,
+        &mut kubelet,
+        "hostile",
+        &[
+            "--url",
+            url,
+            "--token",
+            &alice,
+            "--namespace",
+            NS,
+            "--archive",
+            &tampered,
+            "--registry",
+            registry,
+        ],
+    )
+    .await;
+    let failed = event(&events, "failed")["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        failed.contains("VerificationFailed") || failed.contains("InvalidArchive"),
+        "{failed}"
+    );
+    assert!(
+        reg.tags("shop/hostile").is_empty(),
+        "a hostile archive was tagged"
+    );
     // A member escaping the archive: refused in the browser, before any byte is sent.
     let escaping = write(c, "dotdot.tar", &hostile::dotdot_member());
-    let events = browser(c, &mut kubelet, "refused-early", &["--url", url, "--token", &alice, "--namespace", NS, "--archive", &escaping]).await;
+    let events = browser(
+        c,
+        &mut kubelet,
+        "refused-early",
+        &[
+            "--url",
+            url,
+            "--token",
+            &alice,
+            "--namespace",
+            NS,
+            "--archive",
+            &escaping,
+        ],
+    )
+    .await;
     let refused = event(&events, "refused");
     assert_eq!(refused["startDisabled"], true, "{refused}");
 }
 
 /// An archive large enough to be cut mid-upload (three 16 MiB upload chunks).
 fn big_archive(c: &Cluster, name: &str, seed: u64) -> (String, u64) {
-    let built = archives::build(&Format::DockerLegacy, &[ImageSpec::new(&["big:1"], vec![archives::layer(seed, 10, 4 << 20)])]);
+    let built = archives::build(
+        &Format::DockerLegacy,
+        &[ImageSpec::new(
+            &["big:1"],
+            vec![archives::layer(seed, 10, 4 << 20)],
+        )],
+    );
     let len = built.bytes.len() as u64;
     (write(c, name, &built.bytes), len)
 }
@@ -359,21 +556,67 @@ async fn console_uploads_resume_after_a_network_cut_and_a_reload() {
     let url = u.base.as_str();
 
     let (file, len) = big_archive(c, "cut.tar", 9100);
-    let events = browser(c, &mut kubelet, "network-cut", &["--url", url, "--token", &alice, "--namespace", NS, "--archive", &file, "--registry", registry]).await;
+    let events = browser(
+        c,
+        &mut kubelet,
+        "network-cut",
+        &[
+            "--url",
+            url,
+            "--token",
+            &alice,
+            "--namespace",
+            NS,
+            "--archive",
+            &file,
+            "--registry",
+            registry,
+        ],
+    )
+    .await;
     let cut = event(&events, "cut")["acked"].as_u64().unwrap();
     assert!(cut > 0 && cut < len, "cut at {cut} of {len}");
     let ready = event(&events, "ready");
-    assert_eq!(ready["digest"].as_str().unwrap(), skopeo::manifest_digest(&reg, "shop/cut:cut1"));
+    assert_eq!(
+        ready["digest"].as_str().unwrap(),
+        skopeo::manifest_digest(&reg, "shop/cut:cut1")
+    );
     // Resumed, not started again: after the cut, less than the whole file crossed the wire.
     let after = ready["sentTotal"].as_u64().unwrap() - ready["sentBefore"].as_u64().unwrap();
-    assert!(after < len, "{after} bytes sent after the cut, the archive is {len}");
+    assert!(
+        after < len,
+        "{after} bytes sent after the cut, the archive is {len}"
+    );
 
     let (file, len) = big_archive(c, "reload.tar", 9200);
-    let events = browser(c, &mut kubelet, "reload", &["--url", url, "--token", &alice, "--namespace", NS, "--archive", &file, "--registry", registry]).await;
+    let events = browser(
+        c,
+        &mut kubelet,
+        "reload",
+        &[
+            "--url",
+            url,
+            "--token",
+            &alice,
+            "--namespace",
+            NS,
+            "--archive",
+            &file,
+            "--registry",
+            registry,
+        ],
+    )
+    .await;
     let before = event(&events, "reloaded")["acked"].as_u64().unwrap();
     assert!(before > 0 && before < len, "reloaded at {before} of {len}");
     let ready = event(&events, "ready");
-    assert_eq!(ready["digest"].as_str().unwrap(), skopeo::manifest_digest(&reg, "shop/reload:r1"));
+    assert_eq!(
+        ready["digest"].as_str().unwrap(),
+        skopeo::manifest_digest(&reg, "shop/reload:r1")
+    );
     let after = ready["sentTotal"].as_u64().unwrap() - ready["sentBefore"].as_u64().unwrap();
-    assert!(after < len, "{after} bytes sent after the reload, the archive is {len}");
+    assert!(
+        after < len,
+        "{after} bytes sent after the reload, the archive is {len}"
+    );
 }

@@ -39,7 +39,10 @@ pub fn harden(headers: &mut HeaderMap) {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
 
@@ -79,7 +82,10 @@ async fn index() -> Response {
 
 async fn asset(Path(file): Path<String>) -> Response {
     // Vite names assets by content hash: they never change under one name.
-    serve(&format!("assets/{file}"), "public, max-age=31536000, immutable")
+    serve(
+        &format!("assets/{file}"),
+        "public, max-age=31536000, immutable",
+    )
 }
 
 #[cfg(test)]
@@ -88,7 +94,13 @@ mod tests {
 
     #[test]
     fn the_embedded_page_loads_only_its_own_hashed_assets() {
-        let html = String::from_utf8(Assets::get("index.html").expect("web/dist/index.html").data.into_owned()).unwrap();
+        let html = String::from_utf8(
+            Assets::get("index.html")
+                .expect("web/dist/index.html")
+                .data
+                .into_owned(),
+        )
+        .unwrap();
         assert!(!html.contains("<script>"), "no inline script: {html}");
         let mut assets = 0;
         for part in html.split(['"', '\'']) {
@@ -96,8 +108,16 @@ mod tests {
                 assets += 1;
                 assert!(Assets::get(&part[1..]).is_some(), "{part} is embedded");
             }
-            assert!(!part.starts_with("http://") && !part.starts_with("https://") && !part.starts_with("//"), "third-party reference {part}");
+            assert!(
+                !part.starts_with("http://")
+                    && !part.starts_with("https://")
+                    && !part.starts_with("//"),
+                "third-party reference {part}"
+            );
         }
-        assert!(assets >= 2, "the page loads its script and stylesheet: {html}");
+        assert!(
+            assets >= 2,
+            "the page loads its script and stylesheet: {html}"
+        );
     }
 }

@@ -80,7 +80,11 @@ impl Upstream {
         let config = kube::Config::infer()
             .await
             .map_err(|e| ProxyError::NoCluster(e.to_string()))?;
-        let base = config.cluster_url.to_string().trim_end_matches('/').to_string();
+        let base = config
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_string();
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .no_proxy()
@@ -88,10 +92,12 @@ impl Upstream {
         if let Some(certs) = &config.root_cert {
             let mut roots = Vec::new();
             for der in certs {
-                roots.push(reqwest::Certificate::from_der(der).map_err(|e| ProxyError::Tls {
-                    url: base.clone(),
-                    detail: e.to_string(),
-                })?);
+                roots.push(
+                    reqwest::Certificate::from_der(der).map_err(|e| ProxyError::Tls {
+                        url: base.clone(),
+                        detail: e.to_string(),
+                    })?,
+                );
             }
             builder = builder.tls_certs_only(roots);
         }
@@ -116,7 +122,12 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         "/k8s/{*path}",
         any(move |req: Request| {
             let proxy = proxy.clone();
-            async move { proxy.forward(req).await.unwrap_or_else(|e| e.into_response()) }
+            async move {
+                proxy
+                    .forward(req)
+                    .await
+                    .unwrap_or_else(|e| e.into_response())
+            }
         }),
     )
 }
@@ -127,7 +138,10 @@ pub fn upstream_path(path_and_query: &str) -> Result<&str, ProxyError> {
         .strip_prefix("/k8s")
         .ok_or(ProxyError::PathRefused)?;
     let path = rest.split('?').next().unwrap_or_default();
-    let api = path == "/api" || path.starts_with("/api/") || path == "/apis" || path.starts_with("/apis/");
+    let api = path == "/api"
+        || path.starts_with("/api/")
+        || path == "/apis"
+        || path.starts_with("/apis/");
     // No dot segments or encoded slashes: the path the API server sees is the path asked.
     let lower = path.to_ascii_lowercase();
     if !api
@@ -214,10 +228,14 @@ mod tests {
     #[test]
     fn only_api_paths_pass_unchanged() {
         assert_eq!(
-            upstream_path("/k8s/apis/imageimport.dev/v1alpha1/namespaces/a/imageimports?watch=1").unwrap(),
+            upstream_path("/k8s/apis/imageimport.dev/v1alpha1/namespaces/a/imageimports?watch=1")
+                .unwrap(),
             "/apis/imageimport.dev/v1alpha1/namespaces/a/imageimports?watch=1"
         );
-        assert_eq!(upstream_path("/k8s/api/v1/namespaces").unwrap(), "/api/v1/namespaces");
+        assert_eq!(
+            upstream_path("/k8s/api/v1/namespaces").unwrap(),
+            "/api/v1/namespaces"
+        );
         for refused in [
             "/k8s/healthz",
             "/k8s/api/../metrics",
@@ -234,7 +252,10 @@ mod tests {
     #[test]
     fn only_credentials_and_content_headers_pass() {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer user"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer user"),
+        );
         h.insert(header::COOKIE, HeaderValue::from_static("session=1"));
         h.insert("impersonate-user", HeaderValue::from_static("admin"));
         h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
