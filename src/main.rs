@@ -46,6 +46,12 @@ enum Command {
         /// CA bundle for an https archive URL.
         #[arg(long)]
         source_ca_file: Option<PathBuf>,
+        /// Predict the digest of a push of only this platform (as `push --platform`).
+        #[arg(long)]
+        platform: Option<Platform>,
+        /// Predict the digest of a push with this layer compression (as `push --compression`).
+        #[arg(long)]
+        compression: Option<Codec>,
         archive: String,
     },
 }
@@ -233,8 +239,18 @@ fn main() -> ExitCode {
             Command::Inspect {
                 json,
                 source_ca_file,
+                platform,
+                compression,
                 archive,
-            } => inspect(json, source_ca_file, archive).await,
+            } => {
+                let options = pipeline::inspect::InspectOptions {
+                    platform,
+                    compression: compression
+                        .map(CompressionPolicy::Force)
+                        .unwrap_or_default(),
+                };
+                inspect(json, source_ca_file, options, archive).await
+            }
             Command::Crd => {
                 print!("{}", imageimport::api::crd_yaml());
                 Ok(ExitCode::SUCCESS)
@@ -307,6 +323,15 @@ async fn push(args: PushArgs) -> Result<ExitCode, ImportError> {
                 r.image_ids.join(", "),
                 what
             );
+            eprintln!("{}: verified: {}", r.name, r.checked);
+        }
+        match (&r.archive_digest, &r.digest_changed) {
+            (Some(a), None) if !args.quiet => eprintln!("{}: digest kept: {a}", r.name),
+            (Some(a), Some(why)) => eprintln!(
+                "{}: digest changed: the archive names it {a}, the tag now {}: {why}",
+                r.name, r.digest
+            ),
+            _ => {}
         }
         for reference in &r.refs {
             println!("{reference}@{}", r.digest);
@@ -495,6 +520,7 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
 async fn inspect(
     json: bool,
     source_ca_file: Option<PathBuf>,
+    options: pipeline::inspect::InspectOptions,
     archive: String,
 ) -> Result<ExitCode, ImportError> {
     let location: Location = archive.parse().map_err(ImportError::Usage)?;
@@ -502,7 +528,8 @@ async fn inspect(
         ca_file: source_ca_file,
         ..Default::default()
     };
-    let report = pipeline::inspect::inspect(location, http, Arc::new(Progress::default())).await?;
+    let report =
+        pipeline::inspect::inspect(location, http, options, Arc::new(Progress::default())).await?;
     if json {
         println!(
             "{}",
@@ -532,6 +559,21 @@ async fn inspect(
             }
             for lo in &img.left_out {
                 println!("  left out  {lo} (blobs not in the archive)");
+            }
+        }
+        for d in &report.digests {
+            let archive = d
+                .archive_digest
+                .as_deref()
+                .unwrap_or("none (no manifest stored)");
+            println!("{}\n  archive digest  {archive}", d.name);
+            match (&d.push_digest, &d.digest_changed) {
+                (Some(p), None) if d.archive_digest.is_some() => {
+                    println!("  push digest     {p} (kept)")
+                }
+                (Some(p), None) => println!("  push digest     {p}"),
+                (Some(p), Some(why)) => println!("  push digest     {p} (changed: {why})"),
+                (None, _) => println!("  push digest     none (a push would refuse it)"),
             }
         }
         match &report.problem {

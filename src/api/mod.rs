@@ -284,6 +284,15 @@ pub struct ImportedImage {
     /// `registry/repository:tag` for each tag pushed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refs: Vec<String>,
+    /// The digest the archive names the image by (its index or manifest), if it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_digest: Option<String>,
+    /// Why `digest` is not `archiveDigest` (absent: the archive's digest was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_changed: Option<String>,
+    /// What was checked before the import reported the tags as holding the archive's image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked: Option<String>,
 }
 
 /// What a worker reports at the end of its attempt.

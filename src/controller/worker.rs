@@ -88,6 +88,9 @@ pub async fn run() -> i32 {
                     digest: r.digest.clone(),
                     image_ids: r.image_ids.clone(),
                     refs: r.refs.clone(),
+                    archive_digest: r.archive_digest.clone(),
+                    digest_changed: r.digest_changed.clone(),
+                    checked: Some(r.checked.clone()),
                 })
                 .collect();
             result.pushed = reports
@@ -110,7 +113,8 @@ pub async fn run() -> i32 {
         Err(e) => {
             eprintln!("imageimport worker: {e}");
             result.reason = Some(e.reason().to_string());
-            result.message = Some(e.to_string());
+            // Capped: archive names in it can be megabytes, and it is written to the status.
+            result.message = Some(e.to_string().chars().take(4096).collect());
             result.transient = e.is_transient();
             if e.is_transient() { 75 } else { 1 }
         }
