@@ -13,7 +13,9 @@
 //! - `/healthz`, `/readyz`.
 
 pub mod auth;
+pub mod console;
 pub mod error;
+pub mod kube_proxy;
 mod relay;
 mod report;
 pub mod session;
@@ -91,6 +93,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/internal/v1/done/{namespace}/{name}", post(relay::done))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
+        .merge(console::router())
         .layer(DefaultBodyLimit::disable())
         .with_state(service)
 }
