@@ -490,11 +490,15 @@ install_chart() {
   local tag; tag="$(cat "$STATE/image-tag")"
   log "helm upgrade --install $RELEASE (image $NODE_IP:$REGISTRY_PORT/imageimport/imageimport:$tag)"
   "$TESTBIN/helm" --kubeconfig "$STATE/kubeconfig" upgrade --install "$RELEASE" "$ROOT/charts/imageimport" \
-    -n "$RELEASE_NS" --create-namespace --wait --timeout 5m \
+    -n "$RELEASE_NS" --create-namespace --wait --timeout 10m \
     --set image.repository="$NODE_IP:$REGISTRY_PORT/imageimport/imageimport" --set image.tag="$tag" \
     --set image.pullPolicy=IfNotPresent >"$STATE/logs/helm.log" 2>&1 || {
     cat "$STATE/logs/helm.log" >&2
     kctl -n "$RELEASE_NS" get pods -o wide >&2 || true
+    # What held the release back: the Pods' events and the controller's own words.
+    kctl -n "$RELEASE_NS" describe pods >&2 || true
+    kctl -n "$RELEASE_NS" get events --sort-by=.lastTimestamp >&2 || true
+    kctl -n "$RELEASE_NS" logs --all-containers --prefix --tail=50 -l app.kubernetes.io/instance="$RELEASE" >&2 || true
     die "helm upgrade --install failed (log: $STATE/logs/helm.log)"
   }
 }
