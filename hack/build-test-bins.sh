@@ -30,6 +30,9 @@ if [[ -z "${GO:-}" ]]; then
   fi
 fi
 
+source "$ROOT/hack/prereqs.sh"
+need_go || exit 1
+
 export CGO_ENABLED=0
 export GOTOOLCHAIN="${GOTOOLCHAIN:-local}" # never download another toolchain
 export GOFLAGS="-buildvcs=false"           # ignore any ambient GOFLAGS (e.g. -mod=mod)

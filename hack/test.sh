@@ -5,5 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export IMAGEIMPORT_TESTBIN_DIR="${IMAGEIMPORT_TESTBIN_DIR:-$HOME/.cache/imageimport/testbin}"
+source hack/prereqs.sh
+need_rust
+need_commands docker-registry skopeo htpasswd openssl
+for bin in kube-apiserver etcd crane helm; do
+  [[ -x "$IMAGEIMPORT_TESTBIN_DIR/$bin" ]] || {
+    prereq_fail "$IMAGEIMPORT_TESTBIN_DIR/$bin: build the test binaries with hack/build-test-bins.sh (Go >= $PREREQ_GO_MIN)"
+    exit 1
+  }
+done
 # Two cores: the registry, skopeo and the importer share them; run test binaries one at a time.
 cargo test --locked --all-targets -- --test-threads=2

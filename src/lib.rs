@@ -7,6 +7,7 @@
 pub mod api;
 pub mod archive;
 pub mod controller;
+pub mod front_end;
 pub mod pipeline;
 pub mod registry;
 pub mod upload;

@@ -14,11 +14,41 @@ use imageimport::pipeline::{
 };
 use imageimport::registry::{RegistryOptions, Target};
 
+/// Exit status, the same for every command (README.md, "Exit status").
+const EXIT_STATUS: &str = "\
+Exit status:
+  0   success (inspect: the archive verifies)
+  1   a permanent failure: the archive, the target, the credentials or the registry's
+      answer must change first (inspect: the archive does not verify)
+  2   usage: invalid arguments
+  70  an internal error (a bug: please report it)
+  75  a transient failure (the registry or the source is unavailable): trying again later
+      may succeed";
+
+/// EX_USAGE-like status for invalid arguments (clap's own, too), EX_SOFTWARE for internal
+/// errors, EX_TEMPFAIL (sysexits.h) for what is worth trying again: scripts and schedulers
+/// retry on 75 only.
+const EXIT_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_INTERNAL: u8 = 70;
+const EXIT_TRANSIENT: u8 = 75;
+
+fn exit_code(e: &ImportError) -> u8 {
+    match e {
+        ImportError::Usage(_) => EXIT_USAGE,
+        // The operator retries these (they may pass); the command says what they are.
+        ImportError::Internal(_) => EXIT_INTERNAL,
+        e if e.is_transient() => EXIT_TRANSIENT,
+        _ => EXIT_FAILED,
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "imageimport",
     version,
-    about = "Import docker/OCI image archives into registries"
+    about = "Import docker/OCI image archives into registries",
+    after_help = EXIT_STATUS
 )]
 struct Cli {
     #[command(subcommand)]
@@ -29,6 +59,7 @@ struct Cli {
 enum Command {
     /// Push the image(s) of an archive (file, `-` for stdin, or http(s) URL) to TARGET
     /// (`registry[:port]/repository[:tag]`).
+    #[command(after_help = EXIT_STATUS)]
     Push(Box<PushArgs>),
     /// Print the ImageImport CustomResourceDefinition (YAML).
     Crd,
@@ -39,8 +70,9 @@ enum Command {
     /// Run the upload service (tus 1.0 uploads into ImageImports with `source.upload`).
     UploadServer(UploadServerArgs),
     /// List the images, tags, IDs and layers of an archive, and verify it.
+    #[command(after_help = EXIT_STATUS)]
     Inspect {
-        /// Print JSON.
+        /// Print JSON on stdout, also when the archive cannot be read (then with `error`).
         #[arg(long)]
         json: bool,
         /// CA bundle for an https archive URL.
@@ -52,6 +84,8 @@ enum Command {
         /// Predict the digest of a push with this layer compression (as `push --compression`).
         #[arg(long)]
         compression: Option<Codec>,
+        /// The archive: a file, `-` for standard input, or an http(s) URL.
+        #[arg(value_name = "ARCHIVE")]
         archive: String,
     },
 }
@@ -143,7 +177,9 @@ struct UploadServerArgs {
 
 #[derive(clap::Args)]
 struct PushArgs {
-    /// Talk plain HTTP to the registry.
+    /// Talk plain (unencrypted) HTTP to the registry. Registries on this machine
+    /// (localhost, 127.0.0.0/8, ::1) are asked over HTTPS first and over HTTP when they answer
+    /// in plain HTTP, without this flag.
     #[arg(long)]
     insecure: bool,
     /// CA bundle (PEM) for the registry's certificate.
@@ -161,8 +197,9 @@ struct PushArgs {
     /// Push only this platform (os/arch[/variant]) of a multi-platform archive.
     #[arg(long)]
     platform: Option<Platform>,
-    /// Layer compression (default gzip; compressed layers are then kept as stored).
-    #[arg(long)]
+    /// Layer compression: gzip, zstd or none. Default: layers stored compressed are pushed
+    /// as stored, uncompressed ones gzip-compressed. Given, every layer is pushed with it.
+    #[arg(long, value_name = "gzip|zstd|none")]
     compression: Option<Codec>,
     /// Refuse unless the image ID (config digest) is this.
     #[arg(long)]
@@ -182,7 +219,14 @@ struct PushArgs {
     /// No progress output.
     #[arg(short, long)]
     quiet: bool,
+    /// The archive: a file (`docker save`, `podman save`, an OCI archive; plain tar, or
+    /// compressed whole with gzip or zstd), `-` for standard input, or an http(s) URL.
+    #[arg(value_name = "ARCHIVE")]
     archive: String,
+    /// Where to push: `REGISTRY[:PORT]/REPOSITORY[:TAG]`, e.g. `127.0.0.1:5000/shop/web` or
+    /// `registry.example.com/team/web:1.4`. Without a tag, the image's saved tag is used.
+    /// With --all, a prefix (no tag): each image goes to TARGET/<its saved repository>.
+    #[arg(value_name = "TARGET")]
     target: String,
 }
 
@@ -255,9 +299,12 @@ fn main() -> ExitCode {
                 print!("{}", imageimport::api::crd_yaml());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Worker => Ok(ExitCode::from(
-                imageimport::controller::worker::run().await as u8,
-            )),
+            Command::Worker => {
+                imageimport::front_end::set(imageimport::front_end::FrontEnd::Operator);
+                Ok(ExitCode::from(
+                    imageimport::controller::worker::run().await as u8,
+                ))
+            }
             Command::Controller(args) => controller(*args).await,
             Command::UploadServer(args) => upload_server(args).await,
         }
@@ -266,7 +313,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("imageimport: {e}");
-            ExitCode::from(if e.is_transient() { 75 } else { 1 })
+            ExitCode::from(exit_code(&e))
         }
     }
 }
@@ -384,7 +431,7 @@ fn show_progress(
 
 async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
     use imageimport::controller::{ControllerConfig, WorkerSettings, metrics::Metrics, server};
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
     let client = kube::Client::try_default()
         .await
         .map_err(|e| ImportError::Usage(format!("no Kubernetes configuration: {e}")))?;
@@ -438,15 +485,71 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
         metrics: metrics.clone(),
         ready: ready.clone(),
     };
-    // Without its listener the Pod's probes fail: a bind error stops the controller.
+    // Without its listener the Pod's probes fail: a bind error stops the controller at once,
+    // before it talks to the API server.
+    let listener = match tokio::net::TcpListener::bind(args.metrics_bind_address).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "imageimport: cannot listen on --metrics-bind-address {}: {e}",
+                args.metrics_bind_address
+            );
+            return Ok(ExitCode::from(EXIT_FAILED));
+        }
+    };
     let listener_stop = stop_tx_listener.clone();
-    let server_future = server::serve(args.metrics_bind_address, health, stopped(stop_rx.clone()));
+    let server_future = server::serve_on(listener, health, stopped(stop_rx.clone()));
     let server = tokio::spawn(async move {
         if let Err(e) = server_future.await {
             tracing::error!(error = %e, "metrics/health listener failed");
             let _ = listener_stop.send(true);
         }
     });
+    let election = args.leader_elect.then(|| LeaderElection {
+        lease: args.leader_election_lease,
+        namespace: args.leader_election_namespace,
+        duration_seconds: args.lease_duration_seconds,
+    });
+    let work = lead_and_reconcile(election, client, config, metrics, ready, stop_rx.clone());
+    tokio::pin!(work);
+    let code = tokio::select! {
+        code = &mut work => code,
+        _ = stopped(stop_rx) => {
+            // Stopping: in-flight reconciles get a moment to finish, but an API server that
+            // does not answer cannot keep the process from ending (SIGTERM is followed by
+            // SIGKILL after the Pod's grace period anyway).
+            match tokio::time::timeout(Duration::from_secs(10), work).await {
+                Ok(code) => code,
+                Err(_) => {
+                    tracing::warn!("the controller did not stop within 10 s; exiting");
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+    };
+    server.abort();
+    code
+}
+
+struct LeaderElection {
+    lease: String,
+    namespace: String,
+    duration_seconds: u64,
+}
+
+/// Leader election (when asked for) and the controller, until `stop_rx` says stop.
+async fn lead_and_reconcile(
+    election: Option<LeaderElection>,
+    client: kube::Client,
+    config: imageimport::controller::ControllerConfig,
+    metrics: Arc<imageimport::controller::metrics::Metrics>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    stop_rx: tokio::sync::watch::Receiver<bool>,
+) -> Result<ExitCode, ImportError> {
+    use std::sync::atomic::Ordering;
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
     // Ready once the API server answers (a standby is ready too: it is healthy and waiting);
     // asked again until it does, so a slow API server at start-up does not leave us unready.
     {
@@ -460,23 +563,28 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
         });
     }
 
-    if args.leader_elect {
+    if let Some(args) = election {
         let identity = std::env::var("POD_NAME")
             .or_else(|_| std::env::var("HOSTNAME"))
             .unwrap_or_else(|_| format!("imageimport-{}", std::process::id()));
-        let manager = kube_lease_manager::LeaseManagerBuilder::new(
-            client.clone(),
-            &args.leader_election_lease,
-        )
-        .with_namespace(&args.leader_election_namespace)
-        .with_identity(&identity)
-        .with_duration(args.lease_duration_seconds)
-        .with_grace((args.lease_duration_seconds / 3).max(1))
-        .build()
-        .await
-        .map_err(|e| ImportError::Usage(format!("leader election: {e}")))?;
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease)
+            .with_namespace(&args.namespace)
+            .with_identity(&identity)
+            .with_duration(args.duration_seconds)
+            .with_grace((args.duration_seconds / 3).max(1))
+            .build()
+            .await;
+        let manager = match manager {
+            Ok(m) => m,
+            Err(e) => {
+                // Not a usage error: the API server refused or did not answer. Exiting lets
+                // the kubelet restart the Pod.
+                eprintln!("imageimport: leader election: {e}");
+                return Ok(ExitCode::from(EXIT_FAILED));
+            }
+        };
         let (mut leading, lease_task) = manager.watch().await;
-        tracing::info!(%identity, lease = %args.leader_election_lease, "waiting for leadership");
+        tracing::info!(%identity, lease = %args.lease, "waiting for leadership");
         let mut stop = stop_rx.clone();
         let became_leader = tokio::select! {
             r = leading.wait_for(|l| *l) => r.is_ok(),
@@ -485,7 +593,6 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
         if !became_leader {
             drop(leading);
             let _ = lease_task.await;
-            server.abort();
             return Ok(ExitCode::SUCCESS);
         }
         tracing::info!(%identity, "leading: starting the controller");
@@ -505,15 +612,13 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
         if let Ok(Ok(manager)) = lease_task.await {
             let _ = manager.release().await;
         }
-        server.abort();
         return Ok(if lost {
-            ExitCode::from(1)
+            ExitCode::from(EXIT_FAILED)
         } else {
             ExitCode::SUCCESS
         });
     }
     imageimport::controller::run(client, config, metrics, stopped(stop_rx)).await;
-    server.abort();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -523,50 +628,83 @@ async fn inspect(
     options: pipeline::inspect::InspectOptions,
     archive: String,
 ) -> Result<ExitCode, ImportError> {
-    let location: Location = archive.parse().map_err(ImportError::Usage)?;
+    let location: Result<Location, _> = archive.parse().map_err(ImportError::Usage);
     let http = HttpOptions {
         ca_file: source_ca_file,
         ..Default::default()
     };
-    let report =
-        pipeline::inspect::inspect(location, http, options, Arc::new(Progress::default())).await?;
+    let report = match location {
+        Ok(location) => {
+            pipeline::inspect::inspect(location, http, options, Arc::new(Progress::default())).await
+        }
+        Err(e) => Err(e),
+    };
+    let report = match report {
+        Ok(r) => r,
+        // With --json, stdout is JSON whatever happens: the error is part of it.
+        Err(e) if json => {
+            let out = serde_json::json!({
+                "archive": archive,
+                "verified": false,
+                "error": {"reason": e.reason(), "message": e.to_string()},
+            });
+            println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+            eprintln!("imageimport: {e}");
+            return Ok(ExitCode::from(exit_code(&e)));
+        }
+        Err(e) => return Err(e),
+    };
     if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&report).expect("report serializes")
         );
     } else {
-        for img in &report.images {
+        // `digests` has one entry per image, in the same order.
+        for (i, img) in report.images.iter().enumerate() {
             let tags = if img.tags.is_empty() {
                 "<no tag>".to_string()
             } else {
                 img.tags.join(", ")
             };
-            println!(
-                "{tags}\n  image ID  {}\n  platform  {}",
-                img.image_id, img.platform
-            );
-            for l in &img.layers {
+            if img.index {
+                let n = img.platforms.len() + img.left_out.len();
+                println!("{tags}\n  index of {n} platforms (pushed as one manifest list)");
+            } else {
+                println!("{tags}");
+            }
+            for p in &img.platforms {
                 println!(
-                    "  layer     {} {} ({} bytes stored, {}, {} uncompressed){}",
-                    l.diff_id,
-                    l.member,
-                    l.stored_size,
-                    l.compression,
-                    l.uncompressed_size,
-                    if l.verified { "" } else { "  MISMATCH" }
+                    "  {}image ID  {}\n  {}platform  {}",
+                    if img.index { "  " } else { "" },
+                    p.image_id,
+                    if img.index { "  " } else { "" },
+                    p.platform
                 );
+                for l in &p.layers {
+                    println!(
+                        "  {}layer     {} {} ({} bytes stored, {}, {} uncompressed){}",
+                        if img.index { "  " } else { "" },
+                        l.diff_id,
+                        l.member,
+                        l.stored_size,
+                        l.compression,
+                        l.uncompressed_size,
+                        if l.verified { "" } else { "  MISMATCH" }
+                    );
+                }
             }
             for lo in &img.left_out {
                 println!("  left out  {lo} (blobs not in the archive)");
             }
-        }
-        for d in &report.digests {
+            let Some(d) = report.digests.get(i) else {
+                continue;
+            };
             let archive = d
                 .archive_digest
                 .as_deref()
                 .unwrap_or("none (no manifest stored)");
-            println!("{}\n  archive digest  {archive}", d.name);
+            println!("  archive digest  {archive}");
             match (&d.push_digest, &d.digest_changed) {
                 (Some(p), None) if d.archive_digest.is_some() => {
                     println!("  push digest     {p} (kept)")
@@ -584,7 +722,7 @@ async fn inspect(
     Ok(if report.verified {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(EXIT_FAILED)
     })
 }
 

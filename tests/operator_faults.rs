@@ -979,6 +979,11 @@ async fn worker_killed_mid_upload_is_lost_and_the_next_attempt_imports() {
         metrics.contains(r#"imageimport_imports_total{result="failed",reason="WorkerFailed"} 1"#),
         "{metrics}"
     );
+    // And its time: from the attempt's start to when its Job was found ended.
+    assert!(
+        metrics.contains("imageimport_import_duration_seconds_count 1"),
+        "{metrics}"
+    );
 
     let job2 = c.wait_job("web").await;
     assert!(job2.name_any().ends_with("-a2"), "{}", job2.name_any());
@@ -1110,9 +1115,10 @@ async fn metrics_count_a_success_and_a_failure_once() {
     eprintln!("{text}");
     assert_eq!(metric(&text, ok), Some(1.0), "{text}");
     assert_eq!(metric(&text, failed), Some(1.0), "{text}");
+    // Every outcome's series exists from start-up; only these two are not 0.
     let series: Vec<&str> = text
         .lines()
-        .filter(|l| l.starts_with("imageimport_imports_total{"))
+        .filter(|l| l.starts_with("imageimport_imports_total{") && !l.ends_with(" 0"))
         .collect();
     assert_eq!(series.len(), 2, "only these two outcomes: {series:?}");
 

@@ -618,11 +618,10 @@ fn inspect_lists_and_verifies() {
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["verified"], true);
-    assert_eq!(
-        v["images"][0]["imageId"],
-        built.images[0].config_digest.as_str()
-    );
-    let ids: Vec<&str> = v["images"][0]["layers"]
+    assert_eq!(v["images"][0]["index"], false);
+    let image = &v["images"][0]["platforms"][0];
+    assert_eq!(image["imageId"], built.images[0].config_digest.as_str());
+    let ids: Vec<&str> = image["layers"]
         .as_array()
         .unwrap()
         .iter()

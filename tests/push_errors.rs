@@ -176,3 +176,268 @@ fn extension_header_bombs_are_refused_in_bounded_memory() {
     }
 }
 
+/// A small one-image archive in `dir`.
+fn app_archive(dir: &Path, seed: u64) -> std::path::PathBuf {
+    let built = archives::build(
+        &Format::DockerLegacy,
+        &[ImageSpec::new(
+            &["app:1"],
+            vec![archives::layer(seed, 2, 20_000)],
+        )],
+    );
+    archives::write_to(dir, "app.tar", &built.bytes)
+}
+
+/// A registry on loopback speaking plain HTTP (as every local registry does) takes a push
+/// without `--insecure`; with a CA file (TLS asked for) the same registry is a permanent error
+/// that names `--insecure`, not 11 s of retries and exit 75.
+#[test]
+fn a_loopback_registry_speaking_plain_http_needs_no_flag() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let path = app_archive(dir.path(), 72);
+    let out = run(&[
+        "push",
+        "-q",
+        path.to_str().unwrap(),
+        &reg.reference("local/app"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(reg.tags("local/app"), ["1"]);
+
+    let ca = support::registry::generate_tls(dir.path()).ca_file;
+    let out = run(&[
+        "push",
+        "-q",
+        "--ca-file",
+        ca.to_str().unwrap(),
+        path.to_str().unwrap(),
+        &reg.reference("tls-asked/app"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "permanent: {err}");
+    assert!(
+        err.contains("answered the TLS handshake in plain HTTP"),
+        "{err}"
+    );
+    assert!(err.contains("--insecure"), "says what to do: {err}");
+    assert!(
+        !err.contains("spec.target"),
+        "the command's words only: {err}"
+    );
+    assert!(!err.contains("retrying"), "not retried: {err}");
+    assert!(reg.tags("tls-asked/app").is_empty());
+}
+
+/// A registry that wants credentials, asked without any: the message says credentials are
+/// needed and how to give them (not that they were refused), before the archive is read.
+#[test]
+fn a_registry_asking_for_credentials_when_none_were_sent_says_how_to_give_them() {
+    let reg = Registry::tls_htpasswd();
+    let dir = tempfile::tempdir().unwrap();
+    let path = app_archive(dir.path(), 73);
+    let ca = reg.ca_file.clone().unwrap();
+    let out = run(&[
+        "push",
+        "-q",
+        "--ca-file",
+        ca.to_str().unwrap(),
+        path.to_str().unwrap(),
+        &reg.reference("needs-auth/app"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "permanent: {err}");
+    assert!(err.contains("needs credentials"), "{err}");
+    assert!(err.contains("none were given"), "{err}");
+    assert!(!err.contains("refused the credentials"), "{err}");
+    assert!(
+        err.contains(&format!("docker login {}", reg.host)) && err.contains("--auth-file"),
+        "says how to give them: {err}"
+    );
+    assert!(!err.contains("Secret"), "the command's words only: {err}");
+    // Nothing was uploaded: the check comes first.
+    assert!(
+        !reg.requests()
+            .iter()
+            .any(|r| r.is_client() && r.method != "GET"),
+        "{:?}",
+        reg.requests()
+    );
+}
+
+/// A `docker-registry` serving `cert`/`key` on a free loopback port; killed on drop.
+struct CertRegistry {
+    child: std::process::Child,
+    host: String,
+    _dir: tempfile::TempDir,
+}
+
+impl CertRegistry {
+    fn start(cert: &Path, key: &Path) -> CertRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\n\
+                 http: {{addr: \"127.0.0.1:{port}\", tls: {{certificate: {}, key: {}}}}}\n",
+                dir.path().join("storage").display(),
+                cert.display(),
+                key.display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+            .spawn()
+            .expect("docker-registry (Debian package docker-registry)");
+        let host = format!("127.0.0.1:{port}");
+        // Listening: it accepts connections (what it says to TLS is the test).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(&host).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "docker-registry did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        CertRegistry {
+            child,
+            host,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for CertRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -addext …` into `dir`.
+fn self_signed(dir: &Path, name: &str, extra: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .args(extra)
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// The usual self-signed certificate (`openssl req -x509`, CA:TRUE) given as the CA: the
+/// message says exactly what is wrong with it and how to make one that works; the certificate
+/// it suggests (CA:FALSE) is then accepted.
+#[test]
+fn a_self_signed_ca_certificate_is_explained_and_the_suggested_one_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = app_archive(dir.path(), 74);
+    let (cert, key) = self_signed(dir.path(), "ca-true", &[]);
+    let reg = CertRegistry::start(&cert, &key);
+    let out = run(&[
+        "push",
+        "-q",
+        "--ca-file",
+        cert.to_str().unwrap(),
+        path.to_str().unwrap(),
+        &format!("{}/selfsigned/app", reg.host),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "permanent: {err}");
+    assert!(err.contains("CA:TRUE") && err.contains("CA:FALSE"), "{err}");
+    assert!(err.contains("basicConstraints=critical,CA:FALSE"), "{err}");
+    assert!(
+        !err.contains("give that CA's certificate"),
+        "not the generic hint: {err}"
+    );
+    drop(reg);
+
+    let (cert, key) = self_signed(
+        dir.path(),
+        "ca-false",
+        &["-addext", "basicConstraints=critical,CA:FALSE"],
+    );
+    let reg = CertRegistry::start(&cert, &key);
+    let out = run(&[
+        "push",
+        "-q",
+        "--ca-file",
+        cert.to_str().unwrap(),
+        path.to_str().unwrap(),
+        &format!("{}/selfsigned/app", reg.host),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the suggested certificate works: {err}"
+    );
+}
+
+/// Exit status: 2 for usage errors (clap's and ours), documented in `--help` with 75 for
+/// transient failures only; `push --help` describes ARCHIVE, TARGET and the compressions.
+#[test]
+fn exit_codes_and_arguments_are_documented() {
+    let out = run(&["push", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for words in [
+        "ARCHIVE",
+        "TARGET",
+        "REGISTRY[:PORT]/REPOSITORY[:TAG]",
+        "gzip|zstd|none",
+        "Exit status",
+        "75",
+        "2   usage",
+    ] {
+        assert!(
+            help.contains(words),
+            "{words:?} missing from push --help:\n{help}"
+        );
+    }
+    let out = run(&["--help"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Exit status"));
+    // clap's usage error, and a TARGET that is not one.
+    assert_eq!(
+        run(&["push", "--no-such-flag", "a", "b"]).status.code(),
+        Some(2)
+    );
+    let out = run(&["push", "a.tar", "not a target"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -231,15 +231,25 @@ impl<'a> Pass<'a> {
             "worker Job {job_name} {ended} without reporting a result (killed, out of memory or past its deadline); retrying in {}s",
             wait.as_secs()
         );
-        // A lost worker is a failed attempt too (counted here: it reported nothing).
-        self.ctx
-            .metrics
-            .imports
-            .get_or_create(&super::metrics::ResultLabels {
-                result: "failed".into(),
-                reason: reason::WORKER_FAILED.into(),
-            })
-            .inc();
+        // A lost worker is a failed attempt too (counted here: it reported nothing but its
+        // progress, and it ran until now).
+        let seconds = self.st.start_time.as_ref().map(|start| {
+            k8s_openapi::jiff::Timestamp::now()
+                .duration_since(start.0)
+                .as_secs_f64()
+        });
+        self.ctx.metrics.finished(super::metrics::Finished {
+            succeeded: false,
+            reason: reason::WORKER_FAILED,
+            bytes_read: self
+                .obj
+                .status
+                .as_ref()
+                .and_then(|s| s.progress.as_ref())
+                .map_or(0, |p| p.bytes_done),
+            bytes_pushed: 0,
+            seconds,
+        });
         self.st.job_name = None;
         self.st.next_attempt_after = Some(Time(k8s_openapi::jiff::Timestamp::now() + wait));
         self.set(READY, false, reason::WORKER_FAILED, &msg);
@@ -533,29 +543,25 @@ fn failure_reason(r: &WorkerResult) -> String {
 
 /// Metrics for a finished attempt (counted once, when its outcome is first recorded).
 fn count_result(ctx: &Context, obj: &ImageImport, st: &ImageImportStatus, r: &WorkerResult) {
-    let m = &ctx.metrics;
     let reason = if r.succeeded {
         reason::SUCCEEDED.to_string()
     } else {
         r.reason.clone().unwrap_or_default()
     };
-    let result = if r.succeeded { "succeeded" } else { "failed" };
-    m.imports
-        .get_or_create(&super::metrics::ResultLabels {
-            result: result.into(),
-            reason,
-        })
-        .inc();
-    m.bytes_pushed.inc_by(r.pushed_bytes.unwrap_or(0));
-    if let Some(p) = obj.status.as_ref().and_then(|s| s.progress.as_ref()) {
-        m.bytes_read.inc_by(p.bytes_done);
-    }
-    if let (Some(start), Some(end)) = (&st.start_time, &r.finished) {
-        let secs = end.0.duration_since(start.0).as_secs_f64();
-        if secs >= 0.0 {
-            m.duration.observe(secs);
-        }
-    }
+    ctx.metrics.finished(super::metrics::Finished {
+        succeeded: r.succeeded,
+        reason: &reason,
+        bytes_read: obj
+            .status
+            .as_ref()
+            .and_then(|s| s.progress.as_ref())
+            .map_or(0, |p| p.bytes_done),
+        bytes_pushed: r.pushed_bytes.unwrap_or(0),
+        seconds: match (&st.start_time, &r.finished) {
+            (Some(start), Some(end)) => Some(end.0.duration_since(start.0).as_secs_f64()),
+            _ => None,
+        },
+    });
 }
 
 async fn publish(ctx: &Context, obj: &ImageImport, type_: EventType, reason: &str, note: &str) {

@@ -94,7 +94,7 @@ impl ImportError {
                 reason::REGISTRY_UNAVAILABLE
             }
             ImportError::Registry {
-                source: RegistryError::Config(_),
+                source: RegistryError::Config(_) | RegistryError::PlainHttp { .. },
                 ..
             } => reason::INVALID_CONFIGURATION,
             ImportError::Registry { .. } => reason::REGISTRY_REJECTED,

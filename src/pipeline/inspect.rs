@@ -28,14 +28,25 @@ pub struct InspectReport {
     pub verified: bool,
 }
 
+/// One image of the archive, by name: a single image, or a multi-platform index (one entry
+/// of `manifest.json` or `index.json`), which an import pushes as one manifest list.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InspectImage {
     pub tags: Vec<String>,
+    /// A multi-platform index: several platforms, or platforms left out of the archive.
+    pub index: bool,
+    pub platforms: Vec<InspectPlatform>,
+    /// Platforms the index lists whose blobs are not in the archive.
+    pub left_out: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InspectPlatform {
     pub image_id: String,
     pub platform: String,
     pub layers: Vec<InspectLayer>,
-    pub left_out: Vec<String>,
 }
 
 /// The digests of one image (a manifest, or the index of its platforms).
@@ -210,6 +221,7 @@ pub async fn inspect(
             push_digest: composed.as_ref().map(|c| c.top.digest()),
             digest_changed: composed.and_then(|c| c.changed),
         });
+        let mut platforms = Vec::new();
         for img in &e.images {
             let mut layers = Vec::new();
             for (i, l) in img.layers.iter().enumerate() {
@@ -250,14 +262,18 @@ pub async fn inspect(
                     verified: ok,
                 });
             }
-            images.push(InspectImage {
-                tags: e.tags.clone(),
+            platforms.push(InspectPlatform {
                 image_id: img.config_digest.clone(),
                 platform: img.platform.to_string(),
                 layers,
-                left_out: e.left_out.iter().map(|l| l.platform.clone()).collect(),
             });
         }
+        images.push(InspectImage {
+            tags: e.tags.clone(),
+            index: e.images.len() > 1 || !e.left_out.is_empty(),
+            platforms,
+            left_out: e.left_out.iter().map(|l| l.platform.clone()).collect(),
+        });
     }
     if problem.is_some() {
         // A push would refuse the archive: it produces no digest.

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -44,8 +45,13 @@ pub const MANIFEST_TYPES: &[&str] = &[
 #[derive(Clone)]
 pub struct Registry {
     host: String,
-    scheme: &'static str,
-    oci: Arc<oci_client::Client>,
+    insecure: bool,
+    configured: Arc<oci_client::Client>,
+    /// A loopback registry given neither `insecure` nor a CA file: HTTPS is tried first, and
+    /// when the handshake is answered in plain HTTP this client (plain HTTP) is used instead,
+    /// as docker and crane do for local registries.
+    plain_fallback: Option<Arc<oci_client::Client>>,
+    fell_back: Arc<AtomicBool>,
     http: reqwest::Client,
     auth: RegistryAuth,
     retries: usize,
@@ -79,18 +85,21 @@ impl Registry {
             reqwest_certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| RegistryError::Config(format!("CA file {}: {e}", ca.display())))?;
         }
-        let config = ClientConfig {
-            protocol: if opts.insecure {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
-            extra_root_certificates: certs,
+        let config = |protocol| ClientConfig {
+            protocol,
+            extra_root_certificates: certs.clone(),
             connect_timeout: Some(Duration::from_secs(10)),
             read_timeout: Some(Duration::from_secs(120)),
             user_agent: concat!("imageimport/", env!("CARGO_PKG_VERSION")),
             ..Default::default()
         };
+        let protocol = if opts.insecure {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        };
+        let plain_fallback = (!opts.insecure && opts.ca_file.is_none() && is_loopback(host))
+            .then(|| Arc::new(oci_client::Client::new(config(ClientProtocol::Http))));
         let http = reqwest::Client::builder()
             .user_agent(concat!("imageimport/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
@@ -102,8 +111,10 @@ impl Registry {
             .map_err(|e| RegistryError::Config(e.to_string()))?;
         Ok(Registry {
             host: host.to_string(),
-            scheme: if opts.insecure { "http" } else { "https" },
-            oci: Arc::new(oci_client::Client::new(config)),
+            insecure: opts.insecure,
+            configured: Arc::new(oci_client::Client::new(config(protocol))),
+            plain_fallback,
+            fell_back: Arc::new(AtomicBool::new(false)),
             http,
             auth,
             retries: opts.retries.unwrap_or(6),
@@ -116,7 +127,40 @@ impl Registry {
     }
 
     pub(super) fn base(&self) -> String {
-        format!("{}://{}", self.scheme, self.host)
+        format!("{}://{}", self.scheme(), self.host)
+    }
+
+    fn plain(&self) -> bool {
+        self.insecure || self.fell_back.load(Ordering::Relaxed)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.plain() { "http" } else { "https" }
+    }
+
+    fn oci(&self) -> &oci_client::Client {
+        match &self.plain_fallback {
+            Some(plain) if self.fell_back.load(Ordering::Relaxed) => plain,
+            _ => &self.configured,
+        }
+    }
+
+    /// What the connection knows and a single error does not: whether credentials were sent.
+    fn explain(&self, e: RegistryError) -> RegistryError {
+        match e {
+            RegistryError::Unauthorized {
+                registry,
+                status,
+                operation,
+                ..
+            } => RegistryError::Unauthorized {
+                registry,
+                status,
+                operation,
+                credentials_sent: !matches!(self.auth, RegistryAuth::Anonymous),
+            },
+            e => e,
+        }
     }
 
     pub(super) fn http(&self) -> &reqwest::Client {
@@ -144,8 +188,27 @@ impl Registry {
             .with_jitter()
     }
 
-    /// Retry transient failures with exponential backoff, honouring Retry-After.
-    async fn retry<T, F, Fut>(&self, what: &str, f: F) -> Result<T, RegistryError>
+    /// Retry transient failures with exponential backoff, honouring Retry-After; a loopback
+    /// registry that answers in plain HTTP is asked again over HTTP (once, for good).
+    async fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, RegistryError>>,
+    {
+        let result = match self.retry_transient(what, &mut f).await {
+            Err(RegistryError::PlainHttp { .. })
+                if self.plain_fallback.is_some()
+                    && !self.fell_back.swap(true, Ordering::Relaxed) =>
+            {
+                tracing::info!(registry = %self.host, "a loopback registry speaking plain HTTP: using HTTP");
+                self.retry_transient(what, &mut f).await
+            }
+            r => r,
+        };
+        result.map_err(|e| self.explain(e))
+    }
+
+    async fn retry_transient<T, F, Fut>(&self, what: &str, f: F) -> Result<T, RegistryError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, RegistryError>>,
@@ -169,7 +232,7 @@ impl Registry {
     ) -> Result<Option<HeaderValue>, RegistryError> {
         let reference = self.reference(repo);
         let token = self
-            .oci
+            .oci()
             .auth(&reference, &self.auth, RegistryOperation::Push)
             .await
             .map_err(|e| RegistryError::from_oci(&self.host, "authentication", e))?;
@@ -195,7 +258,22 @@ impl Registry {
     /// Check the registry answers and the credentials are accepted for pushing to `repo`.
     pub async fn check_push_access(&self, repo: &str) -> Result<(), RegistryError> {
         self.retry("authentication", || async {
-            self.authorization(repo).await.map(|_| ())
+            let authorization = self.authorization(repo).await?;
+            // Without credentials and without a token, a registry that requires basic auth
+            // says so only now, to `GET /v2/` (oci-client takes its 401 for "no token"):
+            // fail here, before the archive is read, rather than at the first upload.
+            if authorization.is_none() && matches!(self.auth, RegistryAuth::Anonymous) {
+                let resp = self
+                    .http
+                    .get(format!("{}/v2/", self.base()))
+                    .send()
+                    .await
+                    .map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
+                if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+                    return Err(status_error(&self.host, resp, "authentication").await);
+                }
+            }
+            Ok(())
         })
         .await
     }
@@ -203,8 +281,10 @@ impl Registry {
     pub async fn blob_exists(&self, repo: &str, digest: &str) -> Result<bool, RegistryError> {
         let reference = self.reference(repo);
         self.retry("blob check", || async {
-            self.oci.store_auth_if_needed(&self.host, &self.auth).await;
-            self.oci
+            self.oci()
+                .store_auth_if_needed(&self.host, &self.auth)
+                .await;
+            self.oci()
                 .blob_exists(&reference, digest)
                 .await
                 .map_err(|e| RegistryError::from_oci(&self.host, "blob check", e))
@@ -214,10 +294,12 @@ impl Registry {
 
     /// Cross-repository mount. False when the registry did not mount (then upload instead).
     pub async fn mount_blob(&self, repo: &str, from: &str, digest: &str) -> bool {
-        self.oci.store_auth_if_needed(&self.host, &self.auth).await;
+        self.oci()
+            .store_auth_if_needed(&self.host, &self.auth)
+            .await;
         let to = self.reference(repo);
         let source = self.reference(from);
-        self.oci.mount_blob(&to, &source, digest).await.is_ok()
+        self.oci().mount_blob(&to, &source, digest).await.is_ok()
     }
 
     /// Fetch a manifest by tag or digest; None if the registry has no such manifest.
@@ -233,7 +315,7 @@ impl Registry {
         };
         self.retry("manifest fetch", || async {
             match self
-                .oci
+                .oci()
                 .pull_manifest_raw(&r, &self.auth, MANIFEST_TYPES)
                 .await
             {
@@ -262,7 +344,7 @@ impl Registry {
         let reference = self.reference(repo);
         self.retry("tag list", || async {
             match self
-                .oci
+                .oci()
                 .list_tags(&reference, &self.auth, Some(n), last)
                 .await
             {
@@ -294,12 +376,14 @@ impl Registry {
             .map_err(|_| RegistryError::Config(format!("bad media type {media_type}")))?;
         let body = Bytes::copy_from_slice(bytes);
         self.retry("manifest push", || async {
-            self.oci.store_auth_if_needed(&self.host, &self.auth).await;
-            self.oci
+            self.oci()
+                .store_auth_if_needed(&self.host, &self.auth)
+                .await;
+            self.oci()
                 .auth(&r, &self.auth, RegistryOperation::Push)
                 .await
                 .map_err(|e| RegistryError::from_oci(&self.host, "authentication", e))?;
-            self.oci
+            self.oci()
                 .push_manifest_raw(&r, body.clone(), content_type.clone())
                 .await
                 .map_err(|e| RegistryError::from_oci(&self.host, "manifest push", e))
@@ -315,11 +399,8 @@ impl Registry {
         digest: &str,
         cap: usize,
     ) -> Result<Option<Vec<u8>>, RegistryError> {
-        let url = format!(
-            "{}://{}/v2/{}/blobs/{}",
-            self.scheme, self.host, repo, digest
-        );
         self.retry("blob fetch", || async {
+            let url = format!("{}/v2/{}/blobs/{}", self.base(), repo, digest);
             let mut req = self.http.get(&url);
             if let Some(a) = self.authorization(repo).await? {
                 req = req.header(AUTHORIZATION, a);
@@ -398,6 +479,18 @@ impl Registry {
     }
 }
 
+/// `localhost`, 127.0.0.0/8 or ::1, with or without a port (`[::1]:5000`).
+fn is_loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => host.split(':').next().unwrap_or(host),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Registries answer an unknown manifest or repository with an error envelope.
 fn is_unknown(detail: &str) -> bool {
     let d = detail.to_ascii_uppercase().replace('_', "");
@@ -418,4 +511,30 @@ pub(super) async fn status_error(
         .map(Duration::from_secs);
     let body = resp.text().await.unwrap_or_default();
     RegistryError::from_status(host, status, operation, retry_after, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback;
+
+    #[test]
+    fn loopback_hosts_are_recognised() {
+        for h in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.8.9.10",
+            "[::1]:5000",
+        ] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in [
+            "registry.local:5000",
+            "10.0.0.1:5000",
+            "[fe80::1]:5000",
+            "localhost.example",
+        ] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
 }

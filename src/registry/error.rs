@@ -4,14 +4,30 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::front_end::{self, FrontEnd};
+
 #[derive(Debug, Error)]
 pub enum RegistryError {
-    #[error("registry {registry} refused the credentials (HTTP {status}) for {operation}")]
+    #[error("{}", unauthorized(.registry, .status, .operation, .credentials_sent))]
     Unauthorized {
         registry: String,
         status: u16,
         operation: String,
+        /// Whether this connection sent credentials at all (a registry asks for them with
+        /// the same 401 whether none or wrong ones were sent).
+        credentials_sent: bool,
     },
+    /// A TLS handshake answered in plain HTTP: the registry speaks HTTP only. Permanent:
+    /// retrying cannot change what the registry speaks.
+    #[error(
+        "registry {registry} answered the TLS handshake in plain HTTP: it speaks HTTP, not \
+         HTTPS; {}",
+        front_end::says(
+            "to push over plain (unencrypted) HTTP, add --insecure",
+            "to import over plain (unencrypted) HTTP, set spec.target.insecure: true",
+        )
+    )]
+    PlainHttp { registry: String },
     #[error("registry {registry} is unreachable: {detail}")]
     Unreachable { registry: String, detail: String },
     #[error("registry {registry} answered HTTP {status} to {operation}{}", retry_hint(.retry_after))]
@@ -50,16 +66,88 @@ fn retry_hint(d: &Option<Duration>) -> String {
         .unwrap_or_default()
 }
 
+/// The message of a 401/403, with what to do in the front end in use.
+fn unauthorized(registry: &str, status: &u16, operation: &str, credentials_sent: &bool) -> String {
+    if !credentials_sent {
+        let how = match front_end::current() {
+            FrontEnd::Cli => format!(
+                "log in with `docker login {registry}` (the command reads $DOCKER_CONFIG/config.json, \
+                 else ~/.docker/config.json), or give such a file with --auth-file"
+            ),
+            FrontEnd::Operator => format!(
+                "name a Secret of type kubernetes.io/dockerconfigjson with an entry for {registry} \
+                 in spec.target.credentialsSecretRef (`kubectl create secret docker-registry NAME \
+                 --docker-server={registry} --docker-username=… --docker-password=…`)"
+            ),
+        };
+        return format!(
+            "registry {registry} needs credentials for {operation} (HTTP {status}) and none \
+             were given: {how}"
+        );
+    }
+    let check = front_end::says(
+        "check its entry in the auth file (--auth-file, or docker login's config.json)",
+        "check its entry in the Secret named by spec.target.credentialsSecretRef",
+    );
+    format!(
+        "registry {registry} refused the credentials (HTTP {status}) for {operation}: {check}, \
+         and that this account may push to the repository"
+    )
+}
+
 /// What to do about a certificate that failed verification.
 fn untrusted_hint(detail: &str) -> &'static str {
-    if detail.contains("not valid for name") {
+    if detail.contains("CaUsedAsEndEntity") {
+        // webpki (rustls) never accepts a CA certificate as the server's own, not even when it
+        // is the trust anchor given: say what the certificate needs instead.
+        front_end::says(
+            "the registry presents a CA certificate (basicConstraints CA:TRUE, which \
+             `openssl req -x509` writes unless told otherwise) as its own, and this client \
+             (rustls) accepts only a server certificate with CA:FALSE, even when it is the CA \
+             given with --ca-file; give the registry a certificate made with \
+             `openssl req -x509 … -addext basicConstraints=critical,CA:FALSE -addext \
+             subjectAltName=DNS:<host>` (and that certificate as --ca-file), or one signed by \
+             your CA",
+            "the registry presents a CA certificate (basicConstraints CA:TRUE, which \
+             `openssl req -x509` writes unless told otherwise) as its own, and the worker \
+             (rustls) accepts only a server certificate with CA:FALSE, even when it is the CA \
+             of spec.target.caBundleRef; give the registry a certificate made with \
+             `openssl req -x509 … -addext basicConstraints=critical,CA:FALSE -addext \
+             subjectAltName=DNS:<host>` (and that certificate in caBundleRef), or one signed by \
+             your CA",
+        )
+    } else if detail.contains("not valid for name") || detail.contains("NotValidForName") {
         "connect with a host name the certificate was issued for"
     } else if detail.contains("expired") || detail.contains("not valid yet") {
         "the registry needs a currently valid certificate (or this machine's clock is wrong)"
     } else {
-        "if a private CA signed it, give that CA's certificate (PEM) with --ca-file, \
-         or with spec.target.caBundleRef in an ImageImport"
+        front_end::says(
+            "if a private CA signed it, give that CA's certificate (PEM) with --ca-file",
+            "if a private CA signed it, give that CA's certificate (PEM) with \
+             spec.target.caBundleRef",
+        )
     }
+}
+
+/// rustls' words for a record that is not TLS: what a plain-HTTP server's answer to a
+/// ClientHello looks like (`InvalidMessage::InvalidContentType`).
+const NOT_TLS: &str = "InvalidContentType";
+
+/// Whether the error chain says the server answered the TLS handshake with something that is
+/// not TLS (a plain-HTTP server).
+pub(crate) fn answered_in_plain_http(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        let carried = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|inner| inner.to_string().contains(NOT_TLS));
+        if carried || s.to_string().contains(NOT_TLS) {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// rustls' words for a refused server certificate (`rustls::Error::InvalidCertificate`).
@@ -120,6 +208,7 @@ impl RegistryError {
                 registry,
                 status: code,
                 operation,
+                credentials_sent: true,
             },
             408 | 429 | 500..=599 => RegistryError::Transient {
                 registry,
@@ -143,6 +232,11 @@ impl RegistryError {
             return RegistryError::UntrustedCertificate {
                 registry: registry.to_string(),
                 detail,
+            };
+        }
+        if answered_in_plain_http(&e) {
+            return RegistryError::PlainHttp {
+                registry: registry.to_string(),
             };
         }
         let mut detail = e.to_string();
@@ -170,6 +264,7 @@ impl RegistryError {
                     registry: registry.into(),
                     status: 401,
                     operation: operation.into(),
+                    credentials_sent: true,
                 }
             }
             // oci-client keeps only the status and body of an error answer, not its headers:
@@ -209,6 +304,7 @@ impl RegistryError {
                         registry: registry.into(),
                         status: 401,
                         operation: operation.into(),
+                        credentials_sent: true,
                     }
                 } else {
                     RegistryError::Rejected {
@@ -314,8 +410,9 @@ mod tests {
         assert!(!e.is_transient());
         let text = e.to_string();
         assert!(text.contains("certificate is not trusted"), "{text}");
+        // The command's words (the default front end); the worker names caBundleRef.
         assert!(
-            text.contains("--ca-file") && text.contains("caBundleRef"),
+            text.contains("--ca-file") && !text.contains("caBundleRef"),
             "{text}"
         );
         let e = RegistryError::UntrustedCertificate {
@@ -323,6 +420,53 @@ mod tests {
             detail: "invalid peer certificate: certificate not valid for name \"a\"".into(),
         };
         assert!(e.to_string().contains("host name"), "{e}");
+    }
+
+    #[test]
+    fn a_plain_http_answer_to_the_handshake_is_found_and_permanent() {
+        assert!(answered_in_plain_http(&chain(
+            "received corrupt message of type InvalidContentType"
+        )));
+        assert!(!answered_in_plain_http(&chain(
+            "invalid peer certificate: UnknownIssuer"
+        )));
+        let e = RegistryError::PlainHttp {
+            registry: "127.0.0.1:5000".into(),
+        };
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("--insecure"), "{e}");
+    }
+
+    #[test]
+    fn a_ca_certificate_used_as_the_servers_own_is_explained() {
+        let e = RegistryError::UntrustedCertificate {
+            registry: "r.example:5000".into(),
+            detail: "invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))".into(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("CA:TRUE") && text.contains("CA:FALSE"),
+            "{text}"
+        );
+        assert!(text.contains("--ca-file"), "{text}");
+    }
+
+    #[test]
+    fn a_401_without_credentials_says_how_to_give_them() {
+        let e = |sent| RegistryError::Unauthorized {
+            registry: "r.example:5000".into(),
+            status: 401,
+            operation: "authentication".into(),
+            credentials_sent: sent,
+        };
+        let none = e(false).to_string();
+        assert!(none.contains("needs credentials"), "{none}");
+        assert!(none.contains("docker login r.example:5000"), "{none}");
+        assert!(none.contains("--auth-file"), "{none}");
+        assert!(!none.contains("Secret"), "the CLI's words only: {none}");
+        let refused = e(true).to_string();
+        assert!(refused.contains("refused the credentials"), "{refused}");
+        assert!(!e(true).is_transient());
     }
 
     #[test]
