@@ -344,7 +344,7 @@ impl Registry {
         let reference = self.reference(repo);
         self.retry("tag list", || async {
             match self
-                .oci
+                .oci()
                 .list_tags(&reference, &self.auth, Some(n), last)
                 .await
             {
