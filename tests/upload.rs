@@ -565,8 +565,14 @@ async fn the_plugin_creates_the_import_uploads_and_prints_the_reference() {
     let run = plugin(kubeconfig.clone(), file.clone(), target.clone());
     let deadline = Instant::now() + Duration::from_secs(60);
     while c.imports().get_opt("plugged").await.unwrap().is_none() {
-        assert!(!run.is_finished(), "the plugin ended before creating the import");
-        assert!(Instant::now() < deadline, "the plugin created no ImageImport");
+        assert!(
+            !run.is_finished(),
+            "the plugin ended before creating the import"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the plugin created no ImageImport"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let worker = start_worker(c, "plugged").await;
