@@ -196,7 +196,14 @@ impl Kubelet {
 
     async fn step(&mut self, c: &Cluster) {
         self.record(c).await;
-        for job in c.jobs().list(&ListParams::default()).await.unwrap().items {
+        // A failed list (a dropped keep-alive connection) is asked again on the next step.
+        let jobs = c
+            .jobs()
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        for job in jobs {
             let name = job.name_any();
             if self.seen.contains(&name) {
                 continue;
