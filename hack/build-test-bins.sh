@@ -2,7 +2,7 @@
 # Builds the Go binaries the tests need (kube-apiserver, etcd, crane, helm) from Go modules
 # through the Go module proxy, and caches them outside the checkout, keyed by version.
 #
-# Usage: hack/build-test-bins.sh [crane] [helm] [etcd] [kube-apiserver]   (default: all)
+# Usage: hack/build-test-bins.sh [crane] [helm] [etcd] [kube-apiserver] [kstatus]   (default: all)
 #
 # Cache: ${IMAGEIMPORT_TESTBIN_DIR:-$HOME/.cache/imageimport/testbin}, holding <name>-<version>
 # binaries plus stable symlinks <name> -> <name>-<version>. A binary that already exists for its
@@ -116,13 +116,22 @@ build_helm() {
   install_bin helm "$HELM_VERSION" go_install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "$ld"
 }
 
+# kstatus: reads an object's status the way sigs.k8s.io/cli-utils' kstatus does (Flux, kpt),
+# for tests/operator_kstatus.rs. A wrapper module (hack/testbin/kstatus) with committed go.sum.
+build_kstatus() {
+  local dir="$TESTBIN_SRC/kstatus" v
+  v="$(modver "$dir/go.mod" sigs.k8s.io/cli-utils)"
+  [[ -n "$v" ]] || { log "no sigs.k8s.io/cli-utils in $dir/go.mod"; return 1; }
+  install_bin kstatus "$v" build_wrapper "$dir" "-s -w"
+}
+
 main() {
-  local all=(crane helm etcd kube-apiserver) want=("$@") name
+  local all=(crane helm etcd kube-apiserver kstatus) want=("$@") name
   (( ${#want[@]} )) || want=("${all[@]}")
   for name in "${want[@]}"; do
     case "$name" in
-      crane|helm|etcd|kube-apiserver) ;;
-      *) echo "usage: $0 [crane] [helm] [etcd] [kube-apiserver]" >&2; exit 2 ;;
+      crane|helm|etcd|kube-apiserver|kstatus) ;;
+      *) echo "usage: $0 [crane] [helm] [etcd] [kube-apiserver] [kstatus]" >&2; exit 2 ;;
     esac
   done
 

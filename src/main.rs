@@ -58,9 +58,16 @@ struct ControllerArgs {
     /// ServiceAccount the workers run as (created in each namespace that has imports).
     #[arg(long, default_value = "imageimport-worker")]
     worker_service_account: String,
-    /// Imports running at once, over all namespaces.
+    /// Imports running at once, over all namespaces (shared fairly among the namespaces
+    /// that have imports waiting or running).
     #[arg(long, default_value_t = 4)]
     max_concurrent_imports: usize,
+    /// Imports running at once in one namespace (0: only the fair share limits it).
+    #[arg(long, default_value_t = 0)]
+    max_concurrent_imports_per_namespace: usize,
+    /// Reconciles running at once.
+    #[arg(long, default_value_t = 16)]
+    reconcile_concurrency: u16,
     #[arg(long, default_value = "500m")]
     worker_cpu_request: String,
     #[arg(long)]
@@ -92,6 +99,10 @@ struct ControllerArgs {
     /// URL sources may not use private or loopback addresses.
     #[arg(long)]
     url_deny_private: bool,
+    /// URL sources may use loopback addresses (in a Pod: the worker itself and its sidecars;
+    /// off by default).
+    #[arg(long)]
+    url_allow_loopback: bool,
     /// Largest archive a URL source may deliver, in bytes (0: no limit).
     #[arg(long, default_value_t = 0)]
     url_max_bytes: u64,
@@ -106,6 +117,16 @@ struct ControllerArgs {
     /// Longest an import may run before its Job is stopped.
     #[arg(long, default_value_t = 6 * 3600)]
     worker_deadline_seconds: i64,
+    /// Worker Pod settings as JSON: annotations, nodeSelector, tolerations,
+    /// priorityClassName, imagePullSecrets, env (e.g. HTTPS_PROXY for registry connections).
+    #[arg(long, value_name = "JSON", value_parser = parse_worker_pod)]
+    worker_pod: Option<imageimport::controller::job::WorkerPodSettings>,
+    /// Seconds a finished worker Job (and its Pod and log) is kept.
+    #[arg(long, default_value_t = 24 * 3600)]
+    worker_ttl_seconds: i32,
+    /// Attempts per generation; after the last transient failure the import is Stalled.
+    #[arg(long, default_value_t = 8)]
+    max_attempts: u32,
 }
 
 #[derive(clap::Args)]
@@ -329,6 +350,10 @@ fn show_progress(
     (tx, handle)
 }
 
+fn parse_worker_pod(s: &str) -> Result<imageimport::controller::job::WorkerPodSettings, String> {
+    imageimport::controller::job::WorkerPodSettings::parse(s)
+}
+
 async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
     use imageimport::controller::{ControllerConfig, WorkerSettings, metrics::Metrics, server};
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -346,13 +371,20 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
             memory_limit: args.worker_memory_limit,
             active_deadline_seconds: args.worker_deadline_seconds,
             url_allow_link_local: args.url_allow_link_local,
+            url_allow_loopback: args.url_allow_loopback,
             url_deny_private: args.url_deny_private,
             url_max_bytes: args.url_max_bytes,
             url_timeout_seconds: args.url_timeout_seconds,
             upload_chunk_size: args.worker_upload_chunk_size,
+            ttl_seconds_after_finished: args.worker_ttl_seconds,
+            pod: args.worker_pod.unwrap_or_default(),
             ..Default::default()
         },
         max_concurrent_imports: args.max_concurrent_imports.max(1),
+        max_concurrent_imports_per_namespace: Some(args.max_concurrent_imports_per_namespace)
+            .filter(|n| *n > 0),
+        reconcile_concurrency: args.reconcile_concurrency.max(1),
+        max_attempts: args.max_attempts.max(1),
         policy: imageimport::controller::policy::PolicySource {
             path: args.policy_file,
         },
