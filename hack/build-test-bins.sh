@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds the Go binaries the tests need (kube-apiserver, etcd, crane, helm) from Go modules
+# Builds the Go binaries the tests need (kube-apiserver, etcd, crane, helm, and the node
+# components kubelet, kube-controller-manager, kube-scheduler and kubectl of hack/cluster.sh) from Go modules
 # through the Go module proxy, and caches them outside the checkout, keyed by version.
 #
-# Usage: hack/build-test-bins.sh [crane] [helm] [etcd] [kube-apiserver] [kstatus]   (default: all)
+# Usage: hack/build-test-bins.sh [crane] [helm] [etcd] [kube-apiserver] [kube-node] [kstatus]   (default: all)
 #
 # Cache: ${IMAGEIMPORT_TESTBIN_DIR:-$HOME/.cache/imageimport/testbin}, holding <name>-<version>
 # binaries plus stable symlinks <name> -> <name>-<version>. A binary that already exists for its
@@ -77,16 +78,22 @@ go_install() { # <package@version> <ldflags>
   GOBIN="$gobin" "$GO" install -trimpath -ldflags "$2" "$1"
 }
 
-build_kube_apiserver() {
-  local dir="$TESTBIN_SRC/kube-apiserver" v
-  v="$(modver "$dir/go.mod" k8s.io/kubernetes)"
+# Sets KUBE_VERSION and KUBE_LDFLAGS (version stamps) from the Kubernetes wrapper module.
+kube_wrapper_version() {
+  local v
+  v="$(modver "$TESTBIN_SRC/kube-apiserver/go.mod" k8s.io/kubernetes)"
   [[ "$v" =~ ^v1\.([0-9]+)\.[0-9]+$ ]] || { log "unexpected k8s.io/kubernetes version '$v'"; return 1; }
   local minor="${BASH_REMATCH[1]}" ld="-s -w" pkg
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ld+=" -X $pkg.gitCommit= -X $pkg.gitTreeState=clean"
   done
-  install_bin kube-apiserver "$v" build_wrapper "$dir" "$ld"
+  KUBE_VERSION="$v" KUBE_LDFLAGS="$ld"
+}
+
+build_kube_apiserver() {
+  kube_wrapper_version
+  install_bin kube-apiserver "$KUBE_VERSION" build_wrapper "$TESTBIN_SRC/kube-apiserver" "$KUBE_LDFLAGS"
 }
 
 build_etcd() {
@@ -117,7 +124,7 @@ build_helm() {
 }
 
 # kstatus: reads an object's status the way sigs.k8s.io/cli-utils' kstatus does (Flux, kpt),
-# for tests/operator_kstatus.rs. A wrapper module (hack/testbin/kstatus) with committed go.sum.
+# for tests/operator.rs (kstatus_reads_in_progress_current_and_failed). A wrapper module (hack/testbin/kstatus) with committed go.sum.
 build_kstatus() {
   local dir="$TESTBIN_SRC/kstatus" v
   v="$(modver "$dir/go.mod" sigs.k8s.io/cli-utils)"
@@ -125,13 +132,39 @@ build_kstatus() {
   install_bin kstatus "$v" build_wrapper "$dir" "-s -w"
 }
 
+# The node components of hack/cluster.sh (and kubectl, for machines without one): `tool` lines
+# of the kube-apiserver wrapper module (same module graph, version and GOCACHE), built in one
+# `go build` so shared packages compile once.
+KUBE_NODE_BINS=(kubelet kube-controller-manager kube-scheduler kubectl)
+
+build_kube_node() {
+  kube_wrapper_version
+  local name missing=() start=$SECONDS tmp pkgs=()
+  for name in "${KUBE_NODE_BINS[@]}"; do
+    if [[ -x "$TESTBIN_DIR/$name-$KUBE_VERSION" ]]; then log "$name $KUBE_VERSION: cached"
+    else missing+=("$name"); pkgs+=("k8s.io/kubernetes/cmd/$name"); fi
+  done
+  if ((${#missing[@]})); then
+    log "${missing[*]} $KUBE_VERSION: building..."
+    tmp="$(mktemp -d "$TESTBIN_DIR/.build-kube-node.XXXXXX")"
+    if ! (cd "$TESTBIN_SRC/kube-apiserver" &&
+          "$GO" build -mod=readonly -trimpath -ldflags "$KUBE_LDFLAGS" -o "$tmp/" "${pkgs[@]}"); then
+      rm -rf "$tmp"; log "${missing[*]} $KUBE_VERSION: build FAILED"; return 1
+    fi
+    for name in "${missing[@]}"; do mv -f "$tmp/$name" "$TESTBIN_DIR/$name-$KUBE_VERSION"; done
+    rm -rf "$tmp"
+    log "${missing[*]} $KUBE_VERSION: built in $((SECONDS - start))s"
+  fi
+  for name in "${KUBE_NODE_BINS[@]}"; do ln -sfn "$name-$KUBE_VERSION" "$TESTBIN_DIR/$name"; done
+}
+
 main() {
-  local all=(crane helm etcd kube-apiserver kstatus) want=("$@") name
+  local all=(crane helm etcd kube-apiserver kube-node kstatus) want=("$@") name
   (( ${#want[@]} )) || want=("${all[@]}")
   for name in "${want[@]}"; do
     case "$name" in
-      crane|helm|etcd|kube-apiserver|kstatus) ;;
-      *) echo "usage: $0 [crane] [helm] [etcd] [kube-apiserver] [kstatus]" >&2; exit 2 ;;
+      crane|helm|etcd|kube-apiserver|kube-node|kstatus) ;;
+      *) echo "usage: $0 [crane] [helm] [etcd] [kube-apiserver] [kube-node] [kstatus]" >&2; exit 2 ;;
     esac
   done
 

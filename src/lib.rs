@@ -9,3 +9,4 @@ pub mod archive;
 pub mod controller;
 pub mod pipeline;
 pub mod registry;
+pub mod upload;

@@ -36,6 +36,8 @@ enum Command {
     Controller(Box<ControllerArgs>),
     /// Run one import inside a worker Job (started by the controller).
     Worker,
+    /// Run the upload service (tus 1.0 uploads into ImageImports with `source.upload`).
+    UploadServer(UploadServerArgs),
     /// List the images, tags, IDs and layers of an archive, and verify it.
     Inspect {
         /// Print JSON.
@@ -44,6 +46,12 @@ enum Command {
         /// CA bundle for an https archive URL.
         #[arg(long)]
         source_ca_file: Option<PathBuf>,
+        /// Predict the digest of a push of only this platform (as `push --platform`).
+        #[arg(long)]
+        platform: Option<Platform>,
+        /// Predict the digest of a push with this layer compression (as `push --compression`).
+        #[arg(long)]
+        compression: Option<Codec>,
         archive: String,
     },
 }
@@ -114,7 +122,8 @@ struct ControllerArgs {
     /// broken upload continues from the last accepted request; default: one request per blob.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     worker_upload_chunk_size: Option<u64>,
-    /// Longest an import may run before its Job is stopped.
+    /// Longest an import may run before its Job is stopped (upload sources: plus the
+    /// upload expiry).
     #[arg(long, default_value_t = 6 * 3600)]
     worker_deadline_seconds: i64,
     /// Worker Pod settings as JSON: annotations, nodeSelector, tolerations,
@@ -127,6 +136,30 @@ struct ControllerArgs {
     /// Attempts per generation; after the last transient failure the import is Stalled.
     #[arg(long, default_value_t = 8)]
     max_attempts: u32,
+    /// Base URL of the upload service as users reach it (status.upload.url is
+    /// <URL>/uploads/<namespace>/<name>); default: --upload-internal-url.
+    #[arg(long, env = "IMAGEIMPORT_UPLOAD_URL")]
+    upload_url: Option<String>,
+    /// Base URL of the upload service inside the cluster, which workers pull uploads from.
+    #[arg(long, env = "IMAGEIMPORT_UPLOAD_INTERNAL_URL")]
+    upload_internal_url: Option<String>,
+    /// An upload that receives no byte for this long ends Ready=False, UploadExpired.
+    #[arg(long, default_value_t = 24 * 3600)]
+    upload_expiry_seconds: u64,
+}
+
+#[derive(clap::Args)]
+struct UploadServerArgs {
+    /// Address to listen on (tus endpoints under /uploads/, workers under /internal/).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    bind_address: std::net::SocketAddr,
+    /// ServiceAccount the workers run as (the controller's --worker-service-account).
+    #[arg(long, default_value = "imageimport-worker")]
+    worker_service_account: String,
+    /// Accept worker tokens not bound to a Pod (any Pod of the worker ServiceAccount of that
+    /// namespace may then pull its uploads). Off: only the Pod of the import's current Job.
+    #[arg(long)]
+    allow_unbound_worker_tokens: bool,
 }
 
 #[derive(clap::Args)]
@@ -227,8 +260,18 @@ fn main() -> ExitCode {
             Command::Inspect {
                 json,
                 source_ca_file,
+                platform,
+                compression,
                 archive,
-            } => inspect(json, source_ca_file, archive).await,
+            } => {
+                let options = pipeline::inspect::InspectOptions {
+                    platform,
+                    compression: compression
+                        .map(CompressionPolicy::Force)
+                        .unwrap_or_default(),
+                };
+                inspect(json, source_ca_file, options, archive).await
+            }
             Command::Crd => {
                 print!("{}", imageimport::api::crd_yaml());
                 Ok(ExitCode::SUCCESS)
@@ -237,6 +280,7 @@ fn main() -> ExitCode {
                 imageimport::controller::worker::run().await as u8,
             )),
             Command::Controller(args) => controller(*args).await,
+            Command::UploadServer(args) => upload_server(args).await,
         }
     });
     match result {
@@ -300,6 +344,15 @@ async fn push(args: PushArgs) -> Result<ExitCode, ImportError> {
                 r.image_ids.join(", "),
                 what
             );
+            eprintln!("{}: verified: {}", r.name, r.checked);
+        }
+        match (&r.archive_digest, &r.digest_changed) {
+            (Some(a), None) if !args.quiet => eprintln!("{}: digest kept: {a}", r.name),
+            (Some(a), Some(why)) => eprintln!(
+                "{}: digest changed: the archive names it {a}, the tag now {}: {why}",
+                r.name, r.digest
+            ),
+            _ => {}
         }
         for reference in &r.refs {
             println!("{reference}@{}", r.digest);
@@ -378,6 +431,11 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
             upload_chunk_size: args.worker_upload_chunk_size,
             ttl_seconds_after_finished: args.worker_ttl_seconds,
             pod: args.worker_pod.unwrap_or_default(),
+            upload: imageimport::controller::upload::UploadSettings {
+                public_url: args.upload_url,
+                internal_url: args.upload_internal_url,
+                expiry: Duration::from_secs(args.upload_expiry_seconds),
+            },
             ..Default::default()
         },
         max_concurrent_imports: args.max_concurrent_imports.max(1),
@@ -494,6 +552,7 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
 async fn inspect(
     json: bool,
     source_ca_file: Option<PathBuf>,
+    options: pipeline::inspect::InspectOptions,
     archive: String,
 ) -> Result<ExitCode, ImportError> {
     let location: Location = archive.parse().map_err(ImportError::Usage)?;
@@ -501,7 +560,8 @@ async fn inspect(
         ca_file: source_ca_file,
         ..Default::default()
     };
-    let report = pipeline::inspect::inspect(location, http, Arc::new(Progress::default())).await?;
+    let report =
+        pipeline::inspect::inspect(location, http, options, Arc::new(Progress::default())).await?;
     if json {
         println!(
             "{}",
@@ -533,6 +593,21 @@ async fn inspect(
                 println!("  left out  {lo} (blobs not in the archive)");
             }
         }
+        for d in &report.digests {
+            let archive = d
+                .archive_digest
+                .as_deref()
+                .unwrap_or("none (no manifest stored)");
+            println!("{}\n  archive digest  {archive}", d.name);
+            match (&d.push_digest, &d.digest_changed) {
+                (Some(p), None) if d.archive_digest.is_some() => {
+                    println!("  push digest     {p} (kept)")
+                }
+                (Some(p), None) => println!("  push digest     {p}"),
+                (Some(p), Some(why)) => println!("  push digest     {p} (changed: {why})"),
+                (None, _) => println!("  push digest     none (a push would refuse it)"),
+            }
+        }
         match &report.problem {
             None => println!("verified: every layer matches its config's diff_ids"),
             Some(p) => println!("NOT verified: {p}"),
@@ -561,4 +636,27 @@ mod tests {
         assert!(parse_size("M").is_err());
         assert!(parse_size("99999999999G").is_err());
     }
+}
+
+async fn upload_server(args: UploadServerArgs) -> Result<ExitCode, ImportError> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| ImportError::Usage(format!("no Kubernetes configuration: {e}")))?;
+    let config = imageimport::upload::ServerConfig {
+        bind: args.bind_address,
+        worker_service_account: args.worker_service_account,
+        allow_unbound_worker_tokens: args.allow_unbound_worker_tokens,
+    };
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    imageimport::upload::serve(client, config, shutdown)
+        .await
+        .map_err(|e| ImportError::Usage(format!("upload service: {e}")))?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -148,6 +148,10 @@ fn write_seeds() {
             "valid-docker25-oci.tar".into(),
             build(&Format::Docker25Oci, &one()).bytes,
         ),
+        (
+            "valid-docker25-by-id-go-nulls.tar".into(),
+            docker25_saved_by_id(&ImageSpec::new(&[], vec![small(1), small(2)])).bytes,
+        ),
     ];
     for (c, n) in [
         (Comp::None, "none"),
@@ -191,6 +195,15 @@ fn write_seeds() {
             seeds.push((format!("hostile-{}.tar", n.replace('_', "-")), bytes));
         }
     }
+    // The bombs' first headers (the 600 MiB of data left out): refused on the header.
+    seeds.push((
+        "hostile-pax-header-over-cap.tar".into(),
+        hostile::bomb_head(b'x'),
+    ));
+    seeds.push((
+        "hostile-long-name-over-cap.tar".into(),
+        hostile::bomb_head(b'L'),
+    ));
     for (n, bytes) in &seeds {
         assert!(bytes.len() < 64 << 10, "seed {n} is {} bytes", bytes.len());
         std::fs::write(dir.join(n), bytes).unwrap();
@@ -251,6 +264,16 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     // The stream reader meets the 64 MiB claim before the missing bytes; the seekable one
     // sees the claim reach past the end of the file.
     (
+        "seeds/hostile-long-name-over-cap.tar",
+        "ExtensionTooLarge",
+        "ExtensionTooLarge",
+    ),
+    (
+        "seeds/hostile-pax-header-over-cap.tar",
+        "ExtensionTooLarge",
+        "ExtensionTooLarge",
+    ),
+    (
         "seeds/hostile-manifest-json-size-lie.tar",
         "MetadataTooLarge",
         "Truncated",
@@ -264,6 +287,36 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "seeds/hostile-oci-config-digest-mismatch.tar",
         "DigestMismatch",
         "DigestMismatch",
+    ),
+    (
+        "seeds/hostile-oci-duplicate-layers-key.tar",
+        "BadJson",
+        "BadJson",
+    ),
+    (
+        "seeds/hostile-oci-index-json-with-layers.tar",
+        "Ambiguous",
+        "Ambiguous",
+    ),
+    (
+        "seeds/hostile-oci-index-with-layers.tar",
+        "Ambiguous",
+        "Ambiguous",
+    ),
+    (
+        "seeds/hostile-oci-manifest-with-manifests.tar",
+        "Ambiguous",
+        "Ambiguous",
+    ),
+    (
+        "seeds/hostile-oci-media-type-mismatch.tar",
+        "Ambiguous",
+        "Ambiguous",
+    ),
+    (
+        "seeds/hostile-oci-schema-version-1.tar",
+        "Ambiguous",
+        "Ambiguous",
     ),
     (
         "seeds/hostile-oci-digest-path-traversal.tar",
@@ -297,6 +350,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     // The seekable reader reads plain tar files only (the importer decompresses a compressed
     // file as a stream).
     ("seeds/valid-docker-legacy.tar.gz", "ok", "NotTar"),
+    ("seeds/valid-docker25-by-id-go-nulls.tar", "ok", "ok"),
     ("seeds/valid-docker25-oci.tar", "ok", "ok"),
     ("seeds/valid-oci-archive-gzip.tar", "ok", "ok"),
     ("seeds/valid-oci-archive-none.tar", "ok", "ok"),

@@ -310,6 +310,41 @@ fn archive_saved_by_id_needs_a_tag() {
         &reg.reference("byid:v9"),
     ]);
     assert_round_trip(&reg, "byid:v9", &built.images[0], split_result(&lines[0]).1);
+
+    // Docker 25+ by ID: Go's nil slices as `null` ("manifests":null, "RepoTags":null).
+    let built = archives::docker25_saved_by_id(&ImageSpec::new(&[], two_layers(1210)));
+    let path = archives::write_to(dir.path(), "byid25.tar", &built.bytes);
+    let out = run(&[
+        "push",
+        "--insecure",
+        path.to_str().unwrap(),
+        &reg.reference("byid25"),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without a tag"));
+    let lines = push_ok(&[
+        "push",
+        "--insecure",
+        "-q",
+        path.to_str().unwrap(),
+        &reg.reference("byid25:v1"),
+    ]);
+    assert_round_trip(
+        &reg,
+        "byid25:v1",
+        &built.images[0],
+        split_result(&lines[0]).1,
+    );
+    // skopeo reads the same archive, as a cross-check of the generator.
+    let copy = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("docker-archive:{}", path.display()))
+        .output()
+        .unwrap();
+    assert!(
+        copy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
 }
 
 #[test]
@@ -335,6 +370,10 @@ fn containerd_archive_imports_the_platforms_present() {
     ]);
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("digest changed") && err.contains("not in the archive"),
+        "a sparse index cannot keep its digest, and says so: {err}"
+    );
     assert!(
         err.contains("left out: linux/arm64"),
         "says what was left out: {err}"
@@ -1096,5 +1135,170 @@ fn a_registry_without_mounts_gets_shared_layers_copied() {
         seen.iter()
             .any(|s| s.method == "GET" && s.path.contains("/blobs/sha256:")),
         "the shared layer was read back to be copied"
+    );
+}
+
+/// PUT `manifest` as `repo:reference` of a plain-HTTP registry, as anyone allowed to push there
+/// could.
+fn put_manifest(reg: &Registry, repo: &str, reference: &str, manifest: &serde_json::Value) {
+    let url = format!("{}/v2/{repo}/manifests/{reference}", reg.base_url());
+    let body = serde_json::to_vec(manifest).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .put(&url)
+            .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert!(status.is_success(), "PUT {url}: {status}");
+}
+
+/// Issue 8 F5: a tag holding the archive's config and the engine's codec annotation, but other
+/// layers, is neither reported up to date nor used as a source of layers.
+#[test]
+fn a_planted_tag_with_the_archives_config_is_not_taken_for_the_image() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let genuine = archives::build(
+        &Format::DockerLegacy,
+        &[ImageSpec::new(&["app:1"], two_layers(2300))],
+    );
+    let other = archives::build(
+        &Format::DockerLegacy,
+        &[ImageSpec::new(&["app:1"], two_layers(2310))],
+    );
+    let g = archives::write_to(dir.path(), "genuine.tar", &genuine.bytes);
+    let o = archives::write_to(dir.path(), "other.tar", &other.bytes);
+    let g = g.to_str().unwrap();
+    // What a push of the genuine archive gives, in a repository of its own.
+    let fresh = push_ok(&["push", "--insecure", "-q", g, &reg.reference("fresh:1")]);
+    let fresh_digest = split_result(&fresh[0]).1.to_string();
+    // The target repository gets the other image's blobs and the genuine config...
+    push_ok(&[
+        "push",
+        "--insecure",
+        "-q",
+        o.to_str().unwrap(),
+        &reg.reference("plant:other"),
+    ]);
+    let genuine_manifest = skopeo::inspect_raw(&reg, "fresh:1");
+    let mut planted = genuine_manifest.clone();
+    planted["layers"] = skopeo::inspect_raw(&reg, "plant:other")["layers"].clone();
+    assert!(
+        planted["annotations"]["dev.imageimport.layer-codec"].is_string(),
+        "{planted}"
+    );
+    push_ok(&[
+        "push",
+        "--insecure",
+        "-q",
+        "--compression",
+        "none",
+        g,
+        &reg.reference("plant:config-only"),
+    ]);
+    // ... and, under the tag the import moves, the genuine config and codec with other layers.
+    put_manifest(&reg, "plant", "v1", &planted);
+    let planted_digest = reg.manifest_digest("plant", "v1").unwrap();
+
+    let out = run(&["push", "--insecure", g, &reg.reference("plant:v1")]);
+    let lines = support::cli::lines_of(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("already up to date"), "{err}");
+    let digest = split_result(&lines[0]).1;
+    assert_ne!(digest, planted_digest, "the planted manifest is replaced");
+    assert_eq!(digest, fresh_digest, "by the one a fresh push gives");
+    assert_round_trip(&reg, "plant:v1", &genuine.images[0], digest);
+    assert!(
+        err.contains("verified: every layer was read from the archive"),
+        "says what was checked: {err}"
+    );
+
+    // A genuine re-push is up to date, and says what that rests on.
+    let out = run(&["push", "--insecure", g, &reg.reference("plant:v1")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already up to date"), "{err}");
+    assert!(err.contains("read back from the registry"), "{err}");
+    assert_eq!(support::cli::lines_of(&out)[0], lines[0]);
+}
+
+/// Issue 12 part 2: `app:2.0` pushed beside `app:1.0` (a new tag) sends its new layer and its
+/// config only: the shared base is learned from the repository's other tags, within the
+/// documented request bound.
+#[test]
+fn a_new_version_under_a_new_tag_sends_only_its_new_layers() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let base = archives::layer(2400, 3, 60_000);
+    let build = |seed| {
+        archives::build(
+            &Format::DockerLegacy,
+            &[ImageSpec::new(
+                &["app:x"],
+                vec![base.clone(), archives::layer(seed, 1, 9000)],
+            )],
+        )
+    };
+    let (v1, v2) = (build(2401), build(2402));
+    let p1 = archives::write_to(dir.path(), "v1.tar", &v1.bytes);
+    let p2 = archives::write_to(dir.path(), "v2.tar", &v2.bytes);
+    for t in ["0.9", "1.0", "latest-old"] {
+        push_ok(&[
+            "push",
+            "--insecure",
+            "-q",
+            p1.to_str().unwrap(),
+            &reg.reference(&format!("rel:{t}")),
+        ]);
+    }
+    let before = reg.requests().len();
+    let lines = push_ok(&[
+        "push",
+        "--insecure",
+        "-q",
+        p2.to_str().unwrap(),
+        &reg.reference("rel:2.0"),
+    ]);
+    let seen: Vec<_> = reg.requests()[before..]
+        .iter()
+        .filter(|r| r.is_client())
+        .cloned()
+        .collect();
+    let uploads = seen.iter().filter(|r| r.method == "PATCH").count();
+    assert_eq!(uploads, 2, "the new layer and the config only");
+    let tag_lists = seen
+        .iter()
+        .filter(|r| r.path.contains("/tags/list"))
+        .count();
+    let documents = seen
+        .iter()
+        .filter(|r| {
+            r.method == "GET" && (r.path.contains("/manifests/") || r.path.contains("/blobs/"))
+        })
+        .count();
+    eprintln!("discovery: {tag_lists} tag list(s), {documents} manifest/blob GETs");
+    assert_eq!(tag_lists, 1);
+    // The new tag (absent: asked by the up-to-date check and by discovery), the three other
+    // tags' manifests (one manifest: its config read once), the read-back of the base layer.
+    assert!(documents <= 7, "{documents} GETs");
+    assert_round_trip(&reg, "rel:2.0", &v2.images[0], split_result(&lines[0]).1);
+    let fresh = push_ok(&[
+        "push",
+        "--insecure",
+        "-q",
+        p2.to_str().unwrap(),
+        &reg.reference("fresh2:2.0"),
+    ]);
+    assert_eq!(
+        split_result(&fresh[0]).1,
+        split_result(&lines[0]).1,
+        "the same manifest as a cold push"
     );
 }

@@ -3,8 +3,10 @@
 
 mod support;
 
-use support::archives::{self, Format, ImageSpec};
-use support::cli::run;
+use std::path::Path;
+
+use support::archives::{self, Format, ImageSpec, hostile};
+use support::cli::{bin, run};
 use support::registry::Registry;
 
 /// EX_TEMPFAIL: the CLI's exit code for a failure worth trying again later.
@@ -88,4 +90,88 @@ fn a_download_that_breaks_off_is_transient_not_an_invalid_archive() {
     assert_eq!(out.status.code(), Some(TRANSIENT), "{err}");
     assert!(err.contains("broke off"), "{err}");
     assert!(reg.tags("broken").is_empty(), "nothing tagged");
+}
+
+/// Runs the CLI with `args` (stdin from `stdin`, or none) and returns its exit code, stderr
+/// and peak resident memory in KiB (`wait4`'s rusage of that one process).
+fn run_measured(args: &[&str], stdin: Option<&Path>) -> (Option<i32>, String, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let err_path = dir.path().join("stderr");
+    let child = bin()
+        .args(args)
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .env_remove("RUST_LOG")
+        .stdin(match stdin {
+            Some(p) => std::process::Stdio::from(std::fs::File::open(p).unwrap()),
+            None => std::process::Stdio::null(),
+        })
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value; wait4 writes it for our own child, which
+    // `child` never waits for (it is only dropped).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    drop(child);
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    eprintln!("$ imageimport {}\n{err}", args.join(" "));
+    (code, err, usage.ru_maxrss as u64)
+}
+
+/// A ~600 KB gzip whose PAX header (or GNU long name) claims 600 MiB: refused on that
+/// header with a message naming it, before its data is read, with memory bounded (tar-rs
+/// alone would read the 600 MiB into memory), through a file and through stdin.
+#[test]
+fn extension_header_bombs_are_refused_in_bounded_memory() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes, what) in [
+        (
+            "pax-header-bomb",
+            hostile::pax_header_bomb(),
+            "a PAX header",
+        ),
+        (
+            "long-name-bomb",
+            hostile::long_name_bomb(),
+            "a GNU long-name header",
+        ),
+    ] {
+        assert!(bytes.len() < 1 << 20, "{name}: {} bytes", bytes.len());
+        let path = archives::write_to(dir.path(), &format!("{name}.tar.gz"), &bytes);
+        let file = path.to_str().unwrap();
+        for stdin in [None, Some(path.as_path())] {
+            let target = reg.reference(&format!("bombs/{name}:t"));
+            let args = [
+                "push",
+                "--insecure",
+                "-q",
+                stdin.map_or(file, |_| "-"),
+                &target,
+            ];
+            let started = std::time::Instant::now();
+            let (code, err, peak_kib) = run_measured(&args, stdin);
+            eprintln!(
+                "{name} (stdin: {}): exit {code:?} after {:?}, peak RSS {} MiB",
+                stdin.is_some(),
+                started.elapsed(),
+                peak_kib >> 10
+            );
+            assert_eq!(code, Some(1), "a permanent error: {err}");
+            let claim = format!("{what} of {} bytes", hostile::BOMB_SIZE);
+            assert!(err.contains(&claim), "names the header: {err}");
+            assert!(err.contains("65536-byte limit"), "{err}");
+            assert!(
+                peak_kib < 256 << 10,
+                "{name}: peak RSS {} MiB",
+                peak_kib >> 10
+            );
+            assert!(reg.tags(&format!("bombs/{name}")).is_empty());
+        }
+    }
 }

@@ -377,6 +377,10 @@ fn platform_selects_one_platform_of_a_multi_platform_archive() {
             MT_OCI_LAYER_GZIP,
         );
         assert!(m.get("manifests").is_none(), "an image manifest, no index");
+        assert!(
+            err.contains("digest changed") && err.contains("--platform"),
+            "the archive's index digest is not the tag's, and why: {err}"
+        );
         assert_eq!(
             Some(digest.clone()),
             image.manifest_digest,
@@ -566,6 +570,38 @@ fn multi_platform_archive_is_pushed_as_an_oci_index() {
         digests, archive_manifests,
         "platform manifests kept as stored"
     );
+    // ... and the archive's index itself, byte for byte: the digest users pinned resolves.
+    assert_eq!(
+        Some(digest.clone()),
+        built.index_digest,
+        "the archive's index digest is kept"
+    );
+    assert!(err.contains("digest kept"), "{err}");
+    if let Some(d) = crane::digest(&reg, "idx:3") {
+        assert_eq!(d, digest, "crane sees the archive's index digest");
+    }
+    let inspected = |extra: &[&str]| -> Value {
+        let mut args = vec!["inspect", "--json"];
+        args.extend_from_slice(extra);
+        args.push(p);
+        let out = run(&args);
+        assert!(out.status.success());
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["digests"][0].clone()
+    };
+    let d = inspected(&[]);
+    assert_eq!(d["archiveDigest"], digest.as_str(), "{d}");
+    assert_eq!(d["pushDigest"], digest.as_str(), "{d}");
+    assert!(d["digestChanged"].is_null(), "{d}");
+    let d = inspected(&["--platform", "linux/arm64"]);
+    assert_eq!(
+        d["pushDigest"].as_str(),
+        built.images[1].manifest_digest.as_deref(),
+        "{d}"
+    );
+    assert!(
+        d["digestChanged"].as_str().unwrap().contains("--platform"),
+        "{d}"
+    );
 
     // A second push of the same archive: the same index.
     let (_, again) = single_result(&push_ok(&[
@@ -589,6 +625,18 @@ fn multi_platform_archive_is_pushed_as_an_oci_index() {
     ]);
     let (r, zdigest) = single_result(&lines_of(&out));
     assert_eq!(r, reg.reference("idx-zstd:v1"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("digest changed") && err.contains("--compression zstd"),
+        "says the digest changed and why, even with -q: {err}"
+    );
+    let d = inspected(&["--compression", "zstd"]);
+    assert_eq!(
+        d["pushDigest"],
+        zdigest.as_str(),
+        "inspect predicts the push: {d}"
+    );
+    assert_eq!(d["archiveDigest"], digest.as_str(), "{d}");
     let zdigests = assert_index(&reg, "idx-zstd", "v1", &built, &zdigest, MT_OCI_LAYER_ZSTD);
     for d in &zdigests {
         assert!(

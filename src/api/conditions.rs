@@ -49,4 +49,11 @@ pub mod reason {
     pub const REGISTRY_REJECTED: &str = "RegistryRejected";
     pub const CONFIG_MAP_NOT_FOUND: &str = "ConfigMapNotFound";
     pub const INTERNAL_ERROR: &str = "InternalError";
+    // Upload sources.
+    /// The import waits for its archive to be uploaded (`status.upload.url`).
+    pub const AWAITING_UPLOAD: &str = "AwaitingUpload";
+    /// Bytes are arriving (`status.upload.offset` of `length`).
+    pub const UPLOADING: &str = "Uploading";
+    /// No byte arrived for longer than the upload expiry.
+    pub const UPLOAD_EXPIRED: &str = "UploadExpired";
 }

@@ -57,15 +57,19 @@ pub struct ImageImportSpec {
     pub layer_compression: Option<LayerCompression>,
 }
 
-/// Where the archive is: exactly one of `pvc` or `url`.
+/// Where the archive is: exactly one of `pvc`, `url` or `upload`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.pvc) != has(self.url)").message("exactly one of source.pvc or source.url must be set"))]
+#[x_kube(validation = Rule::new("(has(self.pvc) ? 1 : 0) + (has(self.url) ? 1 : 0) + (has(self.upload) ? 1 : 0) == 1").message("exactly one of source.pvc or source.url or source.upload must be set"))]
 pub struct Source {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pvc: Option<PvcSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<UrlSource>,
+    /// The archive is uploaded (tus 1.0) to the upload service, at the URL `status.upload.url`
+    /// gives, and streamed into the import as it arrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadSource>,
     /// Optional pin of the archive file's sha256 (hex, or `sha256:` + hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(sha256:)?[a-f0-9]{64}$"))]
@@ -100,6 +104,17 @@ pub struct UrlSource {
     /// ConfigMap key (same namespace) with the CA bundle for the URL's server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle_ref: Option<KeyRef>,
+}
+
+/// An archive uploaded to the upload service (see `status.upload`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadSource {
+    /// Largest archive accepted, in bytes: an upload announcing more is refused (413), and
+    /// one that sends more is cut off. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_bytes: Option<u64>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -235,6 +250,33 @@ pub struct ImageImportStatus {
     /// The worker Job of the current attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,
+    /// Where and how far the upload of an upload-source import is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadStatus>,
+}
+
+/// The upload of an upload-source import. `url` is written by the controller; the rest by the
+/// upload service (its own field manager), for the generation it names.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadStatus {
+    /// The tus 1.0 creation endpoint for this import (`POST` here, then `PATCH` the
+    /// `Location` it answers). Authenticate with a Kubernetes bearer token allowed to
+    /// `create` `imageimports/upload` on this object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The generation the fields below describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// Bytes the import has taken in (what a client resumes from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The archive's length as the client announced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
+    /// When the upload expires if no byte arrives before (`UploadExpired`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
 }
 
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -261,6 +303,15 @@ pub struct ImportedImage {
     /// `registry/repository:tag` for each tag pushed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refs: Vec<String>,
+    /// The digest the archive names the image by (its index or manifest), if it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_digest: Option<String>,
+    /// Why `digest` is not `archiveDigest` (absent: the archive's digest was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_changed: Option<String>,
+    /// What was checked before the import reported the tags as holding the archive's image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -1,5 +1,8 @@
 //! The JSON documents found in image archives, parsed only as far as the import needs.
 //! Unknown fields are ignored; the config is always kept as the original bytes.
+//!
+//! Go programs (docker, containerd, containers/image, buildkit) write a nil slice or map as
+//! `null`: every list, map and string field reads `null` as empty ([`null_as_default`]).
 
 use std::collections::BTreeMap;
 
@@ -21,6 +24,15 @@ pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// Annotation containerd and Docker 25+ use for the full image name.
 pub const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
 
+/// `null` (what Go writes for a nil slice, map or pointer) read as the field's empty value.
+pub fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// One entry of a docker-save `manifest.json`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -28,13 +40,14 @@ pub struct DockerManifestEntry {
     pub config: String,
     #[serde(default)]
     pub repo_tags: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "null_as_default")]
     pub layers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub media_type: String,
     pub digest: String,
     pub size: u64,
@@ -46,9 +59,9 @@ pub struct Descriptor {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct Platform {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub os: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub architecture: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
@@ -104,6 +117,7 @@ impl std::str::FromStr for Platform {
 pub struct Index {
     #[serde(default)]
     pub media_type: Option<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
     pub manifests: Vec<Descriptor>,
 }
 
@@ -114,15 +128,16 @@ pub struct ImageManifest {
     #[serde(default)]
     pub media_type: Option<String>,
     pub config: Descriptor,
+    #[serde(default, deserialize_with = "null_as_default")]
     pub layers: Vec<Descriptor>,
 }
 
 /// The parts of an image config the import checks.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ImageConfig {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub architecture: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub os: String,
     #[serde(default)]
     pub variant: Option<String>,
@@ -131,8 +146,9 @@ pub struct ImageConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RootFs {
-    #[serde(default, rename = "type")]
+    #[serde(default, rename = "type", deserialize_with = "null_as_default")]
     pub kind: String,
+    #[serde(default, deserialize_with = "null_as_default")]
     pub diff_ids: Vec<String>,
 }
 

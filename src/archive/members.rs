@@ -90,15 +90,11 @@ pub fn join_link(member: &str, target: &str) -> Result<String, ArchiveError> {
 /// Follow symlinks (with loop detection) until a regular file is reached.
 ///
 /// `links` maps a symlink member to its raw target. Symlinked directories are followed too
-/// (`a/layer.tar` where `a` is a link), one component at a time.
+/// (`a/layer.tar` where `a` is a link), one component at a time. Every path on the way must
+/// fit [`MAX_PATH`] and [`MAX_COMPONENTS`], so each hop costs at most a few thousand bytes
+/// of work whatever the links (a link may otherwise expand to megabytes on every hop).
 pub fn resolve(links: &BTreeMap<String, String>, start: &str) -> Result<String, ArchiveError> {
-    // Longer than any file system path: refused before the per-prefix walk below.
-    if start.len() > MAX_PATH {
-        return Err(ArchiveError::BadMetadata {
-            member: start.chars().take(64).collect::<String>() + "…",
-            detail: format!("path is longer than {MAX_PATH} bytes"),
-        });
-    }
+    fits(start, start)?;
     if links.is_empty() {
         return Ok(start.to_string());
     }
@@ -106,7 +102,10 @@ pub fn resolve(links: &BTreeMap<String, String>, start: &str) -> Result<String, 
     let mut current = start.to_string();
     for _ in 0..MAX_HOPS {
         match resolve_step(links, &current)? {
-            Some(next) => current = next,
+            Some(next) => {
+                fits(start, &next)?;
+                current = next;
+            }
             None => return Ok(current),
         }
     }
@@ -117,26 +116,56 @@ pub fn resolve(links: &BTreeMap<String, String>, start: &str) -> Result<String, 
 
 /// PATH_MAX on Linux; archive paths beyond it cannot have come from a file system.
 pub const MAX_PATH: usize = 4096;
+/// Most components in a path that is resolved. Image archives' paths have at most three
+/// (`blobs/sha256/<hex>`); the cap bounds the prefixes looked up on each hop.
+pub const MAX_COMPONENTS: usize = 64;
+
+/// `path` (reached from `start`) is short enough to resolve.
+fn fits(start: &str, path: &str) -> Result<(), ArchiveError> {
+    let via = if path == start {
+        "the path"
+    } else {
+        "following its symlinks, the path"
+    };
+    let detail = if path.len() > MAX_PATH {
+        format!("{via} is longer than {MAX_PATH} bytes")
+    } else if path.split('/').nth(MAX_COMPONENTS).is_some() {
+        format!("{via} has more than {MAX_COMPONENTS} components")
+    } else {
+        return Ok(());
+    };
+    Err(ArchiveError::BadMetadata {
+        member: start.to_string(),
+        detail,
+    })
+}
 
 /// One hop: if any prefix of `path` is a symlink, rewrite it through the link.
 fn resolve_step(
     links: &BTreeMap<String, String>,
     path: &str,
 ) -> Result<Option<String>, ArchiveError> {
-    let parts: Vec<&str> = path.split('/').collect();
-    for i in 1..=parts.len() {
-        let prefix = parts[..i].join("/");
-        if let Some(target) = links.get(&prefix) {
-            let mut resolved = join_link(&prefix, target)?;
-            for rest in &parts[i..] {
-                resolved.push('/');
-                resolved.push_str(rest);
+    let mut from = 0;
+    loop {
+        let end = path[from..].find('/').map_or(path.len(), |i| from + i);
+        let prefix = &path[..end];
+        if let Some(target) = links.get(prefix) {
+            // Before joining: a target alone may be megabytes long.
+            if target.len() > MAX_PATH {
+                return Err(ArchiveError::BadMetadata {
+                    member: prefix.to_string(),
+                    detail: format!("symlink target is longer than {MAX_PATH} bytes"),
+                });
             }
-            let resolved = resolved.trim_start_matches('/').to_string();
-            return Ok(Some(resolved));
+            let mut resolved = join_link(prefix, target)?;
+            resolved.push_str(&path[end..]);
+            return Ok(Some(resolved.trim_start_matches('/').to_string()));
         }
+        if end == path.len() {
+            return Ok(None);
+        }
+        from = end + 1;
     }
-    Ok(None)
 }
 
 #[cfg(test)]
@@ -191,5 +220,66 @@ mod tests {
             resolve(&links, "p"),
             Err(ArchiveError::SymlinkLoop { .. })
         ));
+    }
+
+    fn detail(r: Result<String, ArchiveError>) -> String {
+        match r {
+            Err(ArchiveError::BadMetadata { detail, .. }) => detail,
+            r => panic!("expected BadMetadata, got {r:?}"),
+        }
+    }
+
+    /// A link that grows the path on every hop is refused on the hop that passes the limit,
+    /// not after 40 hops of megabytes.
+    #[test]
+    fn the_path_limits_hold_after_every_hop() {
+        // `x -> x/x/…`: each hop adds 2 KiB.
+        let mut links = BTreeMap::new();
+        links.insert("x".to_string(), vec!["x"; 1000].join("/"));
+        assert_eq!(
+            detail(resolve(&links, "x/layer.tar")),
+            "following its symlinks, the path has more than 64 components"
+        );
+        // Few components, each long: `l -> l/aaa…` adds 2 KiB on each hop.
+        let mut links = BTreeMap::new();
+        links.insert("l".to_string(), format!("l/{}", "a".repeat(2000)));
+        assert_eq!(
+            detail(resolve(&links, "l/layer.tar")),
+            "following its symlinks, the path is longer than 4096 bytes"
+        );
+        // A target of megabytes is refused before it is joined.
+        let mut links = BTreeMap::new();
+        links.insert("big".to_string(), "b/".repeat(1 << 20));
+        let d = detail(resolve(&links, "big/layer.tar"));
+        assert_eq!(d, "symlink target is longer than 4096 bytes");
+        // The start itself.
+        let deep = vec!["d"; 65].join("/");
+        assert_eq!(
+            detail(resolve(&BTreeMap::new(), &deep)),
+            "the path has more than 64 components"
+        );
+        assert_eq!(
+            resolve(&BTreeMap::new(), &vec!["d"; 64].join("/"))
+                .unwrap()
+                .len(),
+            127
+        );
+    }
+
+    #[test]
+    fn long_names_are_cut_in_messages() {
+        let name = "n/".repeat(100_000) + "layer.tar";
+        let e = ArchiveError::ForbiddenMember {
+            member: name.clone(),
+            problem: MemberProblem::ParentComponent,
+        };
+        let msg = e.to_string();
+        assert!(msg.len() < 300, "{} bytes", msg.len());
+        assert!(msg.contains("(200009 bytes)"), "{msg}");
+        let e = ArchiveError::MissingMember {
+            member: name.clone(),
+            referrer: name,
+        };
+        assert!(e.to_string().len() < 600);
     }
 }

@@ -3,6 +3,7 @@
 //! The archive is never extracted: members are checked as they pass, metadata is kept in
 //! memory under a cap, and layer bytes are handed to the caller as streams.
 
+pub mod ambiguity;
 pub mod catalog;
 pub mod digest;
 pub mod error;
@@ -13,4 +14,4 @@ pub mod scan;
 
 pub use catalog::Catalog;
 pub use error::{ArchiveError, MemberProblem};
-pub use resolve::{ImageEntry, ImageSource, LayerSource, LeftOut};
+pub use resolve::{ArchiveIndex, ImageEntry, ImageSource, LayerSource, LeftOut};

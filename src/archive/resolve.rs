@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use super::ambiguity;
 use super::catalog::Catalog;
 use super::digest;
 use super::error::ArchiveError;
@@ -44,6 +45,19 @@ pub struct ImageEntry {
     pub images: Vec<ImageSource>,
     /// Platforms the index lists whose blobs are not in the archive.
     pub left_out: Vec<LeftOut>,
+    /// The image index the entry is (a multi-platform image), as stored.
+    pub index: Option<ArchiveIndex>,
+}
+
+/// An image index as the archive stores it: the digest the source tool reported, pushed byte
+/// for byte when every manifest it lists is pushed as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveIndex {
+    pub bytes: Vec<u8>,
+    pub media_type: String,
+    pub digest: String,
+    /// Digests of the manifests it lists, in order (attestations included).
+    pub manifests: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -96,7 +110,9 @@ fn parse_json<T: serde::de::DeserializeOwned>(
 
 fn from_docker_manifest(catalog: &Catalog) -> Result<Vec<ImageEntry>, ArchiveError> {
     let bytes = catalog.metadata("manifest.json", "archive")?;
-    let entries: Vec<DockerManifestEntry> = parse_json(bytes, "manifest.json")?;
+    // `null` is Go's empty list.
+    let entries: Vec<DockerManifestEntry> =
+        parse_json::<Option<_>>(bytes, "manifest.json")?.unwrap_or_default();
     if entries.is_empty() {
         return Err(ArchiveError::NoImages);
     }
@@ -121,6 +137,7 @@ fn from_docker_manifest(catalog: &Catalog) -> Result<Vec<ImageEntry>, ArchiveErr
             tags: entry.repo_tags.clone().unwrap_or_default(),
             images: vec![image],
             left_out: vec![],
+            index: None,
         });
     }
     Ok(out)
@@ -216,7 +233,9 @@ fn blob_json(
 }
 
 fn from_oci_index(catalog: &Catalog) -> Result<Vec<ImageEntry>, ArchiveError> {
-    let index: Index = parse_json(catalog.metadata("index.json", "archive")?, "index.json")?;
+    let bytes = catalog.metadata("index.json", "archive")?;
+    ambiguity::check("index.json", bytes, ambiguity::Kind::Index, None)?;
+    let index: Index = parse_json(bytes, "index.json")?;
     // docker save's manifest.json knows full tags where an OCI ref.name may be only a tag.
     let docker_tags = docker_tags_by_config(catalog);
     let mut by_digest: BTreeMap<String, usize> = BTreeMap::new();
@@ -226,6 +245,7 @@ fn from_oci_index(catalog: &Catalog) -> Result<Vec<ImageEntry>, ArchiveError> {
             tags: vec![],
             images: vec![],
             left_out: vec![],
+            index: None,
         };
         collect_manifests(catalog, d, None, 0, &mut entry, &mut Default::default())?;
         let mut tags = tags_of(d);
@@ -272,7 +292,8 @@ fn docker_tags_by_config(catalog: &Catalog) -> BTreeMap<String, Vec<String>> {
     let Some(bytes) = catalog.meta.get("manifest.json") else {
         return map;
     };
-    let Ok(entries) = serde_json::from_slice::<Vec<DockerManifestEntry>>(bytes) else {
+    let Ok(Some(entries)) = serde_json::from_slice::<Option<Vec<DockerManifestEntry>>>(bytes)
+    else {
         return map;
     };
     for e in entries {
@@ -327,18 +348,26 @@ fn collect_manifests(
     }
     let (member, bytes) = blob_json(catalog, d, &referrer)?;
     let media_type = if d.media_type.is_empty() {
-        serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| {
-                v.get("mediaType")
-                    .and_then(|m| m.as_str())
-                    .map(String::from)
-            })
-            .unwrap_or_else(|| OCI_MANIFEST.to_string())
+        // No descriptor media type: the document's own, else its shape.
+        let doc = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+        let own = doc.as_ref().and_then(|v| v.get("mediaType")?.as_str());
+        match own {
+            Some(own) => own.to_string(),
+            None if doc.as_ref().is_some_and(|v| !v["manifests"].is_null()) => {
+                OCI_INDEX.to_string()
+            }
+            None => OCI_MANIFEST.to_string(),
+        }
     } else {
         d.media_type.clone()
     };
-    if is_index_media_type(&media_type) {
+    let kind = if is_index_media_type(&media_type) {
+        ambiguity::Kind::Index
+    } else {
+        ambiguity::Kind::Manifest
+    };
+    ambiguity::check(&member, &bytes, kind, Some(&d.media_type))?;
+    if kind == ambiguity::Kind::Index {
         if depth >= MAX_INDEX_DEPTH {
             return Err(ArchiveError::BadMetadata {
                 member,
@@ -346,6 +375,14 @@ fn collect_manifests(
             });
         }
         let index: Index = parse_json(&bytes, &member)?;
+        if depth == 0 {
+            entry.index = Some(ArchiveIndex {
+                manifests: index.manifests.iter().map(|m| m.digest.clone()).collect(),
+                bytes: bytes.clone(),
+                media_type: media_type.clone(),
+                digest: d.digest.clone(),
+            });
+        }
         for child in &index.manifests {
             // Attestation manifests (buildkit) are not platforms.
             if child.platform.as_ref().is_some_and(|p| p.os == "unknown") {
@@ -356,6 +393,20 @@ fn collect_manifests(
         return Ok(());
     }
     let manifest: ImageManifest = parse_json(&bytes, &member)?;
+    for (what, blob) in std::iter::once(("config", &manifest.config))
+        .chain(manifest.layers.iter().map(|l| ("a layer", l)))
+    {
+        let mt = blob.media_type.as_str();
+        if is_index_media_type(mt) || mt == OCI_MANIFEST || mt == DOCKER_MANIFEST {
+            return Err(ArchiveError::Ambiguous {
+                member,
+                detail: format!(
+                    "{what} descriptor ({}) has the media type {mt:?} of a manifest",
+                    blob.digest
+                ),
+            });
+        }
+    }
     let mut missing = None;
     for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
         let m = blob_member(blob)?;
@@ -469,6 +520,71 @@ mod tests {
             "nothing declared"
         );
         assert!(img.original_manifest.is_none());
+    }
+
+    /// Docker 25+ saving by image ID writes Go's nil slices as `null`: an index whose
+    /// `manifests` is null (so manifest.json is read) and an entry whose `RepoTags` is null.
+    #[test]
+    fn go_nil_slices_are_read_as_empty() {
+        let mut t = TarBuf::new();
+        let cfg = config("linux/amd64", &layers());
+        let d = oci_image(&mut t, "linux/amd64", &layers());
+        let paths: Vec<String> = layers()
+            .iter()
+            .map(|l| format!("blobs/sha256/{}", hex(l)))
+            .collect();
+        t.file(
+            "index.json",
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":null}"#,
+        );
+        t.file(
+            "manifest.json",
+            &manifest_json(&[json!({
+                "Config": format!("blobs/sha256/{}", hex(&cfg)),
+                "RepoTags": null,
+                "Layers": paths,
+                "LayerSources": null,
+            })]),
+        );
+        let (e, img) = one(images_of(&t.finish()).unwrap());
+        assert!(e.tags.is_empty(), "saved by ID");
+        assert_eq!(img.config_digest, sha(&cfg));
+        assert_eq!(img.layers.len(), 2);
+        let _ = d;
+
+        // A layerless image (`FROM scratch` + metadata only) as Go writes it: every list and
+        // map null, in the index, the manifest and the config.
+        let mut t = TarBuf::new();
+        let cfg = br#"{"architecture":"amd64","os":"linux","variant":null,"os.features":null,"config":{"Env":null},"history":null,"rootfs":{"type":"layers","diff_ids":null}}"#;
+        let c = blob(&mut t, OCI_CONFIG, cfg);
+        let m = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": c["digest"], "size": c["size"], "annotations": null, "platform": null},
+            "layers": null,
+            "annotations": null,
+        }))
+        .unwrap();
+        let mut d = blob(&mut t, OCI_MANIFEST, &m);
+        d["annotations"] = json!(null);
+        d["platform"] =
+            json!({"os": "linux", "architecture": "amd64", "os.features": null, "variant": null});
+        t.file(
+            "index.json",
+            &serde_json::to_vec(
+                &json!({"schemaVersion": 2, "manifests": [d], "annotations": null}),
+            )
+            .unwrap(),
+        );
+        let (e, img) = one(images_of(&t.finish()).unwrap());
+        assert!(e.tags.is_empty());
+        assert!(img.layers.is_empty() && img.diff_ids.is_empty());
+        assert_eq!(img.platform.to_string(), "linux/amd64");
+
+        // manifest.json itself `null` is an archive without images, not invalid JSON.
+        let mut t = TarBuf::new();
+        t.file("manifest.json", b"null");
+        assert!(matches!(refused(&t.finish()), ArchiveError::NoImages));
     }
 
     #[test]

@@ -6,8 +6,12 @@ use std::fs::File;
 use std::io::{self, Read};
 
 use super::catalog::{Catalog, METADATA_MEMBER_CAP, Role, looks_like_json, role_of};
-use super::error::ArchiveError;
+use super::error::{ArchiveError, MemberProblem};
 use super::members::{self, MemberKind};
+
+mod extension_cap;
+pub use extension_cap::EXTENSION_CAP;
+use extension_cap::{ExtensionCap, Refusal};
 
 /// What the caller does with a possible layer: read it to the end (or not; the rest is
 /// drained and counted here so truncation is always noticed).
@@ -31,7 +35,7 @@ fn stream_into<R: Read, V: LayerVisitor>(
     reader: R,
     visitor: &mut V,
 ) -> Result<(Catalog, R), V::Error> {
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(ExtensionCap::new(reader));
     {
         let entries = archive
             .entries()
@@ -80,7 +84,7 @@ fn stream_into<R: Read, V: LayerVisitor>(
             return Err(ArchiveError::NotTar("no tar members in input".into()).into());
         }
     }
-    Ok((catalog, archive.into_inner()))
+    Ok((catalog, archive.into_inner().into_inner()))
 }
 
 /// Indexes a seekable uncompressed tar file: members, metadata bytes and data offsets.
@@ -92,7 +96,7 @@ pub fn index(file: &File) -> Result<Catalog, ArchiveError> {
 /// [`index`] into a given (empty) catalog: tests pass one with small caps.
 fn index_into(mut catalog: Catalog, file: &File) -> Result<Catalog, ArchiveError> {
     let len = file.metadata()?.len();
-    let mut archive = tar::Archive::new(file);
+    let mut archive = tar::Archive::new(ExtensionCap::new(file));
     let entries = archive
         .entries_with_seek()
         .map_err(|e| ArchiveError::NotTar(e.to_string()))?;
@@ -178,6 +182,27 @@ fn admit<R: Read>(
 }
 
 fn tar_error(e: io::Error, last: &str, seen_any: bool) -> ArchiveError {
+    match Refusal::of(&e) {
+        Some(Refusal::TooLarge { what, size }) => {
+            return ArchiveError::ExtensionTooLarge {
+                what,
+                size: *size,
+                cap: EXTENSION_CAP,
+                after: if seen_any {
+                    last.to_string()
+                } else {
+                    "the start of the archive".into()
+                },
+            };
+        }
+        Some(Refusal::ExtendedSparse { member }) => {
+            return ArchiveError::ForbiddenMember {
+                member: member.clone(),
+                problem: MemberProblem::ForbiddenType("sparse file"),
+            };
+        }
+        None => {}
+    }
     // The tar crate's messages can quote raw header bytes: never echo them.
     let msg = e.to_string();
     let header_problem =

@@ -170,7 +170,8 @@ fn running_by_namespace(
 ) -> BTreeMap<String, usize> {
     let mut by = BTreeMap::new();
     for j in jobs.state() {
-        if job::state(&j) != JobState::Running {
+        // An upload's Job waits for its bytes and takes no slot.
+        if job::state(&j) != JobState::Running || super::upload::is_upload_job(&j.metadata) {
             continue;
         }
         let ns = j.namespace().unwrap_or_default();

@@ -56,6 +56,8 @@ pub struct WorkerSettings {
     pub upload_chunk_size: Option<u64>,
     /// What the cluster needs in every worker Pod (`--worker-pod`).
     pub pod: WorkerPodSettings,
+    /// Upload sources: where the upload service is, and the expiry.
+    pub upload: super::upload::UploadSettings,
 }
 
 /// Worker Pod settings a cluster may need (`--worker-pod`, JSON; the chart's
@@ -117,6 +119,7 @@ impl Default for WorkerSettings {
             url_timeout_seconds: 0,
             upload_chunk_size: None,
             pod: WorkerPodSettings::default(),
+            upload: Default::default(),
         }
     }
 }
@@ -353,7 +356,7 @@ pub fn build(
     let owner = obj
         .controller_owner_ref(&())
         .expect("ImageImport has a name and uid");
-    Job {
+    let mut job = Job {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             namespace: obj.namespace(),
@@ -408,7 +411,9 @@ pub fn build(
             ..Default::default()
         }),
         status: None,
-    }
+    };
+    super::upload::adapt_job(obj, &settings.upload, &mut job);
+    job
 }
 
 fn env_var(name: &str, value: &str) -> EnvVar {

@@ -11,6 +11,7 @@ pub mod reconcile;
 pub mod report;
 pub mod server;
 pub mod status;
+pub mod upload;
 pub mod worker;
 
 use std::collections::{HashMap, HashSet};

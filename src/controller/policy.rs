@@ -271,6 +271,7 @@ mod tests {
                     ..Default::default()
                 }),
                 sha256: None,
+                upload: None,
             },
             image: None,
             all_images: false,

@@ -18,6 +18,7 @@ use super::job::{self, JobState, LABEL_GENERATION, LABEL_MANAGED_BY, LABEL_NAME,
 use super::outcome::{self, Outcome};
 use super::report::WorkerReport;
 use super::status::{self, condition};
+use super::upload;
 use super::{Context, Error};
 use crate::api::{IMPORTING, READY, RECONCILING, SOURCE_READY, STALLED, VERIFIED};
 use crate::api::{ImageImport, ImageImportStatus, reason};
@@ -238,11 +239,21 @@ impl<'a> Pass<'a> {
             "worker Job {job_name} is importing (attempt {})",
             self.st.attempts
         );
-        self.set(IMPORTING, Some(true), reason::IMPORTING, &msg);
-        self.in_progress(reason::IMPORTING, &msg);
+        let mut again = Duration::from_secs(60);
+        match upload::running_reason(self.obj, &self.st) {
+            Some((r, m, after)) => {
+                self.set(IMPORTING, Some(true), r, &m);
+                self.in_progress(r, &m);
+                again = after;
+            }
+            None => {
+                self.set(IMPORTING, Some(true), reason::IMPORTING, &msg);
+                self.in_progress(reason::IMPORTING, &msg);
+            }
+        }
         self.write(None).await?;
-        // Job events wake us; this is only a safety net.
-        Ok(Action::requeue(Duration::from_secs(60)))
+        // Job events wake us; this is only a safety net (and how upload progress is seen).
+        Ok(Action::requeue(again))
     }
 
     /// `status.jobName` names a Job this ImageImport does not control (someone wrote the
@@ -458,7 +469,11 @@ impl<'a> Pass<'a> {
             .job_cache
             .get(&ObjectRef::new(&job_name).within(&ns))
             .is_some();
-        if !exists && let Err(wait) = ctx.queue.admit(&key, &ctx.job_cache, &ctx.import_cache) {
+        // An upload's Job waits for its bytes, not for a slot: it takes none.
+        if !exists
+            && !upload::is_upload(self.obj)
+            && let Err(wait) = ctx.queue.admit(&key, &ctx.job_cache, &ctx.import_cache)
+        {
             let msg = wait.to_string();
             self.in_progress(reason::QUEUED, &msg);
             self.write(None).await?;
@@ -511,13 +526,19 @@ impl<'a> Pass<'a> {
         );
         self.set(IMPORTING, Some(true), reason::JOB_CREATED, &msg);
         self.in_progress(reason::IMPORTING, &msg);
+        upload::set_url(self.obj, &ctx.config.worker.upload, &mut self.st);
+        let mut again = Duration::from_secs(60);
+        if let Some((r, m, after)) = upload::running_reason(self.obj, &self.st) {
+            self.in_progress(r, &m);
+            again = after;
+        }
         self.write(Some((
             EventType::Normal,
             reason::JOB_CREATED,
             "worker Job created",
         )))
         .await?;
-        Ok(Action::requeue(Duration::from_secs(60)))
+        Ok(Action::requeue(again))
     }
 
     /// The API server refused an object the attempt needs: said in the status and an event,

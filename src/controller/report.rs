@@ -162,6 +162,7 @@ mod tests {
                 format!("{repo}/team/app{i}:1"),
                 format!("{repo}/team/app{i}:latest"),
             ],
+            ..Default::default()
         }
     }
 

@@ -61,6 +61,7 @@ pub async fn apply_controller_status(
     if let Some(obj) = status.as_object_mut() {
         obj.remove("progress");
     }
+    super::upload::strip_service_fields(&mut status);
     apply_status(api, name, CONTROLLER_MANAGER, status).await
 }
 

@@ -99,6 +99,9 @@ pub async fn run() -> i32 {
                     digest: r.digest.clone(),
                     image_ids: r.image_ids.clone(),
                     refs: r.refs.clone(),
+                    archive_digest: r.archive_digest.clone(),
+                    digest_changed: r.digest_changed.clone(),
+                    checked: Some(r.checked.clone()),
                 })
                 .collect();
             report.layers = Some(reports.iter().map(|r| r.layers as u32).sum());
@@ -117,7 +120,9 @@ pub async fn run() -> i32 {
         Err(e) => {
             eprintln!("imageimport worker: {e}");
             report.reason = Some(e.reason().to_string());
-            report.message = Some(e.to_string());
+            // Capped before formatting the whole: archive names in it can be megabytes
+            // (`encode` cuts it to 1024 characters for the report).
+            report.message = Some(e.to_string().chars().take(4096).collect());
             report.transient = e.is_transient();
             if e.is_transient() { 75 } else { 1 }
         }
@@ -290,6 +295,7 @@ fn options(spec: &ImageImportSpec, root: &Path) -> Result<ImportOptions, ImportE
             }
             u.url.parse().map_err(usage)?
         }
+        (None, None) if spec.source.upload.is_some() => super::upload::worker_location(spec, root)?,
         _ => {
             return Err(usage(
                 "exactly one of source.pvc or source.url must be set".into(),

@@ -78,6 +78,9 @@ impl ImportError {
             ImportError::Source {
                 source: SourceError::UntrustedCertificate { .. },
             } => reason::UNTRUSTED_CERTIFICATE,
+            ImportError::Source {
+                source: SourceError::UploadExpired { .. },
+            } => reason::UPLOAD_EXPIRED,
             ImportError::Source { .. } => reason::SOURCE_UNAVAILABLE,
             ImportError::Registry {
                 source: RegistryError::Unauthorized { .. },

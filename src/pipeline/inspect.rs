@@ -6,18 +6,23 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use sha2::{Digest as _, Sha256};
+
 use super::codec::{Codec, CompressionPolicy};
 use super::layer::{self, LayerFacts};
 use super::progress::{Counting, Progress};
 use super::source::{self, Location};
-use super::{ImportError, blocking};
-use crate::archive::{ArchiveError, resolve, scan};
+use super::{ImportError, Processed, Pushed, blocking};
+use crate::archive::formats::Platform;
+use crate::archive::{ArchiveError, ImageSource, digest, resolve, scan};
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InspectReport {
     pub archive: String,
     pub images: Vec<InspectImage>,
+    /// Per image of the archive: the digest it is named by, and what a push would give.
+    pub digests: Vec<InspectDigest>,
     /// None when everything verified, else the first problem found.
     pub problem: Option<String>,
     pub verified: bool,
@@ -33,6 +38,20 @@ pub struct InspectImage {
     pub left_out: Vec<String>,
 }
 
+/// The digests of one image (a manifest, or the index of its platforms).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InspectDigest {
+    pub name: String,
+    /// The digest the archive names it by (its index or manifest), if it names one.
+    pub archive_digest: Option<String>,
+    /// The digest its tags get when pushed with the options given (None: it cannot be
+    /// pushed with them, or a layer did not verify).
+    pub push_digest: Option<String>,
+    /// Why `push_digest` is not `archive_digest`.
+    pub digest_changed: Option<String>,
+}
+
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InspectLayer {
@@ -44,24 +63,50 @@ pub struct InspectLayer {
     pub verified: bool,
 }
 
-struct Collect(HashMap<String, LayerFacts>);
+/// Every layer read, hashed, and encoded as a push with `policy` would (the encoding is
+/// deterministic), so the blob a push would send is known by digest without a registry.
+struct Collect {
+    policy: CompressionPolicy,
+    layers: HashMap<String, Processed>,
+}
 
 impl scan::LayerVisitor for Collect {
     type Error = ArchiveError;
     fn layer(&mut self, member: &str, _size: u64, data: &mut dyn Read) -> Result<(), ArchiveError> {
-        let facts = layer::process(
-            member,
-            data,
-            CompressionPolicy::Force(Codec::None),
-            &mut |_| Ok(()),
-        )
+        let mut blob = Sha256::new();
+        let mut size = 0u64;
+        let facts = layer::process(member, data, self.policy, &mut |b| {
+            blob.update(&b);
+            size += b.len() as u64;
+            Ok(())
+        })
         .map_err(|e| match e {
             layer::LayerError::Archive(a) => a,
             layer::LayerError::Read(io) | layer::LayerError::Sink(io) => ArchiveError::Io(io),
         })?;
-        self.0.insert(member.to_string(), facts);
+        let pushed = Pushed {
+            digest: digest::finish(blob),
+            size,
+            repo: String::new(),
+            sent: 0,
+        };
+        self.layers.insert(
+            member.to_string(),
+            Processed {
+                facts,
+                pushed,
+                read_back: false,
+            },
+        );
         Ok(())
     }
+}
+
+/// Push options that change what a push produces.
+#[derive(Debug, Clone, Default)]
+pub struct InspectOptions {
+    pub platform: Option<Platform>,
+    pub compression: CompressionPolicy,
 }
 
 /// Read the whole archive once, hashing every layer. Archive problems are reported in the
@@ -69,6 +114,7 @@ impl scan::LayerVisitor for Collect {
 pub async fn inspect(
     location: Location,
     http: super::HttpOptions,
+    options: InspectOptions,
     progress: Arc<Progress>,
 ) -> Result<InspectReport, ImportError> {
     let archive = location.to_string();
@@ -87,6 +133,11 @@ pub async fn inspect(
             progress.set_total(length.unwrap_or(0));
             body
         }
+        Location::Upload(_) => {
+            return Err(ImportError::Usage(
+                "an upload is imported by its worker, not inspected".into(),
+            ));
+        }
     };
     let a = archive.clone();
     let p = progress.clone();
@@ -96,12 +147,15 @@ pub async fn inspect(
             progress: p,
         };
         let reader = source::decompressing(Box::new(counted), None).map_err(ArchiveError::Io)?;
-        let mut c = Collect(HashMap::new());
+        let mut c = Collect {
+            policy: options.compression,
+            layers: HashMap::new(),
+        };
         let (catalog, _) = scan::stream(reader, &mut c)?;
-        Ok::<_, ArchiveError>((catalog, c.0))
+        Ok::<_, ArchiveError>((catalog, c.layers, options))
     })
     .await?;
-    let (catalog, facts) = scanned.map_err(|source| ImportError::Archive {
+    let (catalog, processed, options) = scanned.map_err(|source| ImportError::Archive {
         archive: a.clone(),
         source,
     })?;
@@ -109,9 +163,53 @@ pub async fn inspect(
         archive: a.clone(),
         source,
     })?;
+    let facts: HashMap<&String, &LayerFacts> =
+        processed.iter().map(|(m, p)| (m, &p.facts)).collect();
     let mut problem = None;
     let mut images = Vec::new();
+    let mut digests = Vec::new();
     for e in &entries {
+        let chosen: Vec<ImageSource> = e
+            .images
+            .iter()
+            .filter(|i| {
+                options
+                    .platform
+                    .as_ref()
+                    .is_none_or(|p| i.platform.satisfies(p))
+            })
+            .take(if options.platform.is_some() {
+                1
+            } else {
+                usize::MAX
+            })
+            .cloned()
+            .collect();
+        let complete = chosen
+            .iter()
+            .flat_map(|i| &i.layers)
+            .all(|l| processed.contains_key(&l.member));
+        let composed = (!chosen.is_empty() && complete).then(|| {
+            super::digests::compose(
+                &super::digests::Parts {
+                    images: &chosen,
+                    index: e.index.as_ref(),
+                    left_out: &e.left_out,
+                    platform_chosen: options.platform.is_some(),
+                    policy: options.compression,
+                },
+                &processed,
+            )
+        });
+        digests.push(InspectDigest {
+            name: e.display_name(),
+            archive_digest: composed.as_ref().map_or_else(
+                || e.index.as_ref().map(|i| i.digest.clone()),
+                |c| c.archive_digest.clone(),
+            ),
+            push_digest: composed.as_ref().map(|c| c.top.digest()),
+            digest_changed: composed.and_then(|c| c.changed),
+        });
         for img in &e.images {
             let mut layers = Vec::new();
             for (i, l) in img.layers.iter().enumerate() {
@@ -161,10 +259,18 @@ pub async fn inspect(
             });
         }
     }
+    if problem.is_some() {
+        // A push would refuse the archive: it produces no digest.
+        for d in &mut digests {
+            d.push_digest = None;
+            d.digest_changed = None;
+        }
+    }
     Ok(InspectReport {
         archive,
         verified: problem.is_none(),
         problem,
         images,
+        digests,
     })
 }

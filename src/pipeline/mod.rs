@@ -8,12 +8,14 @@
 //! manifest is pushed, and manifests (tags) come last.
 
 pub mod codec;
+mod digests;
 pub mod error;
 pub mod inspect;
 pub mod layer;
 pub mod manifest;
 pub mod plan;
 pub mod progress;
+mod reuse;
 pub mod source;
 pub mod url_guard;
 
@@ -97,6 +99,12 @@ pub struct ImageReport {
     /// The tags already pointed at this exact image: nothing was done.
     pub up_to_date: bool,
     pub left_out: Vec<String>,
+    /// The digest the archive names the image by (its index or manifest), if it names one.
+    pub archive_digest: Option<String>,
+    /// Why `digest` is not `archive_digest` (None: the archive's digest was kept).
+    pub digest_changed: Option<String>,
+    /// What was checked before the tags were reported as holding the archive's image.
+    pub checked: String,
 }
 
 /// A blob that is in the registry, and in which repository we put it.
@@ -112,6 +120,8 @@ struct Pushed {
 struct Processed {
     facts: LayerFacts,
     pushed: Pushed,
+    /// Taken from the registry after reading the blob back (not uploaded).
+    read_back: bool,
 }
 
 struct Ctx {
@@ -190,6 +200,20 @@ pub async fn import(
                 (outcome, _) => outcome,
             }
         }
+        Location::Upload(ep) => {
+            let (reader, failure) = source::UploadReader::new(*ep.clone())
+                .map_err(|source| ImportError::Source { source })?;
+            let outcome = import_stream(ctx, Box::new(reader)).await;
+            let outcome = match (outcome, failure.lock().expect("source failure lock").take()) {
+                (Err(ImportError::Archive { .. }), Some(source)) => {
+                    Err(ImportError::Source { source })
+                }
+                (outcome, _) => outcome,
+            };
+            let failed = outcome.as_ref().err().map(|e| (e.reason(), e.to_string()));
+            source::upload_finished(&ep, failed).await;
+            outcome
+        }
     }
 }
 
@@ -228,7 +252,7 @@ async fn import_seekable(
     let mut todo = Vec::new();
     ctx.progress.set_phase("comparing with registry");
     for p in planned {
-        match up_to_date(&ctx, &p, |m| stored_codecs.get(m).copied()).await? {
+        match up_to_date(&ctx, &p, &path, &catalog, |m| stored_codecs.get(m).copied()).await? {
             Some(r) => reports.push(r),
             None => todo.push(p),
         }
@@ -237,7 +261,17 @@ async fn import_seekable(
         return Ok(reports);
     }
     // Each distinct layer member is read once, uploaded to the first repository needing it.
-    let known = Arc::new(known_layers(&ctx, &todo).await);
+    let needed: std::collections::HashSet<String> = todo
+        .iter()
+        .flat_map(|p| &p.images)
+        .flat_map(|img| img.layers.iter().zip(&img.diff_ids))
+        .filter(|(l, _)| {
+            let stored = stored_codecs.get(&l.member).copied().unwrap_or(Codec::None);
+            !ctx.opts.compression.plan(stored).1
+        })
+        .map(|(_, d)| d.clone())
+        .collect();
+    let known = Arc::new(reuse::known_layers(&ctx, &todo, &needed).await);
     let mut jobs: Vec<Job> = Vec::new();
     for p in &todo {
         for img in &p.images {
@@ -311,92 +345,12 @@ struct Job {
     stored_codec: Codec,
 }
 
-/// Blobs this codec already produced for a diff_id, in the target repositories: found
-/// through the manifests the target tags point at now (an upgrade shares its base layers
-/// with the version it replaces). Equal codec id and diff_id mean equal bytes.
-async fn known_layers(ctx: &Ctx, todo: &[Planned]) -> HashMap<String, Pushed> {
-    let mut known = HashMap::new();
-    let mut seen = std::collections::HashSet::new();
-    for r in todo.iter().flat_map(|p| &p.refs) {
-        let tag = r.tag.clone().unwrap_or_else(|| "latest".into());
-        if !seen.insert((r.repository.clone(), tag.clone())) {
-            continue;
-        }
-        let Ok(Some(remote)) = ctx.registry.get_manifest(&r.repository, &tag).await else {
-            continue;
-        };
-        let Ok(m) = serde_json::from_slice::<serde_json::Value>(&remote.bytes) else {
-            continue;
-        };
-        // Behind an index (a multi-platform image), each platform's manifest.
-        let Some(entries) = m["manifests"].as_array() else {
-            learn_layers(ctx, &r.repository, &m, &mut known).await;
-            continue;
-        };
-        for d in entries.iter().take(32).filter_map(|e| e["digest"].as_str()) {
-            if let Ok(Some(remote)) = ctx.registry.get_manifest(&r.repository, d).await
-                && let Ok(m) = serde_json::from_slice::<serde_json::Value>(&remote.bytes)
-            {
-                learn_layers(ctx, &r.repository, &m, &mut known).await;
-            }
-        }
-    }
-    known
-}
-
-/// The layers of image manifest `m` in `repo` that this import would push identically (the
-/// same codec, recorded in the manifest's annotation), by diff_id.
-async fn learn_layers(
-    ctx: &Ctx,
-    repo: &str,
-    m: &serde_json::Value,
-    known: &mut HashMap<String, Pushed>,
-) {
-    let codec = match ctx.opts.compression {
-        CompressionPolicy::Keep(c) | CompressionPolicy::Force(c) => c,
-    };
-    if m["annotations"][manifest::ANNOTATION_CODEC].as_str()
-        != Some(codec::codec_id(codec).as_str())
-    {
-        return;
-    }
-    let Some(config_digest) = m["config"]["digest"].as_str() else {
-        return;
-    };
-    let Ok(Some(config)) = ctx
-        .registry
-        .get_small_blob(repo, config_digest, 4 << 20)
-        .await
-    else {
-        return;
-    };
-    let Ok(parsed) = serde_json::from_slice::<crate::archive::formats::ImageConfig>(&config) else {
-        return;
-    };
-    let layers = m["layers"].as_array().cloned().unwrap_or_default();
-    for (diff_id, l) in parsed.rootfs.diff_ids.iter().zip(&layers) {
-        if let (Some(d), Some(size)) = (l["digest"].as_str(), l["size"].as_u64())
-            && l["mediaType"].as_str() == Some(codec.oci_layer_media_type())
-        {
-            known.insert(
-                diff_id.clone(),
-                Pushed {
-                    digest: d.to_string(),
-                    size,
-                    repo: repo.to_string(),
-                    sent: 0,
-                },
-            );
-        }
-    }
-}
-
 async fn process_seekable(
     ctx: Arc<Ctx>,
     path: PathBuf,
     catalog: Arc<Catalog>,
     job: Job,
-    known: Arc<HashMap<String, Pushed>>,
+    known: Arc<reuse::Known>,
 ) -> Result<(String, Processed), ImportError> {
     let Job {
         member,
@@ -422,14 +376,11 @@ async fn process_seekable(
         }
     };
 
-    // A layer this codec already encoded into the registry: read it only to verify it.
+    // A layer this codec already encoded into the registry: the archive's bytes are hashed
+    // (diff_id), the registry's blob is read back and must decompress to that diff_id.
     if !as_stored
-        && let Some(k) = known.get(&diff_id)
-        && ctx
-            .registry
-            .blob_exists(&repo, &k.digest)
-            .await
-            .map_err(|e| ctx.reg_err(&repo, e))?
+        && let Some(k) = known.blobs.get(&diff_id)
+        && reuse::holds(&ctx, &k.repo, &k.digest, &diff_id).await?
     {
         let m = member.clone();
         let mut facts = blocking(move || -> Result<LayerFacts, LayerError> {
@@ -446,11 +397,17 @@ async fn process_seekable(
         let (codec, _) = policy.plan(stored_codec);
         facts.pushed_codec = codec;
         facts.as_stored = false;
-        let pushed = Pushed {
-            repo: repo.clone(),
-            ..k.clone()
-        };
-        return Ok((member, Processed { facts, pushed }));
+        // Mounted into the other repositories of the import when they are staged.
+        let pushed = k.clone();
+        let read_back = true;
+        return Ok((
+            member,
+            Processed {
+                facts,
+                pushed,
+                read_back,
+            },
+        ));
     }
 
     // A stored blob the registry already has: read it only to verify it.
@@ -475,7 +432,14 @@ async fn process_seekable(
             repo,
             sent: 0,
         };
-        return Ok((member, Processed { facts, pushed }));
+        return Ok((
+            member,
+            Processed {
+                facts,
+                pushed,
+                read_back: false,
+            },
+        ));
     }
 
     let slot: Slot = Arc::new(Mutex::new(None));
@@ -539,7 +503,14 @@ async fn process_seekable(
                 repo,
                 sent: size,
             };
-            Ok((member, Processed { facts, pushed }))
+            Ok((
+                member,
+                Processed {
+                    facts,
+                    pushed,
+                    read_back: false,
+                },
+            ))
         }
         (Some(Err(e)), up) => Err(ImportError::from_layer(&ctx.archive, &repo, e, up.err())),
         (_, Err(e)) => Err(ctx.reg_err(&repo, e)),
@@ -586,8 +557,14 @@ impl scan::LayerVisitor for StreamVisitor {
                     repo,
                     sent: 0,
                 };
-                self.processed
-                    .insert(member.to_string(), Processed { facts, pushed });
+                self.processed.insert(
+                    member.to_string(),
+                    Processed {
+                        facts,
+                        pushed,
+                        read_back: false,
+                    },
+                );
                 return Ok(());
             }
         }
@@ -628,8 +605,14 @@ impl scan::LayerVisitor for StreamVisitor {
                     repo,
                     sent: size,
                 };
-                self.processed
-                    .insert(member.to_string(), Processed { facts, pushed });
+                self.processed.insert(
+                    member.to_string(),
+                    Processed {
+                        facts,
+                        pushed,
+                        read_back: false,
+                    },
+                );
                 Ok(())
             }
             (Err(e), up) => Err(ImportError::from_layer(&ctx.archive, &repo, e, up.err())),
@@ -849,19 +832,39 @@ fn predict(ctx: &Ctx, img: &ImageSource, stored: &dyn Fn(&str) -> Option<Codec>)
 }
 
 /// If every tag already points at exactly the manifest this import would push, say so.
+/// Nothing is declared up to date on the word of the registry alone: the archive's layers are
+/// read and checked as for a push, and a tag whose layer digests cannot be predicted without
+/// encoding (`Predicted::Encoded`) has its layer blobs read back and checked against the
+/// config's diff_ids.
 async fn up_to_date(
     ctx: &Ctx,
     p: &Planned,
+    path: &Path,
+    catalog: &Catalog,
     stored: impl Fn(&str) -> Option<Codec>,
 ) -> Result<Option<ImageReport>, ImportError> {
-    let [img] = p.images.as_slice() else {
-        return Ok(None);
+    // A multi-platform image whose index is pushed as stored is named by that index.
+    let index_digest = p.index.as_ref().filter(|ix| {
+        let predicted: Option<std::collections::BTreeSet<String>> = p
+            .images
+            .iter()
+            .map(|img| match predict(ctx, img, &stored) {
+                Predicted::Digest(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        !p.platform_chosen && predicted.is_some_and(|d| d == ix.manifests.iter().cloned().collect())
+    });
+    let (img, predicted) = match (index_digest, p.images.as_slice()) {
+        (Some(ix), _) => (&p.images[0], Predicted::Digest(ix.digest.clone())),
+        (None, [img]) => (img, predict(ctx, img, &stored)),
+        (None, _) => return Ok(None),
     };
-    let predicted = predict(ctx, img, &stored);
     if matches!(predicted, Predicted::Unknown) {
         return Ok(None);
     }
     let mut digest_seen: Option<String> = None;
+    let mut remote_layers: Vec<String> = Vec::new();
     for r in &p.refs {
         let tag = r.tag.clone().unwrap_or_else(|| "latest".into());
         let Some(remote) = ctx
@@ -905,19 +908,136 @@ async fn up_to_date(
         if !same || digest_seen.as_ref().is_some_and(|d| d != &remote.digest) {
             return Ok(None);
         }
+        if digest_seen.is_none() {
+            remote_layers =
+                serde_json::from_slice::<crate::archive::formats::ImageManifest>(&remote.bytes)
+                    .map(|m| m.layers.into_iter().map(|l| l.digest).collect())
+                    .unwrap_or_default();
+        }
         digest_seen = Some(remote.digest);
     }
+    let Some(seen) = &digest_seen else {
+        return Ok(None);
+    };
+    for img in &p.images {
+        check_archive_layers(ctx, path, catalog, img).await?;
+    }
+    let layer_count: usize = p.images.iter().map(|i| i.layers.len()).sum();
+    let checked = match &predicted {
+        Predicted::Encoded { .. } => {
+            let repo = &p.refs[0].repository;
+            if remote_layers.len() != img.diff_ids.len() {
+                return Ok(None);
+            }
+            let held: Vec<bool> = futures::stream::iter(remote_layers.iter().zip(&img.diff_ids))
+                .map(|(d, diff_id)| reuse::holds(ctx, repo, d, diff_id))
+                .buffer_unordered(ctx.opts.parallel_layers.max(1))
+                .try_collect()
+                .await?;
+            if held.contains(&false) {
+                return Ok(None);
+            }
+            format!(
+                "the tag already holds this image: its {layer_count} layer blob(s), read back \
+                 from the registry, decompress to the config's diff_ids, and the archive's layers \
+                 hash to them"
+            )
+        }
+        _ => format!(
+            "the tag already points at {seen}, whose blobs the registry holds by digest; the \
+             archive's {layer_count} layer(s) were read and match the config's diff_ids"
+        ),
+    };
+    let archive_digest = match (&p.index, &img.original_manifest) {
+        (Some(ix), _) => Some(ix.digest.clone()),
+        (None, Some((bytes, _))) => Some(digest::sha256_of(bytes)),
+        (None, None) => None,
+    };
+    let digest_changed = |digest: &String| {
+        archive_digest.as_ref().filter(|a| *a != digest)?;
+        let policy = ctx.opts.compression;
+        Some(
+            img.layers
+                .iter()
+                .filter_map(|l| stored(&l.member))
+                .find(|c| !policy.plan(*c).1)
+                .map(|c| digests::reencoding(c, policy.plan(c).0, policy))
+                .unwrap_or_else(|| "the tag holds a manifest other than the archive's".into()),
+        )
+    };
     Ok(digest_seen.map(|digest| ImageReport {
         name: p.name.clone(),
         refs: p.refs.iter().map(|r| r.to_string()).collect(),
-        digest,
-        image_ids: vec![img.config_digest.clone()],
-        platforms: vec![img.platform.to_string()],
-        layers: img.layers.len(),
+        image_ids: p.images.iter().map(|i| i.config_digest.clone()).collect(),
+        platforms: p.images.iter().map(|i| i.platform.to_string()).collect(),
+        layers: p.images.iter().map(|i| i.layers.len()).sum(),
         pushed_bytes: 0,
         up_to_date: true,
         left_out: left_out_lines(&p.left_out),
+        digest_changed: digest_changed(&digest),
+        archive_digest: archive_digest.clone(),
+        digest,
+        checked: checked.clone(),
     }))
+}
+
+/// Read every layer of `img` from the archive and check it against the config and the
+/// archive's descriptors (what [`verify`] checks for a push).
+async fn check_archive_layers(
+    ctx: &Ctx,
+    path: &Path,
+    catalog: &Catalog,
+    img: &ImageSource,
+) -> Result<(), ImportError> {
+    let mut members: Vec<&str> = img.layers.iter().map(|l| l.member.as_str()).collect();
+    members.sort_unstable();
+    members.dedup();
+    let read = |member: &str| {
+        let offset = catalog.offsets.get(member).copied().unwrap_or(0);
+        let size = catalog.sizes.get(member).copied().unwrap_or(0);
+        let (path, member, progress) =
+            (path.to_path_buf(), member.to_string(), ctx.progress.clone());
+        async move {
+            let m = member.clone();
+            let facts = blocking(move || -> Result<LayerFacts, LayerError> {
+                let mut f = File::open(&path).map_err(LayerError::Read)?;
+                f.seek(io::SeekFrom::Start(offset))
+                    .map_err(LayerError::Read)?;
+                let mut r = Counting {
+                    inner: f.take(size),
+                    progress,
+                };
+                layer::process(
+                    &m,
+                    &mut r,
+                    CompressionPolicy::Force(Codec::None),
+                    &mut |_| Ok(()),
+                )
+            })
+            .await?
+            .map_err(|e| {
+                ImportError::from_layer(&ctx.archive, &ctx.opts.target.repository, e, None)
+            })?;
+            let pushed = Pushed {
+                digest: String::new(),
+                size: 0,
+                repo: String::new(),
+                sent: 0,
+            };
+            let processed = Processed {
+                facts,
+                pushed,
+                read_back: false,
+            };
+            Ok::<_, ImportError>((member, processed))
+        }
+    };
+    let processed: HashMap<String, Processed> = futures::stream::iter(members)
+        .map(read)
+        .buffer_unordered(ctx.opts.parallel_layers.max(1))
+        .try_collect()
+        .await?;
+    verify(img, &processed).map_err(|e| ctx.archive_err(e))
 }
 
 fn left_out_lines(l: &[LeftOut]) -> Vec<String> {
@@ -1005,15 +1125,30 @@ async fn finish(
             pushed_bytes: 0,
             up_to_date: false,
             left_out: left_out_lines(&p.left_out),
+            archive_digest: None,
+            digest_changed: None,
+            checked: String::new(),
         };
         let mut counted = std::collections::HashSet::new();
+        let mut read_back = 0;
         for img in &p.images {
             for l in &img.layers {
                 if counted.insert(l.member.clone()) {
                     report.pushed_bytes += processed[&l.member].pushed.sent;
+                    read_back += usize::from(processed[&l.member].read_back);
                 }
             }
         }
+        report.checked = format!(
+            "every layer was read from the archive and matches the config's diff_ids{}",
+            match read_back {
+                0 => String::new(),
+                n => format!(
+                    "; {n} layer(s) reused from the registry after their blobs were read back \
+                     and decompressed to those diff_ids"
+                ),
+            }
+        );
         let mut repos: Vec<&str> = Vec::new();
         for r in &p.refs {
             if !repos.contains(&r.repository.as_str()) {
@@ -1021,8 +1156,10 @@ async fn finish(
             }
         }
         for repo in repos {
-            let (top, top_type, config_bytes) = stage(ctx, repo, &p.images, processed).await?;
+            let (composed, config_bytes) = stage(ctx, repo, p, processed).await?;
             report.pushed_bytes += config_bytes;
+            report.archive_digest = composed.archive_digest.clone();
+            report.digest_changed = composed.changed.clone();
             let tags = p
                 .refs
                 .iter()
@@ -1033,8 +1170,8 @@ async fn finish(
                 report: reports.len(),
                 repo: repo.to_string(),
                 tags,
-                manifest: top,
-                media_type: top_type,
+                manifest: composed.top.bytes,
+                media_type: composed.top.media_type,
             });
         }
         reports.push(report);
@@ -1068,47 +1205,42 @@ struct Staged {
 }
 
 /// Put one image (one manifest, or an index of one per platform) into `repo` by digest, with
-/// every blob it names. Returns the top manifest, its media type and the config bytes sent.
+/// every blob it names. Returns what the tags will point at and the config bytes sent.
 async fn stage(
     ctx: &Ctx,
     repo: &str,
-    images: &[ImageSource],
+    p: &Planned,
     processed: &HashMap<String, Processed>,
-) -> Result<(Vec<u8>, String, u64), ImportError> {
+) -> Result<(digests::Composed, u64), ImportError> {
     let mut sent = 0;
-    let mut platform_manifests = Vec::new();
-    for img in images {
+    for img in &p.images {
         for l in &img.layers {
             ensure_blob(ctx, repo, &processed[&l.member].pushed).await?;
         }
         sent += push_config(ctx, repo, img).await?;
-        let (bytes, media_type) = manifest_for(img, processed);
-        platform_manifests.push((bytes, media_type, img.platform.clone()));
     }
-    let put = |bytes: Vec<u8>, media_type: String| async move {
+    let composed = digests::compose(&parts_of(ctx, p), processed);
+    let mut documents: Vec<&digests::Document> = composed.manifests.iter().collect();
+    if !documents.contains(&&composed.top) {
+        documents.push(&composed.top);
+    }
+    for doc in documents {
         ctx.registry
-            .put_manifest(repo, &digest::sha256_of(&bytes), &bytes, &media_type)
+            .put_manifest(repo, &doc.digest(), &doc.bytes, &doc.media_type)
             .await
             .map_err(|e| ctx.reg_err(repo, e))?;
-        Ok::<_, ImportError>((bytes, media_type))
-    };
-    if platform_manifests.len() == 1 {
-        let (b, t, _) = platform_manifests.pop().expect("one manifest");
-        let (b, t) = put(b, t).await?;
-        return Ok((b, t, sent));
     }
-    let mut entries = Vec::new();
-    for (b, t, platform) in platform_manifests {
-        let (d, len) = (digest::sha256_of(&b), b.len() as u64);
-        put(b, t.clone()).await?;
-        entries.push((d, len, t, platform));
+    Ok((composed, sent))
+}
+
+fn parts_of<'a>(ctx: &Ctx, p: &'a Planned) -> digests::Parts<'a> {
+    digests::Parts {
+        images: &p.images,
+        index: p.index.as_ref(),
+        left_out: &p.left_out,
+        platform_chosen: p.platform_chosen,
+        policy: ctx.opts.compression,
     }
-    let (b, t) = put(
-        manifest::index(&entries),
-        crate::archive::formats::OCI_INDEX.to_string(),
-    )
-    .await?;
-    Ok((b, t, sent))
 }
 
 async fn ensure_blob(ctx: &Ctx, repo: &str, pushed: &Pushed) -> Result<(), ImportError> {
@@ -1174,49 +1306,4 @@ async fn push_config(ctx: &Ctx, repo: &str, img: &ImageSource) -> Result<u64, Im
         )));
     }
     Ok(size)
-}
-
-fn manifest_for(img: &ImageSource, processed: &HashMap<String, Processed>) -> (Vec<u8>, String) {
-    let facts: Vec<&Processed> = img.layers.iter().map(|l| &processed[&l.member]).collect();
-    let all_as_stored = facts.iter().all(|p| p.facts.as_stored);
-    if all_as_stored
-        && img.layers.iter().all(|l| l.declared.is_some())
-        && let Some((bytes, media_type)) = &img.original_manifest
-    {
-        return (bytes.clone(), media_type.clone());
-    }
-    let layers: Vec<Descriptor> = img
-        .layers
-        .iter()
-        .zip(&facts)
-        .map(|(l, p)| {
-            let media_type = match (&l.declared, p.facts.as_stored) {
-                (Some(d), true) if !d.media_type.is_empty() => d.media_type.clone(),
-                _ => p.facts.pushed_codec.oci_layer_media_type().to_string(),
-            };
-            Descriptor {
-                media_type,
-                digest: p.pushed.digest.clone(),
-                size: p.pushed.size,
-                platform: None,
-                annotations: None,
-            }
-        })
-        .collect();
-    let codec_id = match facts.first() {
-        Some(first)
-            if facts.iter().all(|p| {
-                !p.facts.as_stored && p.facts.pushed_codec == first.facts.pushed_codec
-            }) =>
-        {
-            Some(codec::codec_id(first.facts.pushed_codec))
-        }
-        None => None,
-        _ => None,
-    };
-    let config = manifest::config_descriptor(&img.config_digest, img.config.len() as u64);
-    (
-        manifest::image_manifest(&config, &layers, codec_id),
-        crate::archive::formats::OCI_MANIFEST.to_string(),
-    )
 }

@@ -1,7 +1,7 @@
 //! Which images of an archive go where: `--image`/`--all`, the platform, and the tags.
 
 use crate::archive::formats::Platform;
-use crate::archive::{ImageEntry, ImageSource, LeftOut};
+use crate::archive::{ArchiveIndex, ImageEntry, ImageSource, LeftOut};
 use crate::registry::{SavedTag, Target};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,6 +22,10 @@ pub struct Planned {
     pub images: Vec<ImageSource>,
     pub left_out: Vec<LeftOut>,
     pub refs: Vec<Target>,
+    /// The archive's own index of the image (multi-platform), as stored.
+    pub index: Option<ArchiveIndex>,
+    /// One platform was chosen (`--platform`): the tag names its manifest, not the index.
+    pub platform_chosen: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +208,8 @@ fn plan_one(
         images,
         left_out: entry.left_out.clone(),
         refs,
+        index: entry.index.clone(),
+        platform_chosen: platform.is_some(),
     })
 }
 
@@ -236,6 +242,7 @@ mod tests {
             tags: tags.iter().map(|t| t.to_string()).collect(),
             images,
             left_out: vec![],
+            index: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Where archive bytes come from: a file (seekable, or compressed as a whole), standard
-//! input, or an HTTP(S) URL. Nothing is staged on disk or in memory.
+//! input, an HTTP(S) URL, or an upload the worker pulls from the upload service. Nothing is
+//! staged on disk or in memory.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -16,6 +17,8 @@ pub enum Location {
     File(PathBuf),
     Stdin,
     Url(url::Url),
+    /// The bytes a client uploads into this ImageImport, pulled from the upload service.
+    Upload(Box<UploadEndpoint>),
 }
 
 impl std::str::FromStr for Location {
@@ -46,6 +49,7 @@ impl std::fmt::Display for Location {
                 shown.set_query(None);
                 write!(f, "{shown}")
             }
+            Location::Upload(u) => write!(f, "the upload into {}/{}", u.namespace, u.name),
         }
     }
 }
@@ -64,6 +68,12 @@ pub enum SourceError {
     #[error("{0}")]
     Refused(String),
     /// The server's TLS certificate failed verification: retrying cannot change that.
+    /// No byte of the upload arrived for longer than its expiry.
+    #[error("{what}: no byte arrived for {} s (the upload expiry); a spec change starts a new upload", .after.as_secs())]
+    UploadExpired {
+        what: String,
+        after: std::time::Duration,
+    },
     #[error(
         "{what}: the server's TLS certificate is not trusted ({detail}): if a private CA signed it, give that CA's certificate (PEM) with --source-ca-file, or with spec.source.url.caBundleRef in an ImageImport"
     )]
@@ -314,4 +324,241 @@ pub fn hash_file(path: &std::path::Path) -> io::Result<String> {
         h.update(&buf[..n]);
     }
     Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+/// Where a worker pulls an upload from (see `src/upload/relay.rs` for the other side).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadEndpoint {
+    /// The upload service's in-cluster base URL.
+    pub service: url::Url,
+    pub namespace: String,
+    pub name: String,
+    /// This worker's Job: the upload service hands the bytes only to the current attempt.
+    pub job: String,
+    /// The projected ServiceAccount token for the upload service (re-read: it rotates).
+    pub token_file: PathBuf,
+    /// Give up when no byte arrives for this long.
+    pub expiry: std::time::Duration,
+    pub max_bytes: Option<u64>,
+}
+
+impl UploadEndpoint {
+    fn url(&self, what: &str) -> Result<url::Url, SourceError> {
+        let mut u = self.service.clone();
+        u.path_segments_mut()
+            .map_err(|_| SourceError::Refused(format!("{} cannot be a base URL", self.service)))?
+            .pop_if_empty()
+            .extend([
+                "internal",
+                "v1",
+                what,
+                self.namespace.as_str(),
+                self.name.as_str(),
+            ]);
+        u.query_pairs_mut().append_pair("job", &self.job);
+        Ok(u)
+    }
+
+    fn token(&self) -> Result<String, SourceError> {
+        std::fs::read_to_string(&self.token_file)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| SourceError::Unreadable {
+                what: self.token_file.display().to_string(),
+                detail: e.to_string(),
+            })
+    }
+}
+
+/// How a pull went.
+enum Pulled {
+    Data(bytes::Bytes),
+    Nothing,
+    Complete,
+}
+
+/// The uploaded archive as a blocking reader (used on a blocking thread inside a Tokio
+/// runtime). Each read that finds its buffer empty asks the upload service for what follows
+/// the bytes handed out so far, so that offset is exactly what the import has taken in: the
+/// service reports it to the client, which resumes there after an interruption.
+pub struct UploadReader {
+    ep: UploadEndpoint,
+    client: reqwest::Client,
+    rt: tokio::runtime::Handle,
+    offset: u64,
+    buf: bytes::Bytes,
+    last_byte: std::time::Instant,
+    done: bool,
+    failure: Arc<Mutex<Option<SourceError>>>,
+}
+
+impl UploadReader {
+    /// The reader, and where its failure (if any) is kept (see [`Watched`]).
+    pub fn new(ep: UploadEndpoint) -> Result<(Self, Arc<Mutex<Option<SourceError>>>), SourceError> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(std::time::Duration::from_secs(120))
+            .build()
+            .map_err(|e| SourceError::Unreachable {
+                what: ep.service.to_string(),
+                detail: e.to_string(),
+            })?;
+        let failure = Arc::new(Mutex::new(None));
+        Ok((
+            UploadReader {
+                ep,
+                client,
+                rt: tokio::runtime::Handle::current(),
+                offset: 0,
+                buf: bytes::Bytes::new(),
+                last_byte: std::time::Instant::now(),
+                done: false,
+                failure: failure.clone(),
+            },
+            failure,
+        ))
+    }
+
+    fn what(&self) -> String {
+        Location::Upload(Box::new(self.ep.clone())).to_string()
+    }
+
+    async fn pull(&self) -> Result<Pulled, SourceError> {
+        let mut url = self.ep.url("pull")?;
+        url.query_pairs_mut()
+            .append_pair("offset", &self.offset.to_string())
+            .append_pair("expiry", &self.ep.expiry.as_secs().to_string());
+        let resp = self
+            .client
+            .get(url)
+            .bearer_auth(self.ep.token()?)
+            .send()
+            .await
+            .map_err(|e| SourceError::Unreachable {
+                what: self.what(),
+                detail: format!("the upload service: {e}"),
+            })?;
+        let status = resp.status().as_u16();
+        match status {
+            200 if resp.headers().contains_key("upload-complete") => Ok(Pulled::Complete),
+            200 => resp
+                .bytes()
+                .await
+                .map(Pulled::Data)
+                .map_err(|e| SourceError::Unreachable {
+                    what: self.what(),
+                    detail: format!("the upload service: {e}"),
+                }),
+            204 => Ok(Pulled::Nothing),
+            _ => {
+                let text = resp.text().await.unwrap_or_default();
+                let text = text.trim().chars().take(512).collect::<String>();
+                Err(match status {
+                    // Terminated by the client: the next attempt waits for a new upload.
+                    410 => SourceError::Unreachable {
+                        what: self.what(),
+                        detail: text,
+                    },
+                    401 | 403 | 404 => SourceError::Refused(format!(
+                        "{}: the upload service refused the worker (HTTP {status}): {text}",
+                        self.what()
+                    )),
+                    _ => SourceError::Http {
+                        what: format!("{}: the upload service ({text})", self.what()),
+                        status,
+                    },
+                })
+            }
+        }
+    }
+
+    /// The next bytes, waiting out an idle client up to the expiry and an unreachable upload
+    /// service (restarting) the same way.
+    fn fill(&mut self) -> Result<(), SourceError> {
+        let mut backoff = std::time::Duration::from_millis(200);
+        loop {
+            let expired = self.last_byte.elapsed() > self.ep.expiry;
+            match self.rt.block_on(self.pull()) {
+                Ok(Pulled::Data(b)) if !b.is_empty() => {
+                    self.last_byte = std::time::Instant::now();
+                    self.buf = b;
+                    return Ok(());
+                }
+                Ok(Pulled::Complete) => {
+                    self.done = true;
+                    return Ok(());
+                }
+                Ok(_) if expired => {
+                    return Err(SourceError::UploadExpired {
+                        what: self.what(),
+                        after: self.ep.expiry,
+                    });
+                }
+                Ok(_) => backoff = std::time::Duration::from_millis(200),
+                Err(e) if e.is_transient() && !expired => {
+                    tracing::warn!(error = %e, "pulling the upload; trying again");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Read for UploadReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.buf.is_empty() && !self.done {
+            if let Err(e) = self.fill() {
+                let shown = e.to_string();
+                self.failure
+                    .lock()
+                    .expect("source failure lock")
+                    .get_or_insert(e);
+                return Err(io::Error::other(shown));
+            }
+        }
+        let n = out.len().min(self.buf.len());
+        out[..n].copy_from_slice(&self.buf[..n]);
+        let _ = self.buf.split_to(n);
+        self.offset += n as u64;
+        if let Some(max) = self.ep.max_bytes
+            && self.offset > max
+        {
+            let e = SourceError::Refused(format!(
+                "{}: larger than source.upload.maxBytes ({max})",
+                self.what()
+            ));
+            let shown = e.to_string();
+            self.failure
+                .lock()
+                .expect("source failure lock")
+                .get_or_insert(e);
+            return Err(io::Error::other(shown));
+        }
+        Ok(n)
+    }
+}
+
+/// Tell the upload service how the import ended, so a client still sending hears it
+/// (best effort: the controller reports it in the status anyway).
+pub async fn upload_finished(ep: &UploadEndpoint, failure: Option<(&str, String)>) {
+    let Ok(url) = ep.url("done") else { return };
+    let Ok(token) = ep.token() else { return };
+    let body = match failure {
+        None => serde_json::json!({"succeeded": true}),
+        Some((reason, message)) => {
+            serde_json::json!({"succeeded": false, "reason": reason, "message": message})
+        }
+    };
+    let sent = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(token)
+        .json(&body)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await;
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "could not tell the upload service how the import ended");
+    }
 }

@@ -253,6 +253,32 @@ impl Registry {
         .await
     }
 
+    /// One page of `repo`'s tags (at most `n`, after `last`); empty when the repository does
+    /// not exist.
+    pub async fn list_tags(
+        &self,
+        repo: &str,
+        n: usize,
+        last: Option<&str>,
+    ) -> Result<Vec<String>, RegistryError> {
+        let reference = self.reference(repo);
+        self.retry("tag list", || async {
+            match self
+                .oci
+                .list_tags(&reference, &self.auth, Some(n), last)
+                .await
+            {
+                Ok(t) => Ok(t.tags),
+                Err(e) => match RegistryError::from_oci(&self.host, "tag list", e) {
+                    RegistryError::Rejected { status: 404, .. } => Ok(vec![]),
+                    RegistryError::Rejected { detail, .. } if is_unknown(&detail) => Ok(vec![]),
+                    other => Err(other),
+                },
+            }
+        })
+        .await
+    }
+
     /// Push a manifest under a tag (or its digest). Returns the digest of the bytes sent.
     pub async fn put_manifest(
         &self,

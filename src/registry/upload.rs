@@ -613,6 +613,29 @@ impl Registry {
         Ok(size)
     }
 
+    /// Stream blob `digest` of `repo`: a layer found in the registry is read back and checked
+    /// against the diff_id it is taken for before it is reused.
+    pub async fn read_blob(
+        &self,
+        repo: &str,
+        digest: &str,
+    ) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static, RegistryError>
+    {
+        let auth = self.authorization(repo).await?;
+        let url = format!("{}/v2/{}/blobs/{}", self.base(), repo, digest);
+        let resp =
+            download(self.http(), &url, auth)
+                .await
+                .map_err(|e| RegistryError::Protocol {
+                    registry: self.host().to_string(),
+                    detail: format!("reading blob {digest} of {repo}: {e}"),
+                })?;
+        Ok(Box::pin(
+            resp.bytes_stream()
+                .map(|b| b.map_err(std::io::Error::other)),
+        ))
+    }
+
     /// Best effort: tell the registry to drop a failed upload's session and the bytes it holds
     /// now, rather than when its purge of stale uploads comes round (distribution: after a week).
     async fn cancel_upload(&self, repo: &str, s: &Session) {

@@ -1138,6 +1138,38 @@ fn build_containerd(images: &[ImageSpec], present: &[(String, String)]) -> Built
 // Hostile archives
 // ---------------------------------------------------------------------------
 
+/// `docker save <image-id>` of Docker 25+ (an untagged [`Format::Docker25Oci`] spec): Go's
+/// nil slices written as `null`, `"manifests":null` in index.json and `"RepoTags":null` in
+/// manifest.json. skopeo and crane import it when given a tag.
+pub fn docker25_saved_by_id(spec: &ImageSpec) -> Built {
+    assert!(spec.repo_tags.is_empty(), "saved by ID: no tags");
+    let mut b = build(&Format::Docker25Oci, std::slice::from_ref(spec));
+    let index = format!(r#"{{"schemaVersion":2,"mediaType":"{MT_OCI_INDEX}","manifests":null}}"#);
+    b.bytes = hostile::replace_member(&b.bytes, "index.json", index.as_bytes());
+    let manifest = String::from_utf8(find_member(&b.bytes, "manifest.json")).expect("utf8");
+    assert!(manifest.contains(r#""RepoTags":null"#), "{manifest}");
+    b
+}
+
+/// The content of member `name` of an archive written by [`TarWriter`] (files only).
+pub fn find_member(archive: &[u8], name: &str) -> Vec<u8> {
+    let mut off = 0;
+    while off + 512 <= archive.len() {
+        let h = &archive[off..off + 512];
+        let field = |r: std::ops::Range<usize>| {
+            let f = &h[r];
+            let end = f.iter().position(|&b| b == 0).unwrap_or(f.len());
+            String::from_utf8_lossy(&f[..end]).into_owned()
+        };
+        let size = u64::from_str_radix(field(124..136).trim(), 8).unwrap_or(0) as usize;
+        if field(0..100) == name && field(345..500).is_empty() {
+            return archive[off + 512..off + 512 + size].to_vec();
+        }
+        off += 512 + size.div_ceil(512) * 512;
+    }
+    panic!("member {name} not found")
+}
+
 /// Archives an importer must refuse (or handle without harm). Unless noted,
 /// each is a docker-save-style archive of one image `hostile:latest` with two
 /// small layers whose `manifest.json` references the hostile member, so the
@@ -1504,9 +1536,151 @@ pub mod hostile {
         t.into_unfinished()
     }
 
+    /// An OCI archive (uncompressed layers) of the base image whose manifest document is
+    /// `manifest(real)` (raw bytes, built from the genuine manifest as JSON) and whose
+    /// index.json is `index(descriptor of that manifest)`; blobs are named by their digests,
+    /// so only the documents' meaning is wrong.
+    fn oci_documents(
+        manifest: impl FnOnce(serde_json::Value) -> Vec<u8>,
+        index: impl FnOnce(serde_json::Value, &serde_json::Value, &mut TarWriter) -> Vec<u8>,
+    ) -> Vec<u8> {
+        let spec = parts().spec;
+        let b = build(
+            &Format::OciArchive {
+                layer_compression: Comp::None,
+            },
+            std::slice::from_ref(&spec),
+        );
+        let img = &b.images[0];
+        let real: serde_json::Value = serde_json::from_slice(&find_member(
+            &b.bytes,
+            &blob_path(img.manifest_digest.as_ref().expect("OCI manifest")),
+        ))
+        .expect("manifest json");
+        let m = manifest(real.clone());
+        let mut t = TarWriter::new();
+        t.dir("blobs/");
+        t.dir("blobs/sha256/");
+        t.file(&img.config_path, &img.config);
+        for (path, l) in img.layer_paths.iter().zip(&spec.layers) {
+            t.file(path, &l.tar);
+        }
+        t.file(&blob_path(&sha256_digest(&m)), &m);
+        let d = json!({
+            "mediaType": MT_OCI_MANIFEST,
+            "digest": sha256_digest(&m),
+            "size": m.len(),
+            "annotations": {ANN_REF_NAME: "hostile:latest"},
+        });
+        let index = index(d, &real, &mut t);
+        t.file("index.json", &index);
+        t.file("oci-layout", OCI_LAYOUT);
+        t.finish()
+    }
+
+    fn plain_index(manifests: serde_json::Value) -> Vec<u8> {
+        to_json(&json!({"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": manifests}))
+    }
+
+    /// An image manifest that also lists `manifests` (pointing at a second, other image): an
+    /// index-reading client sees that image, a manifest-reading one the base image.
+    pub fn oci_manifest_with_manifests() -> Vec<u8> {
+        oci_documents(
+            |mut m| {
+                m["manifests"] = json!([{
+                    "mediaType": MT_OCI_MANIFEST,
+                    "digest": sha256_digest(b"another image"),
+                    "size": 13,
+                }]);
+                to_json(&m)
+            },
+            |d, _, _| plain_index(json!([d])),
+        )
+    }
+
+    /// index.json points at a nested image index that also carries the base image's
+    /// `config` and `layers`.
+    pub fn oci_index_with_layers() -> Vec<u8> {
+        oci_documents(
+            |m| to_json(&m),
+            |mut d, m, t| {
+                d.as_object_mut().expect("object").remove("annotations");
+                let nested = to_json(&json!({
+                    "schemaVersion": 2,
+                    "mediaType": MT_OCI_INDEX,
+                    "manifests": [d],
+                    "config": m["config"],
+                    "layers": m["layers"],
+                }));
+                t.file(&blob_path(&sha256_digest(&nested)), &nested);
+                plain_index(json!([{
+                    "mediaType": MT_OCI_INDEX,
+                    "digest": sha256_digest(&nested),
+                    "size": nested.len(),
+                    "annotations": {ANN_REF_NAME: "hostile:latest"},
+                }]))
+            },
+        )
+    }
+
+    /// The descriptor in index.json says Docker schema 2, the manifest itself says OCI.
+    pub fn oci_media_type_mismatch() -> Vec<u8> {
+        oci_documents(
+            |m| to_json(&m),
+            |mut d, _, _| {
+                d["mediaType"] = json!("application/vnd.docker.distribution.manifest.v2+json");
+                plain_index(json!([d]))
+            },
+        )
+    }
+
+    /// A manifest whose `schemaVersion` is 1 (the spec requires 2).
+    pub fn oci_schema_version_1() -> Vec<u8> {
+        oci_documents(
+            |mut m| {
+                m["schemaVersion"] = json!(1);
+                to_json(&m)
+            },
+            |d, _, _| plain_index(json!([d])),
+        )
+    }
+
+    /// A manifest with the key `layers` twice: first the genuine list, then only the second
+    /// layer (first-key and last-key readers see different images).
+    pub fn oci_duplicate_layers_key() -> Vec<u8> {
+        oci_documents(
+            |m| {
+                let obj = m.as_object().expect("object");
+                let mut s = String::from("{");
+                for (k, v) in obj {
+                    s += &format!("{}:{},", json!(k), v);
+                }
+                s += &format!("\"layers\":[{}]}}", m["layers"][1]);
+                s.into_bytes()
+            },
+            |d, _, _| plain_index(json!([d])),
+        )
+    }
+
+    /// index.json itself also carries `layers` (and `config`).
+    pub fn oci_index_json_with_layers() -> Vec<u8> {
+        oci_documents(
+            |m| to_json(&m),
+            |d, m, _| {
+                to_json(&json!({
+                    "schemaVersion": 2,
+                    "mediaType": MT_OCI_INDEX,
+                    "manifests": [d],
+                    "config": m["config"],
+                    "layers": m["layers"],
+                }))
+            },
+        )
+    }
+
     /// Rewrites `archive` (as produced by our writer: files, dirs, links)
     /// with member `name`'s content replaced by `data`.
-    fn replace_member(archive: &[u8], name: &str, data: &[u8]) -> Vec<u8> {
+    pub fn replace_member(archive: &[u8], name: &str, data: &[u8]) -> Vec<u8> {
         let mut t = TarWriter::new();
         let mut off = 0;
         let mut found = false;
@@ -1545,8 +1719,48 @@ pub mod hostile {
         t.finish()
     }
 
+    /// What a compression bomb's extension entry claims: 600 MiB.
+    pub const BOMB_SIZE: u64 = 600 << 20;
+
+    /// The uncompressed start of a bomb: the config, then a header of type `typeflag` (`L`
+    /// GNU long name, `x` PAX) claiming [`BOMB_SIZE`] bytes of data.
+    pub fn bomb_head(typeflag: u8) -> Vec<u8> {
+        let p = parts();
+        let mut t = TarWriter::new();
+        t.file(&format!("{}.json", p.config_hex), &p.config);
+        t.header("././@LongLink", typeflag, BOMB_SIZE, 0o644, "", (0, 0));
+        t.into_unfinished()
+    }
+
+    /// A whole-archive gzip of about 600 KB that holds [`bomb_head`] and then 600 MiB of
+    /// extension data (`filler` bytes), a member and the end blocks: readers that take the
+    /// extension's size from its header and read it into memory need 600 MiB. Written as
+    /// one gzip member per MiB (valid gzip, as `cat a.gz b.gz` is), so it is quick to build.
+    fn bomb(typeflag: u8, filler: u8) -> Vec<u8> {
+        let gz = |bytes: &[u8]| compress_whole(bytes, Comp::Gzip);
+        let mut out = gz(&bomb_head(typeflag));
+        let mib = gz(&vec![filler; 1 << 20]);
+        for _ in 0..(BOMB_SIZE >> 20) {
+            out.extend_from_slice(&mib);
+        }
+        let mut t = TarWriter::new();
+        t.file("manifest.json", b"[]");
+        out.extend(gz(&t.finish()));
+        out
+    }
+
+    /// A 600 MiB PAX extended header (`x`) in a ~600 KB gzip.
+    pub fn pax_header_bomb() -> Vec<u8> {
+        bomb(b'x', b'0')
+    }
+
+    /// A 600 MiB GNU long name (`L`) in a ~600 KB gzip.
+    pub fn long_name_bomb() -> Vec<u8> {
+        bomb(b'L', b'a')
+    }
+
     /// Every small hostile archive, with its function name (excludes
-    /// `oversized_manifest_json`, which takes a size).
+    /// `oversized_manifest_json`, which takes a size, and the bombs, which are not small).
     pub fn all() -> Vec<(&'static str, Vec<u8>)> {
         vec![
             ("absolute_path_member", absolute_path_member()),
@@ -1567,6 +1781,12 @@ pub mod hostile {
             ("oci_blob_mismatch", oci_blob_mismatch()),
             ("oci_digest_path_traversal", oci_digest_path_traversal()),
             ("enormous_member_size", enormous_member_size()),
+            ("oci_manifest_with_manifests", oci_manifest_with_manifests()),
+            ("oci_index_with_layers", oci_index_with_layers()),
+            ("oci_media_type_mismatch", oci_media_type_mismatch()),
+            ("oci_schema_version_1", oci_schema_version_1()),
+            ("oci_duplicate_layers_key", oci_duplicate_layers_key()),
+            ("oci_index_json_with_layers", oci_index_json_with_layers()),
         ]
     }
 }

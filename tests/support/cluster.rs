@@ -361,6 +361,23 @@ impl Cluster {
                         }
                     }
                 }
+            } else if let Some(p) = &v.projected {
+                // The kubelet's projected ServiceAccount token, for its audience.
+                std::fs::create_dir_all(&dest).unwrap();
+                for src in p.sources.clone().unwrap_or_default() {
+                    if let Some(t) = src.service_account_token {
+                        let aud = t.audience.clone().unwrap_or_default();
+                        let token = self
+                            .api
+                            .service_account_token_for(
+                                NS,
+                                pod.service_account_name.as_deref().unwrap(),
+                                &[&aud],
+                            )
+                            .await;
+                        std::fs::write(dest.join(&t.path), token).unwrap();
+                    }
+                }
             } else {
                 std::fs::create_dir_all(&dest).unwrap();
             }

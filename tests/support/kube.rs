@@ -198,6 +198,16 @@ impl ApiServer {
     /// Creates the ServiceAccount `namespace/name` (and its namespace) if missing and mints a
     /// bearer token for it with the TokenRequest API (valid 24 h, audience = the issuer).
     pub async fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        self.service_account_token_for(namespace, name, &[]).await
+    }
+
+    /// [`ApiServer::service_account_token`] for `audiences` (none: the issuer's).
+    pub async fn service_account_token_for(
+        &self,
+        namespace: &str,
+        name: &str,
+        audiences: &[&str],
+    ) -> String {
         self.create_namespace(namespace).await;
         let sas: Api<ServiceAccount> = Api::namespaced(self.client().await, namespace);
         let sa = ServiceAccount {
@@ -214,7 +224,7 @@ impl ApiServer {
         }
         let request = TokenRequest {
             spec: TokenRequestSpec {
-                audiences: Vec::new(),
+                audiences: audiences.iter().map(|a| a.to_string()).collect(),
                 expiration_seconds: Some(24 * 3600),
                 bound_object_ref: None,
             },

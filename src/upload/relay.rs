@@ -1,0 +1,180 @@
+//! The worker's side: `GET /internal/v1/pull/{ns}/{name}?job=J&offset=N&expiry=S` answers the
+//! bytes that follow offset N (the worker has taken in N), and `POST …/done/…` says how the
+//! import ended. Only the worker of that namespace, with its projected token for the upload
+//! audience, and only the Job of the import's current attempt, may pull.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+
+use super::Service;
+use super::error::UploadError;
+use super::session::{Ended, Pulled};
+
+/// Most bytes in one pull answer.
+const PULL_MAX: usize = 4 << 20;
+/// How long a pull waits for the client's next bytes before answering "nothing yet".
+const PULL_WAIT: Duration = Duration::from_secs(20);
+
+/// Check the caller is the worker Pod of the current attempt of `namespace/name`.
+async fn worker_session(
+    svc: &Service,
+    headers: &HeaderMap,
+    namespace: &str,
+    name: &str,
+    job: &str,
+    offset: u64,
+) -> Result<Arc<super::session::Session>, UploadError> {
+    let token = super::auth::bearer(headers)?;
+    let (_, pod) = svc
+        .auth
+        .worker(&token, namespace, &svc.config.worker_service_account)
+        .await?;
+    match pod {
+        Some((pod_name, pod_uid)) => {
+            let pods: Api<Pod> = Api::namespaced(svc.client.clone(), namespace);
+            let p = pods
+                .get_opt(&pod_name)
+                .await
+                .map_err(|e| UploadError::Kube(e.to_string()))?
+                .ok_or_else(|| UploadError::Forbidden(format!("Pod {pod_name} is gone")))?;
+            let labels = p.metadata.labels.unwrap_or_default();
+            let of_job = labels
+                .get("batch.kubernetes.io/job-name")
+                .or(labels.get("job-name"));
+            if p.metadata.uid.as_deref() != Some(pod_uid.as_str())
+                || of_job.map(String::as_str) != Some(job)
+            {
+                return Err(UploadError::Forbidden(format!(
+                    "the token's Pod {pod_name} is not a Pod of Job {job}"
+                )));
+            }
+        }
+        None if svc.config.allow_unbound_worker_tokens => {}
+        None => {
+            return Err(UploadError::Forbidden(
+                "the worker's token is not bound to a Pod (use the kubelet-projected token)".into(),
+            ));
+        }
+    }
+    let (obj, id) = match svc.waiting_import(namespace, name).await {
+        Ok(x) => x,
+        // A worker still sending after its import ended is told it is over.
+        Err(e) => return Err(e),
+    };
+    let current = obj.status.as_ref().and_then(|s| s.job_name.as_deref());
+    if current != Some(job) {
+        return Err(UploadError::NotFound(format!(
+            "Job {job} is not the current attempt of {namespace}/{name}"
+        )));
+    }
+    let session = svc.session(&obj, &id);
+    let other = session.read(|s| s.job.clone().is_some_and(|j| j != job));
+    let session = if other {
+        tracing::info!(
+            namespace,
+            name,
+            job,
+            offset,
+            "a new worker: the upload starts over from its offset"
+        );
+        svc.restart_session(&obj, &id, offset)
+    } else {
+        session
+    };
+    session.with(|s| s.job = Some(job.to_string()));
+    Ok(session)
+}
+
+pub async fn pull(
+    State(svc): State<Arc<Service>>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, UploadError> {
+    let job = q
+        .get("job")
+        .ok_or_else(|| UploadError::BadRequest("job is required".into()))?;
+    let offset: u64 = q
+        .get("offset")
+        .and_then(|o| o.parse().ok())
+        .ok_or_else(|| UploadError::BadRequest("offset is required".into()))?;
+    let expiry = q
+        .get("expiry")
+        .and_then(|e| e.parse().ok())
+        .map(Duration::from_secs);
+    let session = worker_session(&svc, &headers, &namespace, &name, job, offset).await?;
+    session.with(|s| {
+        if expiry.is_some() {
+            s.expiry = expiry;
+        }
+    });
+    // Answer "nothing yet" well within the expiry, so the worker sees it pass.
+    let wait = expiry.map_or(PULL_WAIT, |e| {
+        PULL_WAIT.min(e / 2).max(Duration::from_millis(500))
+    });
+    let answer = match session.pull(offset, PULL_MAX, wait).await {
+        Pulled::Data(frames) => {
+            let body = Body::from_stream(futures::stream::iter(
+                frames.into_iter().map(Ok::<_, std::convert::Infallible>),
+            ));
+            (StatusCode::OK, body).into_response()
+        }
+        Pulled::Nothing => StatusCode::NO_CONTENT.into_response(),
+        Pulled::Complete => {
+            let mut r = StatusCode::OK.into_response();
+            r.headers_mut()
+                .insert("Upload-Complete", HeaderValue::from_static("?1"));
+            r
+        }
+        Pulled::Ended(Ended::Terminated) => {
+            return Err(UploadError::Gone(
+                "the upload was terminated by its client; the next attempt waits for a new one"
+                    .into(),
+            ));
+        }
+        Pulled::Ended(_) => return Err(UploadError::Gone("the import ended".into())),
+    };
+    Ok(answer)
+}
+
+#[derive(serde::Deserialize)]
+pub struct Done {
+    succeeded: bool,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+pub async fn done(
+    State(svc): State<Arc<Service>>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    axum::Json(d): axum::Json<Done>,
+) -> Result<Response, UploadError> {
+    let job = q
+        .get("job")
+        .ok_or_else(|| UploadError::BadRequest("job is required".into()))?;
+    let offset = 0;
+    let session = worker_session(&svc, &headers, &namespace, &name, job, offset).await?;
+    session.with(|s| {
+        s.ended = Some(if d.succeeded {
+            Ended::Imported
+        } else {
+            Ended::Failed {
+                reason: d.reason.unwrap_or_default(),
+                message: d.message.unwrap_or_default(),
+            }
+        });
+    });
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
