@@ -3,7 +3,7 @@
 # components kubelet, kube-controller-manager, kube-scheduler and kubectl of hack/cluster.sh) from Go modules
 # through the Go module proxy, and caches them outside the checkout, keyed by version.
 #
-# Usage: hack/build-test-bins.sh [crane] [helm] [etcd] [kube-apiserver] [kube-node]   (default: all)
+# Usage: hack/build-test-bins.sh [crane] [helm] [etcd] [kube-apiserver] [kube-node] [kstatus]   (default: all)
 #
 # Cache: ${IMAGEIMPORT_TESTBIN_DIR:-$HOME/.cache/imageimport/testbin}, holding <name>-<version>
 # binaries plus stable symlinks <name> -> <name>-<version>. A binary that already exists for its
@@ -126,6 +126,15 @@ build_helm() {
   install_bin helm "$HELM_VERSION" go_install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "$ld"
 }
 
+# kstatus: reads an object's status the way sigs.k8s.io/cli-utils' kstatus does (Flux, kpt),
+# for tests/operator.rs (kstatus_reads_in_progress_current_and_failed). A wrapper module (hack/testbin/kstatus) with committed go.sum.
+build_kstatus() {
+  local dir="$TESTBIN_SRC/kstatus" v
+  v="$(modver "$dir/go.mod" sigs.k8s.io/cli-utils)"
+  [[ -n "$v" ]] || { log "no sigs.k8s.io/cli-utils in $dir/go.mod"; return 1; }
+  install_bin kstatus "$v" build_wrapper "$dir" "-s -w"
+}
+
 # The node components of hack/cluster.sh (and kubectl, for machines without one): `tool` lines
 # of the kube-apiserver wrapper module (same module graph, version and GOCACHE), built in one
 # `go build` so shared packages compile once.
@@ -153,12 +162,12 @@ build_kube_node() {
 }
 
 main() {
-  local all=(crane helm etcd kube-apiserver kube-node) want=("$@") name
+  local all=(crane helm etcd kube-apiserver kube-node kstatus) want=("$@") name
   (( ${#want[@]} )) || want=("${all[@]}")
   for name in "${want[@]}"; do
     case "$name" in
-      crane|helm|etcd|kube-apiserver|kube-node) ;;
-      *) echo "usage: $0 [crane] [helm] [etcd] [kube-apiserver] [kube-node]" >&2; exit 2 ;;
+      crane|helm|etcd|kube-apiserver|kube-node|kstatus) ;;
+      *) echo "usage: $0 [crane] [helm] [etcd] [kube-apiserver] [kube-node] [kstatus]" >&2; exit 2 ;;
     esac
   done
 

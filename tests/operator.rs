@@ -59,7 +59,8 @@ async fn pvc_and_url_sources_reach_ready_and_spec_changes_reimport() {
         skopeo::pull_diff_ids(&reg, "shop/web:1.4"),
         built.images[0].diff_ids
     );
-    assert_eq!(st.pushed.len(), 2);
+    assert_eq!(st.images.len(), 1);
+    assert_eq!(st.images[0].refs.len(), 2);
     assert_eq!(st.attempts, 1);
     assert!(
         st.progress
@@ -283,7 +284,7 @@ async fn failures_explain_themselves_and_bad_specs_are_refused() {
     ))
     .await;
     let obj = c
-        .wait_ready("noclaim", "False", Some("SourceNotFound"))
+        .wait_ready("noclaim", "Unknown", Some("SourceNotFound"))
         .await;
     assert!(ready(&obj).unwrap().2.contains("missing-claim"));
     assert!(c.jobs_for("noclaim").await.is_empty());
@@ -301,7 +302,7 @@ async fn failures_explain_themselves_and_bad_specs_are_refused() {
         75
     );
     let obj = c
-        .wait_ready("nosecret", "False", Some("SecretNotFound"))
+        .wait_ready("nosecret", "Unknown", Some("SecretNotFound"))
         .await;
     assert!(
         ready(&obj).unwrap().2.contains("regcred"),
@@ -331,7 +332,7 @@ async fn cluster_policy_limits_targets_and_hosts() {
     let policy = c.work.path().join("policy.yaml");
     std::fs::write(
         &policy,
-        format!("rules:\n  - namespaces: [\"sh*\"]\n    repositories: [\"{}/shop/*\"]\n    urlHosts: [\"artifacts.example\"]\n", reg.host),
+        format!("rules:\n  - namespaces: [\"sh*\"]\n    repositories: [\"{}/shop/*\"]\n    urlHosts: [\"artifacts.example\"]\n    allowInsecure: true\n", reg.host),
     )
     .unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
@@ -371,6 +372,34 @@ async fn cluster_policy_limits_targets_and_hosts() {
         .await;
     assert!(ready(&obj).unwrap().2.contains("169.254.169.254"));
     assert!(c.jobs_for("elsewhere").await.is_empty() && c.jobs_for("metadata").await.is_empty());
+    // Plain HTTP to the registry is allowed here, sending credentials over it is not: neither
+    // the registry's nor a URL source's token.
+    let mut m = pvc_import("creds-plain", "d", &reg.reference("shop/web"), &["1"]);
+    m["spec"]["target"]["credentialsSecretRef"] = json!({"name": "regcred"});
+    c.apply(m).await;
+    let obj = c
+        .wait_ready("creds-plain", "False", Some("PolicyViolation"))
+        .await;
+    assert!(ready(&obj).unwrap().2.contains("allowPlainHTTPCredentials"));
+    c.apply(json!({
+        "apiVersion": "imageimport.dev/v1alpha1", "kind": "ImageImport",
+        "metadata": {"name": "token-plain", "namespace": NS},
+        "spec": {"source": {"url": {"url": "http://artifacts.example/x.tar", "secretRef": {"name": "tok"}}},
+                 "target": {"repository": reg.reference("shop/x")}}
+    }))
+    .await;
+    let obj = c
+        .wait_ready("token-plain", "False", Some("PolicyViolation"))
+        .await;
+    let (_, _, msg) = ready(&obj).unwrap();
+    assert!(msg.contains("plain HTTP"), "{msg}");
+    let stalled = obj
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Stalled");
+    assert_eq!(stalled.map(|c| c.status).as_deref(), Some("True"));
     // Allowed: the Job is created.
     c.apply(pvc_import(
         "allowed",
@@ -417,11 +446,17 @@ async fn cluster_policy_limits_targets_and_hosts() {
 }
 
 /// Load: 50 ImageImports applied at once all reach Ready, never more than the concurrency
-/// limit of worker Jobs running at a time. Reports the controller's memory and the API
-/// request rate it caused (figures, not assertions on speed).
+/// limit of worker Jobs running at a time, and fairly: 40 come from one namespace that floods
+/// the queue first, then 5 each from two others, which still get slots long before the flood
+/// has drained (first come, first served would run them last). Reports the controller's memory,
+/// the API request rate it caused, and where in the order of Jobs the other namespaces got
+/// theirs (figures; the fairness bound asserted is loose).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_imports_at_once_respect_the_concurrency_limit() {
-    const N: usize = 50;
+async fn fifty_imports_at_once_share_the_concurrency_limit_fairly() {
+    const FLOOD: usize = 40;
+    const OTHERS: [&str; 2] = ["team-a", "team-b"];
+    const EACH: usize = 5;
+    const N: usize = FLOOD + OTHERS.len() * EACH;
     const LIMIT: usize = 2; // --max-concurrent-imports of Cluster::start
     // The controller runs as the chart's ServiceAccount, so that the audit log tells its
     // requests from the workers' and the test's.
@@ -437,24 +472,56 @@ async fn fifty_imports_at_once_respect_the_concurrency_limit() {
     let reg = Registry::plain();
     let (dir, _) = archive_dir(&c, "bulk", ImageSpec::new(&["web:1.4"], layers(3700)));
     c.claim("bulk").await;
+    for ns in OTHERS {
+        c.api.create_namespace(ns).await;
+        c.claim_in(ns, "bulk").await;
+    }
     let claims = BTreeMap::from([("bulk", dir.as_path())]);
     let before = audited_requests(&audit_log);
     let t0 = Instant::now();
-    apply_numbered_imports(&c, &reg, "bulk", N).await;
-    // Play the node: run every Job that exists and has not run yet, checking the limit.
+    apply_numbered_imports(&c, &reg, "bulk", FLOOD).await;
+    for ns in OTHERS {
+        let imports: Api<imageimport::api::ImageImport> = Api::namespaced(c.client.clone(), ns);
+        for i in 0..EACH {
+            let name = format!("bulk-{i}");
+            let mut m = pvc_import(
+                &name,
+                "bulk",
+                &reg.reference(&format!("{ns}/app{i}")),
+                &["1"],
+            );
+            m["metadata"]["namespace"] = json!(ns);
+            imports
+                .patch(
+                    &name,
+                    &PatchParams::apply("test").force(),
+                    &Patch::Apply(&m),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    // Play the node: run every Job that exists and has not run yet, checking the limit, and
+    // note the order in which the namespaces got their Jobs.
+    let all_jobs: Api<Job> = Api::all(c.client.clone());
     let mut done = std::collections::HashSet::new();
+    let mut order: Vec<String> = Vec::new();
     let mut max_running = 0;
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = Instant::now() + Duration::from_secs(900);
     while done.len() < N {
         assert!(
             Instant::now() < deadline,
             "only {} of {N} imports ran",
             done.len()
         );
-        let jobs = c.jobs().list(&ListParams::default()).await.unwrap().items;
+        let jobs = all_jobs
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=imageimport"))
+            .await
+            .unwrap()
+            .items;
         let pending: Vec<&Job> = jobs
             .iter()
-            .filter(|j| !done.contains(&j.name_any()))
+            .filter(|j| !done.contains(&(j.namespace().unwrap(), j.name_any())))
             .collect();
         max_running = max_running.max(pending.len());
         assert!(
@@ -471,10 +538,11 @@ async fn fifty_imports_at_once_respect_the_concurrency_limit() {
             assert_eq!(code, 0);
         }
         for j in pending {
-            done.insert(j.name_any());
+            done.insert((j.namespace().unwrap(), j.name_any()));
+            order.push(j.namespace().unwrap());
         }
     }
-    for i in 0..N {
+    for i in 0..FLOOD {
         c.wait_ready(&format!("bulk-{i}"), "True", Some("Succeeded"))
             .await;
     }
@@ -486,10 +554,20 @@ async fn fifty_imports_at_once_respect_the_concurrency_limit() {
     }
     let of = |user: &str| by_user.get(user).copied().unwrap_or(0) as f64;
     let controller = of("system:serviceaccount:imageimport-system:imageimport-controller");
-    let workers = of(&format!("system:serviceaccount:{NS}:imageimport-worker"));
+    let workers: f64 = [NS, OTHERS[0], OTHERS[1]]
+        .iter()
+        .map(|ns| of(&format!("system:serviceaccount:{ns}:imageimport-worker")))
+        .sum();
+    // Where the last Job of the other namespaces came, and how many flood Jobs ran before it.
+    let last_other = order.iter().rposition(|ns| ns != NS).unwrap();
+    let flood_before = order[..last_other].iter().filter(|ns| *ns == NS).count();
     eprintln!(
-        "load: {N} imports Ready in {elapsed:.1}s; at most {max_running} Jobs at once (limit {LIMIT}); controller peak RSS {} KiB; \
-         API requests: controller {controller:.0} ({:.1}/s, {:.1} per import), workers {workers:.0} ({:.1} per import); all users: {by_user:?}",
+        "load: {N} imports ({FLOOD} from {NS}, {EACH} each from {OTHERS:?}) Ready in {elapsed:.1}s; \
+         at most {max_running} Jobs at once (limit {LIMIT}); the other namespaces' last Job was \
+         number {} of {N}, after {flood_before} of the flood's {FLOOD}; controller peak RSS {} KiB; \
+         API requests: controller {controller:.0} ({:.1}/s, {:.1} per import), workers {workers:.0} \
+         ({:.1} per import); all users: {by_user:?}",
+        last_other + 1,
         peak_rss_kib(pid),
         controller / elapsed,
         controller / N as f64,
@@ -502,6 +580,12 @@ async fn fifty_imports_at_once_respect_the_concurrency_limit() {
     assert_eq!(
         max_running, LIMIT,
         "the limit was reached, so it was tested"
+    );
+    // Fair: the others' 10 imports ran while most of the flood still waited (first come,
+    // first served would have run all 40 first).
+    assert!(
+        flood_before < FLOOD / 2,
+        "the other namespaces waited behind {flood_before} of the flood's Jobs: {order:?}"
     );
 }
 
@@ -556,14 +640,14 @@ async fn all_images_land_under_the_prefix_and_the_status_lists_each() {
     let mut cmd = c.prepare_job(&job, &claims).await;
     cmd.env(
         "IMAGEIMPORT_ALLOWED_REPOSITORIES",
-        format!("{}/mirror/library/*", reg.host),
+        format!("[\"{}/mirror/library/*\"]", reg.host),
     );
     let started = k8s_openapi::jiff::Timestamp::now();
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "a permanent failure");
-    c.record_job_outcome(&job.name_any(), false, started).await;
+    c.record_job_outcome(&job.name_any(), 1, started).await;
     let obj = c
         .wait_ready("bundle", "False", Some("PolicyViolation"))
         .await;
@@ -602,7 +686,7 @@ async fn all_images_land_under_the_prefix_and_the_status_lists_each() {
         st.images[1].image_ids,
         vec![built.images[1].config_digest.clone()]
     );
-    assert_eq!(st.pushed.len(), 3);
+    assert_eq!(st.images.iter().map(|i| i.refs.len()).sum::<usize>(), 3);
 }
 
 /// An ImageImport deleted and created again under the same name before the garbage collector
@@ -692,4 +776,389 @@ async fn labelled_jobs_of_others_take_no_import_slot() {
         0
     );
     c.wait_ready("slot", "True", Some("Succeeded")).await;
+}
+
+/// The outcome is believed only from the Pod the chain ImageImport uid -> Job -> Pod leads
+/// to, running the Job's own worker container: not from anything the worker's identity writes
+/// into the status (the old `status.result`), not from a Pod without the Job as controller,
+/// not from a Pod of the Job running another container. And a Job the ImageImport does not
+/// control is never deleted, whatever `status.jobName` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_jobs_own_pod_reports_and_only_own_jobs_are_deleted() {
+    use k8s_openapi::api::core::v1::Pod;
+    let c = Cluster::start().await;
+    let reg = Registry::plain();
+    let (dir, built) = archive_dir(&c, "trust", ImageSpec::new(&["web:1.4"], layers(5400)));
+    c.claim("trust").await;
+    let claims = BTreeMap::from([("trust", dir.as_path())]);
+    // A path the kubelet would expand were `$` not escaped in the Job's env (F17).
+    let odd = "web/$(IMAGEIMPORT_NAME)$$.tar";
+    std::fs::copy(dir.join("web/web-1.4.tar"), dir.join(odd)).unwrap();
+    let mut m = pvc_import("web", "trust", &reg.reference("shop/web"), &["1"]);
+    m["spec"]["source"]["pvc"]["path"] = json!(odd);
+    c.apply(m).await;
+    let job = c.wait_job("web").await;
+    let job_name = job.name_any();
+    let forged = format!("sha256:{}", "f".repeat(64));
+    let report = json!({"succeeded": true, "digest": forged, "layers": 1}).to_string();
+
+    // Anyone running as the worker's ServiceAccount writes a success into the status.
+    let worker = c.api.service_account_client(NS, "imageimport-worker").await;
+    let as_worker: Api<imageimport::api::ImageImport> = Api::namespaced(worker, NS);
+    // (What the controller used to believe; the field is not in the schema any more.)
+    as_worker
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({
+                "status": {"result": {"generation": 1, "jobName": job_name, "succeeded": true,
+                                      "digest": forged, "images": [{"name": "web:1", "digest": forged}]}}
+            })),
+        )
+        .await
+        .unwrap();
+    // Two Pods claiming to be the worker, each "terminated" with a success report: one that
+    // the Job does not control, one of the Job that runs another container.
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
+    let template = job.spec.clone().unwrap().template;
+    for (name, owned, image) in [
+        ("impostor-unowned", false, "imageimport:test"),
+        ("impostor-image", true, "evil:latest"),
+    ] {
+        let mut spec = template.spec.clone().unwrap();
+        spec.containers[0].image = Some(image.into());
+        let mut labels = template.metadata.clone().unwrap().labels.unwrap();
+        labels.insert(
+            "batch.kubernetes.io/controller-uid".into(),
+            job.uid().unwrap(),
+        );
+        let owners = owned.then(|| {
+            vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: "batch/v1".into(),
+                    kind: "Job".into(),
+                    name: job_name.clone(),
+                    uid: job.uid().unwrap(),
+                    controller: Some(true),
+                    block_owner_deletion: None,
+                },
+            ]
+        });
+        let pod = Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(labels),
+                owner_references: owners,
+                ..Default::default()
+            },
+            spec: Some(spec),
+            status: None,
+        };
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        pods.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"status": {"phase": "Succeeded", "containerStatuses": [{
+                "name": "worker", "image": image, "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": report,
+                                         "startedAt": now, "finishedAt": now}}}]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    // The Job ends; its own worker never ran (no report of its own).
+    c.record_job_outcome(&job_name, 0, k8s_openapi::jiff::Timestamp::now())
+        .await;
+    let obj = c.wait_ready("web", "Unknown", Some("WorkerFailed")).await;
+    let msg = ready(&obj).unwrap().2;
+    assert!(
+        msg.contains("impostor-image") && msg.contains("does not run the Job's worker container"),
+        "{msg}"
+    );
+    let st = obj.status.unwrap();
+    assert_eq!(st.digest, None, "no forged digest");
+    assert!(st.images.is_empty());
+
+    // The next attempt's real worker reports through its own Pod.
+    let job2 = c.wait_job("web").await;
+    assert!(job2.name_any().ends_with("-a2"), "{}", job2.name_any());
+    assert!(
+        c.jobs().get_opt(&job_name).await.unwrap().is_none()
+            || c.jobs()
+                .get(&job_name)
+                .await
+                .unwrap()
+                .metadata
+                .deletion_timestamp
+                .is_some(),
+        "the superseded attempt's Job is removed"
+    );
+    assert_eq!(c.run_job(&job2, &claims).await, 0);
+    let obj = c.wait_ready("web", "True", Some("Succeeded")).await;
+    let digest = skopeo::manifest_digest(&reg, "shop/web:1");
+    assert_eq!(
+        obj.status.as_ref().unwrap().digest.as_deref(),
+        Some(digest.as_str())
+    );
+    assert_eq!(
+        obj.status.unwrap().image_id.as_deref(),
+        Some(built.images[0].config_digest.as_str())
+    );
+
+    // A Job of someone else's, named in a status the worker's identity rewrote: a spec change
+    // (which stops the previous generation's Job) leaves it alone.
+    let victim: Job = serde_json::from_value(json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "victim", "namespace": NS},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "x", "image": "busybox"}]}}}
+    }))
+    .unwrap();
+    c.jobs()
+        .create(&PostParams::default(), &victim)
+        .await
+        .unwrap();
+    as_worker
+        .patch_status(
+            "web",
+            &PatchParams::apply("imageimport-worker").force(),
+            &Patch::Apply(&json!({
+                "apiVersion": "imageimport.dev/v1alpha1", "kind": "ImageImport",
+                "status": {"jobName": "victim"}
+            })),
+        )
+        .await
+        .unwrap();
+    let mut m = pvc_import("web", "trust", &reg.reference("shop/web"), &["2"]);
+    m["spec"]["source"]["pvc"]["path"] = json!(odd);
+    c.apply(m).await;
+    // (wait_job follows status.jobName, which names the victim until the controller resets it.)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !c.wait_job("web").await.name_any().contains("-g2-") {
+        assert!(Instant::now() < deadline, "no generation-2 Job");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let victim = c.jobs().get("victim").await.unwrap();
+    assert!(
+        victim.metadata.deletion_timestamp.is_none(),
+        "victim deleted"
+    );
+}
+
+/// Inputs the API server would refuse later are refused at `kubectl apply` (DNS-1123 names,
+/// ConfigMap key syntax), and an API refusal while preparing an attempt (here a RoleBinding
+/// of the worker's name with another roleRef, which is immutable) is a condition and an
+/// event, retried until it is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_names_and_refused_worker_setup_explain_themselves() {
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    let c = Cluster::start().await;
+    let reg = Registry::plain();
+    for (field, value) in [
+        (
+            "/spec/target/credentialsSecretRef",
+            json!({"name": "My_Secret"}),
+        ),
+        (
+            "/spec/source/pvc",
+            json!({"claimName": "claim/other", "path": "a.tar"}),
+        ),
+        (
+            "/spec/target/caBundleRef",
+            json!({"name": "ca", "key": "ca crt"}),
+        ),
+    ] {
+        let mut m = pvc_import("badname", "d", &reg.reference("shop/x"), &["1"]);
+        let (parent, leaf) = field.rsplit_once('/').unwrap();
+        m.pointer_mut(parent).unwrap()[leaf] = value;
+        let err = c
+            .imports()
+            .patch("badname", &PatchParams::apply("test"), &Patch::Apply(&m))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("should match"), "{field}: {err}");
+    }
+
+    let ns = "conflict";
+    c.api.create_namespace(ns).await;
+    let bindings: Api<RoleBinding> = Api::namespaced(c.client.clone(), ns);
+    let squatter: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "imageimport-worker"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": []
+    }))
+    .unwrap();
+    bindings
+        .create(&PostParams::default(), &squatter)
+        .await
+        .unwrap();
+    let imports: Api<imageimport::api::ImageImport> = Api::namespaced(c.client.clone(), ns);
+    let m = json!({
+        "apiVersion": "imageimport.dev/v1alpha1", "kind": "ImageImport",
+        "metadata": {"name": "web", "namespace": ns},
+        "spec": {"source": {"url": {"url": "https://artifacts.example/web.tar"}},
+                 "target": {"repository": reg.reference("conflict/web"), "insecure": true}}
+    });
+    imports
+        .patch("web", &PatchParams::apply("test"), &Patch::Apply(&m))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let msg = loop {
+        let obj = imports.get("web").await.unwrap();
+        if let Some((s, r, m)) = ready(&obj)
+            && r == "WorkerSetupFailed"
+        {
+            assert_eq!(s, "Unknown");
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no WorkerSetupFailed: {:?}",
+            obj.status
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        msg.contains("RoleBinding") && msg.contains("refused"),
+        "{msg}"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), ns);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "WorkerSetupFailed"),
+        "{reasons:?}"
+    );
+    // Fixed: the next look creates the Job.
+    bindings
+        .delete("imageimport-worker", &DeleteParams::default())
+        .await
+        .unwrap();
+    let jobs: Api<Job> = Api::namespaced(c.client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while jobs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "no Job after the fix");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+// ----- kstatus -----
+//
+// What GitOps tools see: every ImageImport state read by kstatus itself
+// (`sigs.k8s.io/cli-utils/pkg/kstatus`, what Flux and kpt wait on), built from its Go module
+// by `hack/build-test-bins.sh kstatus`. InProgress while importing (and again for a new
+// generation, whose conditions start over), Current after success, Failed after a permanent
+// failure.
+
+/// kstatus' verdict on the object as the API server has it now: (status, message).
+async fn kstatus(c: &Cluster, name: &str) -> (String, String) {
+    let obj: imageimport::api::ImageImport = c.imports().get(name).await.unwrap();
+    let bin = support::kube::testbin_dir().join("kstatus");
+    assert!(
+        bin.is_file(),
+        "{} not found: run hack/build-test-bins.sh kstatus",
+        bin.display()
+    );
+    let mut child = Command::new(bin)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        &serde_json::to_vec(&obj).unwrap(),
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kstatus: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v["status"].as_str().unwrap().to_string(),
+        v["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kstatus_reads_in_progress_current_and_failed() {
+    let c = Cluster::start().await;
+    let reg = Registry::plain();
+    let (dir, _) = archive_dir(&c, "d", ImageSpec::new(&["web:1.4"], layers(6100)));
+    c.claim("d").await;
+    let claims = BTreeMap::from([("d", dir.as_path())]);
+
+    // Importing: InProgress.
+    c.apply(pvc_import("web", "d", &reg.reference("shop/web"), &["1"]))
+        .await;
+    let job = c.wait_job("web").await;
+    assert_eq!(kstatus(&c, "web").await.0, "InProgress");
+    assert_eq!(c.run_job(&job, &claims).await, 0);
+    c.wait_ready("web", "True", Some("Succeeded")).await;
+    assert_eq!(kstatus(&c, "web").await.0, "Current");
+
+    // A new generation: InProgress again, and nothing of the last one's verdict is left.
+    c.apply(pvc_import("web", "d", &reg.reference("shop/web"), &["2"]))
+        .await;
+    let job2 = c.wait_job("web").await;
+    assert!(job2.metadata.name.as_deref().unwrap().contains("-g2-"));
+    assert_eq!(kstatus(&c, "web").await.0, "InProgress");
+    let obj = c.imports().get("web").await.unwrap();
+    let st = obj.status.unwrap();
+    assert!(
+        st.conditions
+            .iter()
+            .all(|x| x.observed_generation == Some(2) && x.type_ != "Verified"),
+        "{:?}",
+        st.conditions
+    );
+    assert_eq!(st.digest, None, "the last generation's digest is gone");
+
+    // A permanent failure: Failed, with the reason's message.
+    let bad = c.work.path().join("claim-bad");
+    std::fs::create_dir_all(bad.join("web")).unwrap();
+    std::fs::write(bad.join("web/web-1.4.tar"), hostile::tampered_layer()).unwrap();
+    c.claim("bad").await;
+    c.apply(pvc_import(
+        "evil",
+        "bad",
+        &reg.reference("shop/evil"),
+        &["1"],
+    ))
+    .await;
+    let job = c.wait_job("evil").await;
+    assert_eq!(
+        kstatus(&c, "evil").await.0,
+        "InProgress",
+        "not yet failed while the worker runs"
+    );
+    assert_eq!(
+        c.run_job(&job, &BTreeMap::from([("bad", bad.as_path())]))
+            .await,
+        1
+    );
+    c.wait_ready("evil", "False", Some("VerificationFailed"))
+        .await;
+    let (status, message) = kstatus(&c, "evil").await;
+    assert_eq!(status, "Failed", "{message}");
+    assert!(message.contains("diff_id"), "{message}");
 }

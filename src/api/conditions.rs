@@ -1,7 +1,16 @@
 //! Condition types and reasons (stable strings: alerts and scripts match on them).
+//!
+//! kstatus (Flux, kpt, cli-utils) reads `Reconciling` and `Stalled`; Argo CD and `kubectl
+//! wait` read `Ready`: `Ready=Unknown` and `Reconciling=True` while this generation is being
+//! worked on, `Ready=True` once imported, `Ready=False` and `Stalled=True` when it failed for
+//! good. Every condition is about `observedGeneration`: a new generation starts without any.
 
 /// Summary: the image is in the registry as the spec asks.
 pub const READY: &str = "Ready";
+/// kstatus: present (True) only while this generation is still being worked on.
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus: present (True) only when this generation failed and will not be retried.
+pub const STALLED: &str = "Stalled";
 /// The source (claim, Secret, ConfigMap) resolved and the worker Job exists.
 pub const SOURCE_READY: &str = "SourceReady";
 /// An import is running.
@@ -21,6 +30,11 @@ pub mod reason {
     pub const WORKER_FAILED: &str = "WorkerFailed";
     pub const PENDING: &str = "Pending";
     pub const POLICY_VIOLATION: &str = "PolicyViolation";
+    /// `status.jobName` (or the Job name of the next attempt) is taken by a Job this
+    /// ImageImport does not control.
+    pub const JOB_CONFLICT: &str = "JobConflict";
+    /// The API server refused the worker's ServiceAccount, Role, RoleBinding or Job.
+    pub const WORKER_SETUP_FAILED: &str = "WorkerSetupFailed";
     // Failures the worker reports (pipeline::ImportError::reason).
     pub const VERIFICATION_FAILED: &str = "VerificationFailed";
     pub const INVALID_ARCHIVE: &str = "InvalidArchive";

@@ -21,6 +21,7 @@ pub const GROUP: &str = "imageimport.dev";
     namespaced,
     status = "ImageImportStatus",
     shortname = "imgi",
+    doc = "An import of the image(s) of a docker-save or OCI archive (on a claim, or at a URL) into a registry repository. A run object: once imported, or failed for good, it is not looked at again until its spec changes.",
     category = "all",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","priority":1}"#,
@@ -79,7 +80,10 @@ pub struct Source {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PvcSource {
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub claim_name: String,
     /// Path of the archive inside the claim (relative, no `..`).
     #[schemars(length(min = 1, max = 4096))]
@@ -164,16 +168,25 @@ pub struct Verify {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct LocalRef {
-    #[schemars(length(min = 1, max = 253))]
+    /// An object name (DNS-1123 subdomain).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyRef {
-    #[schemars(length(min = 1, max = 253))]
+    /// A ConfigMap name (DNS-1123 subdomain).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
-    #[schemars(length(min = 1, max = 253))]
+    /// A ConfigMap key.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub key: String,
 }
 
@@ -191,17 +204,19 @@ pub enum LayerCompression {
 pub struct ImageImportStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Ready`, `Reconciling`, `Stalled` (kstatus), `Importing`, `SourceReady`, `Verified`: one
+    /// per type, all about `observedGeneration`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// Manifest (or index) digest the pushed tags point at.
+    /// Manifest (or index) digest the pushed tags point at (a single-image import; with
+    /// `allImages`, `images` has each image's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
-    /// Config digest (image ID).
+    /// Config digest (image ID) of a single-image import.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "imageID")]
     pub image_id: Option<String>,
-    /// `registry/repository:tag@digest` for every pushed tag.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pushed: Vec<String>,
+    /// Number of layers pushed (over all images).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<u32>,
     /// Blob bytes sent to the registry by the last import.
@@ -210,9 +225,16 @@ pub struct ImageImportStatus {
     /// Platforms the archive's index lists but whose blobs it lacks (not imported).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<String>,
-    /// Every image the last import pushed (one, or each image with `allImages`).
+    /// Every image the last import pushed (one, or each image with `allImages`), with the
+    /// references of its tags: the one place for what was pushed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<ImportedImage>,
+    /// Images pushed but not listed in `images`: the worker's report is capped at 4 KiB (the
+    /// kubelet's termination-message limit); its log lists every image.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub images_not_listed: u32,
+    /// Written by the worker while it runs (its own field manager); display only: the
+    /// controller decides on nothing in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<ImportProgress>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -228,9 +250,6 @@ pub struct ImageImportStatus {
     /// The worker Job of the current attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,
-    /// Outcome reported by the worker (read by the controller to set conditions).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<WorkerResult>,
     /// Where and how far the upload of an upload-source import is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload: Option<UploadStatus>,
@@ -295,37 +314,8 @@ pub struct ImportedImage {
     pub checked: Option<String>,
 }
 
-/// What a worker reports at the end of its attempt.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkerResult {
-    pub generation: i64,
-    pub job_name: String,
-    pub succeeded: bool,
-    /// Condition reason on failure (`InvalidArchive`, `Unauthorized`, …).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// A failure worth retrying without a spec change.
-    #[serde(default)]
-    pub transient: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "imageID")]
-    pub image_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pushed: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub layers: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pushed_bytes: Option<u64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub left_out: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub images: Vec<ImportedImage>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished: Option<Time>,
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The CRD as YAML (what `imageimport crd` prints and `crds/` holds).

@@ -314,15 +314,17 @@ async fn wait_endpoint(
 fn final_failure(obj: &ImageImport) -> Option<Failure> {
     let st = obj.status.as_ref()?;
     let generation = obj.metadata.generation;
-    let r = st.result.as_ref()?;
-    (Some(r.generation) == generation
-        && Some(&r.job_name) == st.job_name.as_ref()
-        && !r.succeeded
-        && !r.transient)
-        .then(|| Failure::Import {
-            reason: r.reason.clone().unwrap_or_default(),
-            message: r.message.clone().unwrap_or_default(),
-        })
+    // Failed for good: kstatus' Stalled condition, for this generation.
+    let stalled = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled" && c.status == "True")?;
+    (st.observed_generation == generation && stalled.observed_generation == generation).then(|| {
+        Failure::Import {
+            reason: stalled.reason.clone(),
+            message: stalled.message.clone(),
+        }
+    })
 }
 
 fn tus(
@@ -477,7 +479,11 @@ async fn wait_imported(
         if st.observed_generation == obj.metadata.generation
             && ready.is_some_and(|c| c.status == "True")
         {
-            return Ok(st.pushed);
+            return Ok(st
+                .images
+                .iter()
+                .flat_map(|i| i.refs.iter().map(move |r| format!("{r}@{}", i.digest)))
+                .collect());
         }
         if let Some(f) = final_failure(&obj) {
             return Err(f);

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, KeyToPath,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    LocalObjectReference, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
+    Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -28,6 +29,8 @@ pub const REGISTRY_CA_DIR: &str = "/etc/imageimport/registry-ca";
 pub const SOURCE_AUTH_DIR: &str = "/etc/imageimport/source-auth";
 pub const SOURCE_CA_DIR: &str = "/etc/imageimport/source-ca";
 pub const CA_FILE: &str = "ca.crt";
+/// The worker's report (`report.rs`): the kubelet copies this file into the Pod's status.
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
 
 /// How worker Jobs are built (controller flags).
 #[derive(Debug, Clone)]
@@ -43,6 +46,7 @@ pub struct WorkerSettings {
     pub ttl_seconds_after_finished: i32,
     /// URL-source guard settings handed to workers.
     pub url_allow_link_local: bool,
+    pub url_allow_loopback: bool,
     pub url_deny_private: bool,
     pub url_max_bytes: u64,
     /// Longest a URL download may take, in seconds (0: only the Job's deadline bounds it).
@@ -50,8 +54,50 @@ pub struct WorkerSettings {
     /// Bytes per blob upload request (see `imageimport push --upload-chunk-size`); None: one
     /// request per blob.
     pub upload_chunk_size: Option<u64>,
+    /// What the cluster needs in every worker Pod (`--worker-pod`).
+    pub pod: WorkerPodSettings,
     /// Upload sources: where the upload service is, and the expiry.
     pub upload: super::upload::UploadSettings,
+}
+
+/// Worker Pod settings a cluster may need (`--worker-pod`, JSON; the chart's
+/// `controller.worker.pod`): annotations (e.g. to keep a service mesh's sidecar out, which
+/// would keep the Job running), scheduling, pull Secrets of the worker image, and extra
+/// environment such as `HTTPS_PROXY` (used for registry connections; URL sources never go
+/// through a proxy: the URL guard resolves and checks every address itself).
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkerPodSettings {
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default)]
+    pub priority_class_name: Option<String>,
+    #[serde(default)]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Plain values only; names starting with `IMAGEIMPORT_` are the worker's inputs and are
+    /// refused.
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
+}
+
+impl WorkerPodSettings {
+    pub fn parse(json: &str) -> Result<WorkerPodSettings, String> {
+        let s: WorkerPodSettings =
+            serde_json::from_str(json).map_err(|e| format!("--worker-pod: {e}"))?;
+        for e in &s.env {
+            if e.name.starts_with("IMAGEIMPORT_") || e.value_from.is_some() {
+                return Err(format!(
+                    "--worker-pod: env {}: IMAGEIMPORT_* variables and valueFrom are not allowed",
+                    e.name
+                ));
+            }
+        }
+        Ok(s)
+    }
 }
 
 impl Default for WorkerSettings {
@@ -67,10 +113,12 @@ impl Default for WorkerSettings {
             active_deadline_seconds: 6 * 3600,
             ttl_seconds_after_finished: 24 * 3600,
             url_allow_link_local: false,
+            url_allow_loopback: false,
             url_deny_private: false,
             url_max_bytes: 0,
             url_timeout_seconds: 0,
             upload_chunk_size: None,
+            pod: WorkerPodSettings::default(),
             upload: Default::default(),
         }
     }
@@ -86,7 +134,10 @@ pub fn job_name(obj: &ImageImport, generation: i64, attempt: u32) -> String {
     }
     let hash = hex::encode(&Sha256::digest(name.as_bytes())[..4]);
     let keep = 63 - suffix.len() - hash.len() - 1;
-    format!("{}-{hash}{suffix}", name[..keep].trim_end_matches('-'))
+    // Cut where the name has a character boundary, and never end a part in `-` or `.`: the
+    // result must stay a DNS-1123 subdomain ("a.-b" is not).
+    let cut = name.get(..keep).unwrap_or(&name);
+    format!("{}-{hash}{suffix}", cut.trim_end_matches(['-', '.']))
 }
 
 pub fn build(
@@ -201,15 +252,22 @@ pub fn build(
         env("IMAGEIMPORT_GENERATION", &generation.to_string()),
         env("IMAGEIMPORT_ATTEMPT", &attempt.to_string()),
         env("IMAGEIMPORT_JOB", name),
+        // `$` doubled: the kubelet expands `$(VAR)` in env values and turns `$$` into `$`, so
+        // a path or URL holding `$(...)` would otherwise reach the worker changed.
         env(
             "IMAGEIMPORT_SPEC",
-            &serde_json::to_string(spec).expect("spec serializes"),
+            &serde_json::to_string(spec)
+                .expect("spec serializes")
+                .replace('$', "$$"),
         ),
         env("RUST_LOG", "imageimport=info"),
     ];
     let mut env = env;
     if settings.url_allow_link_local {
         env.push(env_var("IMAGEIMPORT_URL_ALLOW_LINK_LOCAL", "true"));
+    }
+    if settings.url_allow_loopback {
+        env.push(env_var("IMAGEIMPORT_URL_ALLOW_LOOPBACK", "true"));
     }
     if settings.url_deny_private {
         env.push(env_var("IMAGEIMPORT_URL_DENY_PRIVATE", "true"));
@@ -229,16 +287,23 @@ pub fn build(
     if let Some(n) = settings.upload_chunk_size.filter(|n| *n > 0) {
         env.push(env_var("IMAGEIMPORT_UPLOAD_CHUNK_SIZE", &n.to_string()));
     }
+    env.extend(settings.pod.env.iter().cloned());
     // What the policy grants this namespace: every redirect hop must stay among its URL hosts,
-    // every repository pushed to must match its patterns.
+    // every repository pushed to must match its patterns. JSON lists: a pattern may hold a
+    // comma (`{a,b}` alternation); `$` doubled as in the spec.
     if let Some(grant) = grant {
+        let list = |v: &[String]| {
+            serde_json::to_string(v)
+                .expect("serializes")
+                .replace('$', "$$")
+        };
         env.push(env_var(
             "IMAGEIMPORT_URL_ALLOWED_HOSTS",
-            &grant.url_hosts.join(","),
+            &list(&grant.url_hosts),
         ));
         env.push(env_var(
             "IMAGEIMPORT_ALLOWED_REPOSITORIES",
-            &grant.repositories.join(","),
+            &list(&grant.repositories),
         ));
     }
     let mut limits = BTreeMap::new();
@@ -257,7 +322,7 @@ pub fn build(
     );
 
     let container = Container {
-        name: "worker".into(),
+        name: super::outcome::WORKER_CONTAINER.into(),
         image: Some(settings.image.clone()),
         image_pull_policy: settings.image_pull_policy.clone(),
         args: Some(vec!["worker".into()]),
@@ -282,7 +347,10 @@ pub fn build(
             }),
             ..Default::default()
         }),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        // The file only, never the log tail: whatever an archive makes the worker print must
+        // not be read as its report.
+        termination_message_path: Some(TERMINATION_LOG.into()),
+        termination_message_policy: Some("File".into()),
         ..Default::default()
     };
     let owner = obj
@@ -304,9 +372,22 @@ pub fn build(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
+                    annotations: (!settings.pod.annotations.is_empty())
+                        .then(|| settings.pod.annotations.clone()),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
+                    node_selector: (!settings.pod.node_selector.is_empty())
+                        .then(|| settings.pod.node_selector.clone()),
+                    tolerations: (!settings.pod.tolerations.is_empty())
+                        .then(|| settings.pod.tolerations.clone()),
+                    priority_class_name: settings
+                        .pod
+                        .priority_class_name
+                        .clone()
+                        .filter(|p| !p.is_empty()),
+                    image_pull_secrets: (!settings.pod.image_pull_secrets.is_empty())
+                        .then(|| settings.pod.image_pull_secrets.clone()),
                     restart_policy: Some("Never".into()),
                     service_account_name: Some(settings.service_account.clone()),
                     automount_service_account_token: Some(true),
@@ -406,6 +487,89 @@ mod tests {
             .collect()
     }
 
+    fn named(name: &str) -> ImageImport {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "imageimport.dev/v1alpha1", "kind": "ImageImport",
+            "metadata": {"name": name, "namespace": "shop", "uid": "u1", "generation": 1},
+            "spec": {"source": {"url": {"url": "https://a.example/x.tar"}},
+                     "target": {"repository": "r.example/x"}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn worker_pod_settings_reach_the_pod_template() {
+        let pod = WorkerPodSettings::parse(
+            r#"{"annotations": {"sidecar.istio.io/inject": "false"},
+                "nodeSelector": {"pool": "imports"},
+                "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+                "priorityClassName": "batch-low",
+                "imagePullSecrets": [{"name": "pull"}],
+                "env": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}]}"#,
+        )
+        .unwrap();
+        let settings = WorkerSettings {
+            pod,
+            ..Default::default()
+        };
+        let job = build(&named("web"), &settings, None, "web-g1-a1", 1, 1);
+        let t = job.spec.unwrap().template;
+        assert_eq!(
+            t.metadata.unwrap().annotations.unwrap()["sidecar.istio.io/inject"],
+            "false"
+        );
+        let spec = t.spec.unwrap();
+        assert_eq!(spec.node_selector.unwrap()["pool"], "imports");
+        assert_eq!(
+            spec.tolerations.unwrap()[0].key.as_deref(),
+            Some("dedicated")
+        );
+        assert_eq!(spec.priority_class_name.as_deref(), Some("batch-low"));
+        assert_eq!(spec.image_pull_secrets.unwrap()[0].name, "pull");
+        let env = spec.containers[0].env.clone().unwrap();
+        assert!(env.iter().any(|e| e.name == "HTTPS_PROXY"));
+        for bad in [
+            r#"{"env": [{"name": "IMAGEIMPORT_SPEC", "value": "{}"}]}"#,
+            r#"{"env": [{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}"#,
+            r#"{"hostNetwork": true}"#,
+        ] {
+            assert!(WorkerPodSettings::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Whatever the name and suffix, a Job name is a DNS-1123 label-sized subdomain.
+    #[test]
+    fn job_names_stay_valid_when_shortened() {
+        let subdomain = |s: &str| {
+            s.len() <= 63
+                && s.split('.').all(|part| {
+                    !part.is_empty()
+                        && part
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                        && !part.starts_with('-')
+                        && !part.ends_with('-')
+                })
+        };
+        // The review's case: the cut lands right after a '.'.
+        let review = format!("{}.{}", "a".repeat(47), "b".repeat(20));
+        for name in [
+            review.as_str(),
+            &format!("{}-{}", "a".repeat(40), "b".repeat(40)),
+            "web",
+        ] {
+            for (g, a) in [(1, 1), (12, 3), (123456, 99)] {
+                let j = job_name(&named(name), g, a);
+                assert!(subdomain(&j), "{name} g{g} a{a}: {j}");
+            }
+        }
+        for cut in 30..60 {
+            let name = format!("{}.{}", "a".repeat(cut), "b".repeat(70 - cut));
+            let j = job_name(&named(&name), 7, 2);
+            assert!(subdomain(&j), "{name}: {j}");
+        }
+    }
+
     #[test]
     fn worker_settings_and_the_policy_grant_reach_the_worker_env() {
         let obj: ImageImport = serde_json::from_value(serde_json::json!({
@@ -426,6 +590,7 @@ mod tests {
             1,
         ));
         for k in [
+            "IMAGEIMPORT_URL_ALLOW_LOOPBACK",
             "IMAGEIMPORT_UPLOAD_CHUNK_SIZE",
             "IMAGEIMPORT_URL_TIMEOUT_SECONDS",
             "IMAGEIMPORT_ALLOWED_REPOSITORIES",
@@ -440,15 +605,19 @@ mod tests {
         };
         let grant = Grant {
             url_hosts: vec!["artifacts.example".into()],
-            repositories: vec!["registry.example/shop/**".into(), "b/*".into()],
+            repositories: vec!["registry.example/{shop,team}/**".into(), "b/*".into()],
         };
         let env = env_of(&build(&obj, &settings, Some(grant), "web-g1-a1", 1, 1));
         assert_eq!(env["IMAGEIMPORT_UPLOAD_CHUNK_SIZE"], "67108864");
         assert_eq!(env["IMAGEIMPORT_URL_TIMEOUT_SECONDS"], "600");
-        assert_eq!(env["IMAGEIMPORT_URL_ALLOWED_HOSTS"], "artifacts.example");
+        assert_eq!(
+            env["IMAGEIMPORT_URL_ALLOWED_HOSTS"],
+            r#"["artifacts.example"]"#
+        );
+        // The alternation's comma stays inside its pattern.
         assert_eq!(
             env["IMAGEIMPORT_ALLOWED_REPOSITORIES"],
-            "registry.example/shop/**,b/*"
+            r#"["registry.example/{shop,team}/**","b/*"]"#
         );
     }
 }

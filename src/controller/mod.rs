@@ -1,11 +1,14 @@
 //! The operator: watches ImageImports, runs each import in a worker Job in the resource's
 //! own namespace, and turns the worker's result into status conditions and events.
 
+pub mod admission;
 pub mod job;
 pub mod metrics;
+pub mod outcome;
 pub mod policy;
 pub mod rbac;
 pub mod reconcile;
+pub mod report;
 pub mod server;
 pub mod status;
 pub mod upload;
@@ -37,6 +40,12 @@ pub enum Error {
 pub struct ControllerConfig {
     pub worker: WorkerSettings,
     pub max_concurrent_imports: usize,
+    /// At most this many per namespace (None: only the fair share limits a namespace).
+    pub max_concurrent_imports_per_namespace: Option<usize>,
+    /// Reconciles running at once.
+    pub reconcile_concurrency: u16,
+    /// Attempts per generation before the import is Stalled.
+    pub max_attempts: u32,
     /// The platform team's policy (allowed repositories and URL hosts per namespace).
     pub policy: policy::PolicySource,
 }
@@ -46,6 +55,9 @@ impl Default for ControllerConfig {
         ControllerConfig {
             worker: WorkerSettings::default(),
             max_concurrent_imports: 4,
+            max_concurrent_imports_per_namespace: None,
+            reconcile_concurrency: 16,
+            max_attempts: 8,
             policy: Default::default(),
         }
     }
@@ -62,6 +74,11 @@ pub struct Context {
     /// Serializes "count running Jobs, then create one": reconciles run concurrently, and
     /// without this two of them could both see room under the limit.
     pub admission: tokio::sync::Mutex<()>,
+    /// The fair queue of imports waiting for a slot.
+    pub queue: admission::Admission,
+    /// The controller's watch caches: worker Jobs (labelled) and ImageImports.
+    pub job_cache: reflector::Store<Job>,
+    pub import_cache: reflector::Store<ImageImport>,
     /// Objects whose worker Job is running (the in-flight gauge).
     pub running: Mutex<HashSet<(String, String)>>,
     /// Consecutive reconcile errors per object, for exponential backoff (reset on success).
@@ -120,8 +137,33 @@ pub async fn run(
         controller: "imageimport-controller".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    let imports: Api<ImageImport> = Api::all(client.clone());
+    let jobs: Api<Job> = Api::all(client.clone());
+    let (reader, writer) = reflector::store();
+    let (job_cache, job_writer) = reflector::store();
+    // Only spec changes (new generations) wake the reconciler from the ImageImport watch:
+    // its own status writes do not. Worker outcomes arrive with their Job's end. The caches
+    // keep no managedFields (they are never read, and take memory per object).
+    let stream = watcher(imports, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    let job_cfg =
+        watcher::Config::default().labels(&format!("{}={}", job::LABEL_MANAGED_BY, job::MANAGER));
+    let job_stream = watcher(jobs, job_cfg)
+        .default_backoff()
+        .modify(|j| j.managed_fields_mut().clear())
+        .reflect(job_writer)
+        .touched_objects();
+    let concurrency = config.reconcile_concurrency.max(1);
     let ctx = Arc::new(Context {
         client: client.clone(),
+        queue: admission::Admission::new(
+            config.max_concurrent_imports,
+            config.max_concurrent_imports_per_namespace,
+        ),
         config,
         recorder: Recorder::new(client.clone(), reporter),
         prepared_namespaces: Mutex::new(HashMap::new()),
@@ -129,21 +171,12 @@ pub async fn run(
         metrics,
         admission: tokio::sync::Mutex::new(()),
         running: Mutex::new(HashSet::new()),
+        job_cache,
+        import_cache: reader.clone(),
     });
-    let imports: Api<ImageImport> = Api::all(client.clone());
-    let jobs: Api<Job> = Api::all(client.clone());
-    let (reader, writer) = reflector::store();
-    // Only spec changes (new generations) wake the reconciler from the ImageImport watch:
-    // its own status writes do not. Worker results arrive with their Job's completion.
-    let stream = watcher(imports, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
-    let job_cfg =
-        watcher::Config::default().labels(&format!("{}={}", job::LABEL_MANAGED_BY, job::MANAGER));
     Controller::for_stream(stream, reader)
-        .owns(jobs, job_cfg)
+        .owns_stream(job_stream)
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {

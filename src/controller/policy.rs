@@ -7,9 +7,13 @@
 //!   - namespaces: ["shop", "team-*"]
 //!     repositories: ["registry.internal:5000/shop/*"]
 //!     urlHosts: ["artifacts.example", "*.corp.example"]
+//!     allowInsecure: false          # target.insecure (plain HTTP to the registry)
+//!     allowPlainHTTPCredentials: false  # credentials sent over plain HTTP
 //! ```
 //! Without a policy file everything is allowed. With one, an import is allowed when some rule
-//! matching its namespace allows its target repository (and its URL host, for URL sources).
+//! matching its namespace allows its target repository (and its URL host, for URL sources),
+//! and, for `target.insecure` or credentials over plain HTTP (`target.insecure` with
+//! `credentialsSecretRef`, an `http://` URL with `secretRef`), some such rule allows that too.
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +39,10 @@ pub struct RuleSpec {
     pub repositories: Vec<String>,
     #[serde(default)]
     pub url_hosts: Vec<String>,
+    #[serde(default)]
+    pub allow_insecure: bool,
+    #[serde(default, rename = "allowPlainHTTPCredentials")]
+    pub allow_plain_http_credentials: bool,
 }
 
 struct Rule {
@@ -43,6 +51,8 @@ struct Rule {
     /// Host names, `*.suffix` for any name under a domain, or IP literals: matched by the
     /// worker's own matcher ([`url_guard::host_allowed`]), so both always agree.
     url_hosts: Vec<String>,
+    allow_insecure: bool,
+    allow_plain_http_credentials: bool,
 }
 
 pub struct Policy {
@@ -115,6 +125,8 @@ impl Policy {
                     namespaces: matchers(&r.namespaces, path)?,
                     repositories: repository_matchers(&r.repositories, path)?,
                     url_hosts: host_patterns(&r.url_hosts, path)?,
+                    allow_insecure: r.allow_insecure,
+                    allow_plain_http_credentials: r.allow_plain_http_credentials,
                 })
             })
             .collect::<Result<_, PolicyError>>()?;
@@ -143,6 +155,25 @@ impl Policy {
         {
             return Some(format!(
                 "the cluster policy does not allow namespace {namespace} to push to {repo}"
+            ));
+        }
+        if spec.target.insecure && !rules.iter().any(|r| r.allow_insecure) {
+            return Some(format!(
+                "the cluster policy does not allow namespace {namespace} plain HTTP to a registry \
+                 (target.insecure; a rule needs allowInsecure)"
+            ));
+        }
+        let plain_credentials = (spec.target.insecure
+            && spec.target.credentials_secret_ref.is_some())
+            || spec
+                .source
+                .url
+                .as_ref()
+                .is_some_and(|u| u.secret_ref.is_some() && u.url.starts_with("http://"));
+        if plain_credentials && !rules.iter().any(|r| r.allow_plain_http_credentials) {
+            return Some(format!(
+                "the cluster policy does not allow namespace {namespace} to send credentials over \
+                 plain HTTP (a rule needs allowPlainHTTPCredentials)"
             ));
         }
         if let Some(u) = &spec.source.url {
@@ -316,6 +347,48 @@ rules:
         assert!(!url("https://corp.example/a.tar"));
         assert!(!url("https://dl.corp.example.evil/a.tar"));
         assert!(url("http://10.0.0.5:8080/a.tar"));
+    }
+
+    #[test]
+    fn plain_http_and_credentials_over_it_need_a_rule_that_allows_them() {
+        let strict = Policy::parse(
+            "rules: [{namespaces: [a], repositories: [\"r.example/**\"], urlHosts: [\"h.example\"]}]",
+            Path::new("p"),
+        )
+        .unwrap();
+        let lax = Policy::parse(
+            "rules: [{namespaces: [a], repositories: [\"r.example/**\"], urlHosts: [\"h.example\"], allowInsecure: true, allowPlainHTTPCredentials: true}]",
+            Path::new("p"),
+        )
+        .unwrap();
+        let mut insecure = spec("r.example/x", None);
+        insecure.target.insecure = true;
+        assert!(
+            strict
+                .check("a", &insecure)
+                .unwrap()
+                .contains("allowInsecure")
+        );
+        assert_eq!(lax.check("a", &insecure), None);
+        insecure.target.credentials_secret_ref = Some(crate::api::LocalRef { name: "c".into() });
+        let only_insecure = Policy::parse(
+            "rules: [{namespaces: [a], repositories: [\"r.example/**\"], allowInsecure: true}]",
+            Path::new("p"),
+        )
+        .unwrap();
+        assert!(
+            only_insecure
+                .check("a", &insecure)
+                .unwrap()
+                .contains("allowPlainHTTPCredentials")
+        );
+        let mut token = spec("r.example/x", Some("http://h.example/a.tar"));
+        token.source.url.as_mut().unwrap().secret_ref =
+            Some(crate::api::LocalRef { name: "t".into() });
+        assert!(strict.check("a", &token).unwrap().contains("plain HTTP"));
+        assert_eq!(lax.check("a", &token), None);
+        token.source.url.as_mut().unwrap().url = "https://h.example/a.tar".into();
+        assert_eq!(strict.check("a", &token), None);
     }
 
     #[test]

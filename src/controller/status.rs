@@ -8,26 +8,30 @@ use serde_json::json;
 use crate::api::{ImageImport, ImageImportStatus};
 
 pub const CONTROLLER_MANAGER: &str = "imageimport-controller";
-pub const WORKER_MANAGER: &str = "imageimport-worker";
-/// Progress reports have a manager of their own: an apply owns exactly the fields it sends,
-/// so a late progress report (one that timed out on the client but landed after the result)
-/// can never remove the `result` the worker's final apply owns.
+/// The worker's progress reports: an apply owns exactly the fields it sends, so the worker and
+/// the controller never remove each other's fields, in whatever order their writes land.
 pub const WORKER_PROGRESS_MANAGER: &str = "imageimport-worker-progress";
 
 pub fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
-/// A condition with `lastTransitionTime` kept when its status did not change.
+/// A condition with `lastTransitionTime` kept when its status did not change (`None`:
+/// Unknown).
 pub fn condition(
     existing: &[Condition],
     type_: &str,
-    status: bool,
+    status: Option<bool>,
     reason: &str,
     message: &str,
     generation: Option<i64>,
 ) -> Condition {
-    let status = if status { "True" } else { "False" }.to_string();
+    let status = match status {
+        Some(true) => "True",
+        Some(false) => "False",
+        None => "Unknown",
+    }
+    .to_string();
     let last = existing
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
@@ -47,7 +51,7 @@ pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Conditio
     conditions.iter().find(|c| c.type_ == type_)
 }
 
-/// The controller's part of the status (everything but `result` and `progress`).
+/// The controller's part of the status (everything but the worker's `progress`).
 pub async fn apply_controller_status(
     api: &Api<ImageImport>,
     name: &str,
@@ -55,7 +59,6 @@ pub async fn apply_controller_status(
 ) -> kube::Result<()> {
     let mut status = serde_json::to_value(s).expect("status serializes");
     if let Some(obj) = status.as_object_mut() {
-        obj.remove("result");
         obj.remove("progress");
     }
     super::upload::strip_service_fields(&mut status);
@@ -64,7 +67,7 @@ pub async fn apply_controller_status(
 
 /// Server-side apply of `status` on the status subresource: `manager` owns exactly the fields
 /// it sends, and takes them over from any other manager (`force`). The worker writes its
-/// `progress` and `result` with this, under [`WORKER_PROGRESS_MANAGER`] and [`WORKER_MANAGER`].
+/// `progress` with this, under [`WORKER_PROGRESS_MANAGER`].
 pub async fn apply_status(
     api: &Api<ImageImport>,
     name: &str,

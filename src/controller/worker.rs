@@ -1,6 +1,7 @@
 //! `imageimport worker`: the container of a worker Job. Runs one import with the engine,
-//! reports progress every few seconds and the result at the end, into the ImageImport's
-//! status (its own fields, its own field manager).
+//! reports progress every few seconds into the ImageImport's status (its own field, its own
+//! field manager), and its outcome in the container's termination message, where only the
+//! kubelet could have put it (see `report.rs`, `outcome.rs`).
 //!
 //! Inputs come from the Job: the spec in `IMAGEIMPORT_SPEC`, the archive under `/archive`,
 //! Secrets and ConfigMaps as files. `IMAGEIMPORT_ROOT` (default `/`) prefixes every path,
@@ -15,73 +16,83 @@ use serde_json::json;
 
 use super::job::{
     ARCHIVE_DIR, CA_FILE, REGISTRY_AUTH_DIR, REGISTRY_CA_DIR, SOURCE_AUTH_DIR, SOURCE_CA_DIR,
+    TERMINATION_LOG,
 };
+use super::report::WorkerReport;
 use super::status::{self, apply_status};
-use crate::api::{
-    ImageImport, ImageImportSpec, ImportProgress, ImportedImage, LayerCompression, WorkerResult,
-};
+use crate::api::{ImageImport, ImageImportSpec, ImportProgress, ImportedImage, LayerCompression};
 use crate::pipeline::{
     self, Codec, CompressionPolicy, HttpOptions, ImportError, ImportOptions, Location, Progress,
     Selection,
 };
 use crate::registry::{RegistryOptions, Target};
 
-/// Exit codes: 0 imported, 1 permanent failure, 75 transient failure.
+/// Exit codes: 0 imported, 1 permanent failure, 75 transient failure. The outcome goes to
+/// the termination message file ([`TERMINATION_LOG`]); the API only gets progress.
 pub async fn run() -> i32 {
     let env = |k: &str| std::env::var(k).unwrap_or_default();
     let ns = env("IMAGEIMPORT_NAMESPACE");
     let name = env("IMAGEIMPORT_NAME");
-    let generation: i64 = env("IMAGEIMPORT_GENERATION").parse().unwrap_or(0);
-    let job_name = env("IMAGEIMPORT_JOB");
     let root = PathBuf::from(std::env::var("IMAGEIMPORT_ROOT").unwrap_or_else(|_| "/".into()));
+    let report_to = under(&root, TERMINATION_LOG);
     let spec: ImageImportSpec = match serde_json::from_str(&env("IMAGEIMPORT_SPEC")) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("imageimport worker: IMAGEIMPORT_SPEC is not a valid spec: {e}");
+            let message = format!("IMAGEIMPORT_SPEC is not a valid spec: {e}");
+            eprintln!("imageimport worker: {message}");
+            let report = WorkerReport {
+                reason: Some(crate::api::reason::INVALID_SPEC.into()),
+                message: Some(message),
+                finished: Some(status::now()),
+                ..Default::default()
+            };
+            let _ = std::fs::write(&report_to, report.encode(""));
             return 1;
         }
     };
-    let client = match Client::try_default().await {
-        Ok(c) => c,
+    // Progress is display only: without an API client the import still runs and reports.
+    let api: Option<Api<ImageImport>> = match Client::try_default().await {
+        Ok(c) => Some(Api::namespaced(c, &ns)),
         Err(e) => {
-            eprintln!("imageimport worker: no Kubernetes client: {e}");
-            return 75;
+            eprintln!("imageimport worker: no Kubernetes client, no progress reports: {e}");
+            None
         }
     };
-    let api: Api<ImageImport> = Api::namespaced(client, &ns);
     let progress = Arc::new(Progress::default());
     let (stop_reporter, stopped) = tokio::sync::oneshot::channel();
-    let reporter = tokio::spawn(report_progress(
-        api.clone(),
-        name.clone(),
-        progress.clone(),
-        stopped,
-    ));
+    let reporter = api.clone().map(|api| {
+        tokio::spawn(report_progress(
+            api,
+            name.clone(),
+            progress.clone(),
+            stopped,
+        ))
+    });
 
     let outcome = match options(&spec, &root) {
         Ok(opts) => pipeline::import(opts, progress.clone()).await,
         Err(e) => Err(e),
     };
-    // Stop the reporter and let a report under way finish, never cut it: a progress apply that
-    // reached the API server and lands after the result's would remove `result` (server-side
-    // apply drops the fields this field manager no longer sends).
+    // Stop the reporter and let a report under way finish, so the final one lands last.
     let _ = stop_reporter.send(());
-    let _ = reporter.await;
-    let mut result = WorkerResult {
-        generation,
-        job_name,
+    if let Some(r) = reporter {
+        let _ = r.await;
+    }
+    let (done, total) = progress.snapshot();
+    let mut report = WorkerReport {
         finished: Some(status::now()),
+        bytes_read: Some(done),
         ..Default::default()
     };
     let code = match &outcome {
         Ok(reports) => {
-            result.succeeded = true;
+            report.succeeded = true;
             // One image: its digest and ID at the top; several: `images` alone says which.
             if let [only] = reports.as_slice() {
-                result.digest = Some(only.digest.clone());
-                result.image_id = only.image_ids.first().cloned();
+                report.digest = Some(only.digest.clone());
+                report.image_id = only.image_ids.first().cloned();
             }
-            result.images = reports
+            report.images = reports
                 .iter()
                 .map(|r| ImportedImage {
                     name: r.name.clone(),
@@ -93,13 +104,9 @@ pub async fn run() -> i32 {
                     checked: Some(r.checked.clone()),
                 })
                 .collect();
-            result.pushed = reports
-                .iter()
-                .flat_map(|r| r.refs.iter().map(move |x| format!("{x}@{}", r.digest)))
-                .collect();
-            result.layers = Some(reports.iter().map(|r| r.layers as u32).sum());
-            result.pushed_bytes = Some(reports.iter().map(|r| r.pushed_bytes).sum());
-            result.left_out = reports.iter().flat_map(|r| r.left_out.clone()).collect();
+            report.layers = Some(reports.iter().map(|r| r.layers as u32).sum());
+            report.pushed_bytes = Some(reports.iter().map(|r| r.pushed_bytes).sum());
+            report.left_out = reports.iter().flat_map(|r| r.left_out.clone()).collect();
             for r in reports {
                 eprintln!(
                     "imported {} -> {} ({})",
@@ -112,32 +119,41 @@ pub async fn run() -> i32 {
         }
         Err(e) => {
             eprintln!("imageimport worker: {e}");
-            result.reason = Some(e.reason().to_string());
-            // Capped: archive names in it can be megabytes, and it is written to the status.
-            result.message = Some(e.to_string().chars().take(4096).collect());
-            result.transient = e.is_transient();
+            report.reason = Some(e.reason().to_string());
+            // Capped before formatting the whole: archive names in it can be megabytes
+            // (`encode` cuts it to 1024 characters for the report).
+            report.message = Some(e.to_string().chars().take(4096).collect());
+            report.transient = e.is_transient();
             if e.is_transient() { 75 } else { 1 }
         }
     };
-    let (done, total) = progress.snapshot();
-    let final_progress = ImportProgress {
-        bytes_done: done,
-        bytes_total: total.max(done),
-        phase: "finished".into(),
-        updated: Some(status::now()),
-    };
-    // The result must reach the API: the controller decides on it. Retry for a while.
-    let body = json!({ "result": result, "progress": final_progress });
-    for attempt in 0..30 {
-        match apply_status(&api, &name, status::WORKER_MANAGER, body.clone()).await {
-            Ok(()) => return code,
-            Err(e) => {
-                eprintln!("imageimport worker: cannot report the result (attempt {attempt}): {e}");
-                tokio::time::sleep(Duration::from_secs(2)).await;
+    if let Some(api) = &api {
+        let final_progress = ImportProgress {
+            bytes_done: done,
+            bytes_total: total.max(done),
+            phase: "finished".into(),
+            updated: Some(status::now()),
+        };
+        // Best effort: the outcome does not depend on it.
+        for _ in 0..3 {
+            let body = json!({ "progress": final_progress });
+            match apply_status(api, &name, status::WORKER_PROGRESS_MANAGER, body).await {
+                Ok(()) => break,
+                Err(e) => {
+                    eprintln!("imageimport worker: cannot report the final progress: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
     }
-    75
+    let text = report.encode(&spec.target.repository);
+    if let Err(e) = std::fs::write(&report_to, &text) {
+        eprintln!(
+            "imageimport worker: cannot write the report to {}: {e}",
+            report_to.display()
+        );
+    }
+    code
 }
 
 async fn report_progress(
@@ -204,6 +220,8 @@ fn options(spec: &ImageImportSpec, root: &Path) -> Result<ImportOptions, ImportE
     let flag = |k: &str| std::env::var(k).is_ok_and(|v| v == "true");
     http.url_policy.allow_link_local = flag("IMAGEIMPORT_URL_ALLOW_LINK_LOCAL");
     http.url_policy.allow_private = !flag("IMAGEIMPORT_URL_DENY_PRIVATE");
+    // In a Pod, loopback is the worker itself and its sidecars (a mesh proxy's admin port).
+    http.url_policy.allow_loopback = flag("IMAGEIMPORT_URL_ALLOW_LOOPBACK");
     http.url_policy.max_bytes = std::env::var("IMAGEIMPORT_URL_MAX_BYTES")
         .ok()
         .and_then(|v| v.parse().ok());
@@ -221,7 +239,19 @@ fn options(spec: &ImageImportSpec, root: &Path) -> Result<ImportOptions, ImportE
                     pvc.path
                 )));
             }
-            Location::File(under(root, ARCHIVE_DIR).join(&pvc.path))
+            let claim = under(root, ARCHIVE_DIR);
+            let file = claim.join(&pvc.path);
+            // A symlink on the claim must not lead the worker to its own token or mounted
+            // Secrets: the file, resolved, stays inside the claim.
+            if let (Ok(c), Ok(f)) = (claim.canonicalize(), file.canonicalize())
+                && !f.starts_with(&c)
+            {
+                return Err(usage(format!(
+                    "source.pvc.path {:?} leads outside the claim (a symbolic link)",
+                    pvc.path
+                )));
+            }
+            Location::File(file)
         }
         (None, Some(u)) => {
             if let Some(r) = &u.secret_ref {
@@ -278,8 +308,11 @@ fn options(spec: &ImageImportSpec, root: &Path) -> Result<ImportOptions, ImportE
             "target.repository must not carry a tag: use target.tags".into(),
         ));
     }
+    refuse_metadata_registry(&target.registry, http.url_policy.allow_link_local)?;
     let mut registry = RegistryOptions {
         insecure: spec.target.insecure,
+        // The Secret is the user's: never run a credential helper it names.
+        auths_only: true,
         upload_segment: std::env::var("IMAGEIMPORT_UPLOAD_CHUNK_SIZE")
             .ok()
             .and_then(|v| v.parse().ok()),
@@ -331,15 +364,46 @@ fn options(spec: &ImageImportSpec, root: &Path) -> Result<ImportOptions, ImportE
     Ok(opts)
 }
 
-/// A comma-separated list the Job hands the worker (what the policy grants); None when the
-/// variable is not set (no policy: anything), empty when it grants nothing.
+/// The registry connection does not go through the URL guard's resolver, but it must not
+/// reach what the guard protects most: cloud metadata endpoints (always) and link-local
+/// addresses (unless allowed), checked on every address the registry's name resolves to now.
+/// (A name re-resolved to such an address later, a token realm or a blob redirect elsewhere is
+/// not covered: docs/operations.md, "URL sources".)
+fn refuse_metadata_registry(registry: &str, allow_link_local: bool) -> Result<(), ImportError> {
+    use crate::pipeline::url_guard::{AddressKind, classify};
+    use std::net::ToSocketAddrs;
+    let with_port = if registry
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !registry.ends_with(']')
+    {
+        registry.to_string()
+    } else {
+        format!("{registry}:443")
+    };
+    let Ok(addrs) = with_port.to_socket_addrs() else {
+        // Unresolvable: the registry client reports it (transient) as it always did.
+        return Ok(());
+    };
+    for a in addrs {
+        let kind = classify(a.ip());
+        if kind == AddressKind::Metadata || (kind == AddressKind::LinkLocal && !allow_link_local) {
+            return Err(ImportError::Usage(format!(
+                "target registry {registry} resolves to {} address {}: refused",
+                kind,
+                a.ip()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A JSON list of strings the Job hands the worker (what the policy grants); None when the
+/// variable is not set (no policy: anything). Unparsable grants nothing (fail closed).
 fn env_list(name: &str) -> Option<Vec<String>> {
-    std::env::var(name).ok().map(|v| {
-        v.split(',')
-            .filter(|p| !p.is_empty())
-            .map(String::from)
-            .collect()
-    })
+    std::env::var(name)
+        .ok()
+        .map(|v| serde_json::from_str(&v).unwrap_or_default())
 }
 
 fn read_trimmed(p: &Path) -> Result<String, ImportError> {
@@ -351,4 +415,25 @@ fn read_trimmed(p: &Path) -> Result<String, ImportError> {
                 detail: e.to_string(),
             },
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registries_at_metadata_or_link_local_addresses_are_refused() {
+        for r in [
+            "169.254.169.254",
+            "169.254.169.254:80",
+            "169.254.10.1:5000",
+            "[fd00:ec2::254]:80",
+        ] {
+            assert!(refuse_metadata_registry(r, false).is_err(), "{r}");
+        }
+        assert!(refuse_metadata_registry("169.254.10.1:5000", true).is_ok());
+        assert!(refuse_metadata_registry("169.254.169.254", true).is_err());
+        assert!(refuse_metadata_registry("127.0.0.1:5000", false).is_ok());
+        assert!(refuse_metadata_registry("10.1.2.3:5000", false).is_ok());
+    }
 }

@@ -48,11 +48,15 @@ pub const USER_AGENT: &str = concat!("imageimport/", env!("CARGO_PKG_VERSION"));
 /// Private and loopback addresses are allowed by default: in air-gapped clusters archives
 /// are served from the LAN. Link-local and cloud metadata addresses are refused unless
 /// allowed explicitly; unspecified, multicast, broadcast and reserved addresses always.
+/// The worker (a Pod, where loopback is only itself and its sidecars) turns loopback off.
 #[derive(Debug, Clone)]
 pub struct UrlPolicy {
-    /// RFC 1918, shared address space 100.64.0.0/10, loopback 127.0.0.0/8 and ::1,
-    /// unique local fc00::/7 (and deprecated site-local fec0::/10). Default: true.
+    /// RFC 1918, shared address space 100.64.0.0/10, unique local fc00::/7 (and deprecated
+    /// site-local fec0::/10). Default: true.
     pub allow_private: bool,
+    /// Loopback 127.0.0.0/8 and ::1 (also needs `allow_private`). Default: true (the CLI's
+    /// own machine); the worker's default is false.
+    pub allow_loopback: bool,
     /// 169.254.0.0/16 and fe80::/10, except the metadata addresses. Default: false.
     pub allow_link_local: bool,
     /// Cloud metadata and credential endpoints ([`METADATA_V4`], [`METADATA_V6`]).
@@ -77,6 +81,7 @@ impl Default for UrlPolicy {
     fn default() -> Self {
         UrlPolicy {
             allow_private: true,
+            allow_loopback: true,
             allow_link_local: false,
             allow_metadata: false,
             allowed_hosts: None,
@@ -129,7 +134,11 @@ impl AddressKind {
 
     fn hint(self) -> &'static str {
         match self {
-            AddressKind::Loopback | AddressKind::Private => " (not allowed: allow_private is off)",
+            AddressKind::Loopback => {
+                " (not allowed: the worker reaches only itself and its sidecars there; \
+                 the controller's --url-allow-loopback allows it)"
+            }
+            AddressKind::Private => " (not allowed: allow_private is off)",
             AddressKind::LinkLocal => " (not allowed unless allow_link_local is set)",
             AddressKind::Metadata => " (not allowed unless allow_metadata is set)",
             _ => "",
@@ -269,7 +278,8 @@ fn embedded_v4(ip: Ipv6Addr) -> Vec<Ipv4Addr> {
 fn kind_allowed(kind: AddressKind, policy: &UrlPolicy) -> bool {
     match kind {
         AddressKind::Public => true,
-        AddressKind::Loopback | AddressKind::Private => policy.allow_private,
+        AddressKind::Loopback => policy.allow_private && policy.allow_loopback,
+        AddressKind::Private => policy.allow_private,
         AddressKind::LinkLocal => policy.allow_link_local,
         AddressKind::Metadata => policy.allow_metadata,
         AddressKind::Unspecified
@@ -604,4 +614,24 @@ pub fn body_reader(
     let stream = limit_stream(resp.bytes_stream(), policy.max_bytes, host);
     let reader = tokio_util::io::StreamReader::new(Box::pin(stream));
     Ok(Box::new(tokio_util::io::SyncIoBridge::new(reader)))
+}
+
+#[cfg(test)]
+mod loopback_tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_its_own_switch() {
+        let worker = UrlPolicy {
+            allow_loopback: false,
+            ..UrlPolicy::default()
+        };
+        for ip in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert!(check_ip("h", ip, &worker).is_err(), "{ip}");
+            assert!(check_ip("h", ip, &UrlPolicy::default()).is_ok(), "{ip}");
+        }
+        // Private stays allowed without loopback.
+        assert!(check_ip("h", "10.1.2.3".parse().unwrap(), &worker).is_ok());
+    }
 }

@@ -28,6 +28,8 @@ pub struct RegistryOptions {
     pub retries: Option<usize>,
     /// No credentials, and no looking for a docker config.
     pub anonymous: bool,
+    /// Read only the `auths` of the auth file, never a `credsStore`/`credHelpers` program.
+    pub auths_only: bool,
     /// Bytes per blob upload request (each accepted one is a point a broken upload continues
     /// from even on a registry that drops half-received requests); None or 0: the whole blob
     /// in one request, as docker, containerd and skopeo send it (some registries accept
@@ -70,7 +72,7 @@ impl Registry {
         let auth = if opts.anonymous {
             RegistryAuth::Anonymous
         } else {
-            auth::credentials_for(host, opts.auth_file.as_deref())?
+            auth::credentials_for(host, opts.auth_file.as_deref(), opts.auths_only)?
         };
         let mut certs = Vec::new();
         let mut reqwest_certs = Vec::new();

@@ -120,23 +120,24 @@ impl Service {
         }
         let generation = obj.metadata.generation.unwrap_or(0);
         let st = obj.status.clone().unwrap_or_default();
-        let finished = st
-            .result
-            .as_ref()
-            .filter(|r| r.generation == generation && Some(&r.job_name) == st.job_name.as_ref())
-            .filter(|r| r.succeeded || !r.transient);
+        // Finished for this generation: the controller set completionTime and Ready.
+        let ready = st.conditions.iter().find(|c| c.type_ == crate::api::READY);
+        let finished = (st.observed_generation == Some(generation) && st.completion_time.is_some())
+            .then_some(ready)
+            .flatten();
         if let Some(r) = finished {
-            return Err(if r.succeeded {
+            return Err(if r.status == "True" {
                 UploadError::Gone(format!(
                     "ImageImport {namespace}/{name} is imported; a spec change starts a new upload"
                 ))
             } else {
                 UploadError::ImportFailed {
-                    reason: r
-                        .reason
-                        .clone()
-                        .unwrap_or_else(|| reason::WORKER_FAILED.into()),
-                    message: r.message.clone().unwrap_or_default(),
+                    reason: if r.reason.is_empty() {
+                        reason::WORKER_FAILED.into()
+                    } else {
+                        r.reason.clone()
+                    },
+                    message: r.message.clone(),
                 }
             });
         }

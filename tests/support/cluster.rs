@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use imageimport::api::ImageImport;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -110,8 +111,10 @@ impl Cluster {
         } else {
             &["--max-concurrent-imports", "2"]
         };
+        // The test's file servers listen on loopback, where the harness runs its workers.
         Command::new(bin())
             .args(["controller", "--worker-image", "imageimport:test"])
+            .arg("--url-allow-loopback")
             .args(limit)
             .args(extra)
             .env("POD_NAME", identity)
@@ -152,12 +155,17 @@ impl Cluster {
     }
 
     pub async fn claim(&self, name: &str) {
+        self.claim_in(NS, name).await
+    }
+
+    /// A claim `name` in namespace `ns`.
+    pub async fn claim_in(&self, ns: &str, name: &str) {
         let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
             "metadata": {"name": name},
             "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}}
         }))
         .unwrap();
-        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), NS);
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
         let _ = api.create(&PostParams::default(), &pvc).await;
     }
 
@@ -186,7 +194,8 @@ impl Cluster {
     }
 
     /// Play the node for one Job: check its Pod spec, run its container locally, record the
-    /// outcome as the Job controller would. `claims` maps claim names to local folders.
+    /// outcome as the kubelet and the Job controller would. `claims` maps claim names to local
+    /// folders.
     pub async fn run_job(&self, job: &Job, claims: &BTreeMap<&str, &Path>) -> i32 {
         let job_name = job.name_any();
         let mut cmd = self.prepare_job(job, claims).await;
@@ -199,14 +208,79 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         let code = out.status.code().unwrap_or(137);
-        self.record_job_outcome(&job_name, code == 0, started).await;
+        self.record_job_outcome_in(&job.namespace().unwrap(), &job_name, code, started)
+            .await;
         code
     }
 
-    /// The node's part before the container starts: check the Pod spec, lay out its volumes
-    /// under a local root, and return the container's command (run as the worker's account).
+    /// The local folder that plays the worker container's file system.
+    pub fn node_root(&self, ns: &str, job_name: &str) -> PathBuf {
+        self.work.path().join(format!("node-{ns}-{job_name}"))
+    }
+
+    /// The Job controller's part: the Job's Pod, made from its template with the labels and
+    /// the controller reference the Job controller sets (kept if one exists already).
+    /// Returns its name.
+    pub async fn create_job_pod(&self, job: &Job) -> String {
+        let ns = job.namespace().unwrap();
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let uid = job.metadata.uid.clone().unwrap();
+        let selector = format!("batch.kubernetes.io/controller-uid={uid}");
+        let existing = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .unwrap();
+        let template = job.spec.clone().unwrap().template;
+        let image = template.spec.as_ref().unwrap().containers[0].image.clone();
+        let own = existing.items.iter().find(|p| {
+            p.owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && o.uid == uid)
+                && p.spec.as_ref().unwrap().containers[0].image == image
+        });
+        if let Some(p) = own {
+            return p.name_any();
+        }
+        let job_name = job.name_any();
+        let mut labels = template.metadata.unwrap().labels.unwrap_or_default();
+        for (k, v) in [
+            ("batch.kubernetes.io/job-name", job_name.as_str()),
+            ("job-name", job_name.as_str()),
+            ("batch.kubernetes.io/controller-uid", uid.as_str()),
+            ("controller-uid", uid.as_str()),
+        ] {
+            labels.insert(k.into(), v.into());
+        }
+        let mut spec = template.spec.unwrap();
+        spec.node_name = Some("node-a".into());
+        let pod_name = format!("{job_name}-n0d3a");
+        let pod = Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some(pod_name.clone()),
+                labels: Some(labels),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "batch/v1".into(),
+                    kind: "Job".into(),
+                    name: job_name,
+                    uid,
+                    controller: Some(true),
+                    block_owner_deletion: Some(true),
+                }]),
+                ..Default::default()
+            },
+            spec: Some(spec),
+            status: None,
+        };
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        pod_name
+    }
+
+    /// The node's part before the container starts: check the Pod spec, create the Job's Pod,
+    /// lay out its volumes under a local root, and return the container's command (run as the
+    /// worker's account).
     pub async fn prepare_job(&self, job: &Job, claims: &BTreeMap<&str, &Path>) -> Command {
         let job_name = job.name_any();
+        let ns = job.namespace().unwrap();
         let spec = job.spec.as_ref().unwrap();
         let pod = spec.template.spec.as_ref().unwrap();
         // What a kubelet would be asked to run.
@@ -235,10 +309,26 @@ impl Cluster {
             container.args.as_ref().unwrap(),
             &vec!["worker".to_string()]
         );
+        // The report goes to the file only, never the log tail.
+        assert_eq!(
+            container.termination_message_policy.as_deref(),
+            Some("File")
+        );
+        self.create_job_pod(job).await;
 
-        // The container's file system: volumes at their mount paths under a local root.
-        let root = self.work.path().join(format!("node-{job_name}"));
+        // The container's file system: volumes at their mount paths under a local root, and
+        // the termination-message file the kubelet mounts.
+        let root = self.node_root(&ns, &job_name);
         std::fs::create_dir_all(&root).unwrap();
+        let message = root.join(
+            container
+                .termination_message_path
+                .as_deref()
+                .unwrap()
+                .trim_start_matches('/'),
+        );
+        std::fs::create_dir_all(message.parent().unwrap()).unwrap();
+        let _ = std::fs::remove_file(&message);
         let volumes = pod.volumes.clone().unwrap_or_default();
         for m in container.volume_mounts.clone().unwrap_or_default() {
             let v = volumes.iter().find(|v| v.name == m.name).unwrap();
@@ -254,7 +344,7 @@ impl Cluster {
             } else if let Some(s) = &v.secret {
                 assert_eq!(s.optional, Some(true));
                 std::fs::create_dir_all(&dest).unwrap();
-                let api: Api<Secret> = Api::namespaced(self.client.clone(), NS);
+                let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
                 if let Some(secret) = api.get_opt(s.secret_name.as_ref().unwrap()).await.unwrap() {
                     for (k, val) in secret.data.unwrap_or_default() {
                         std::fs::write(dest.join(k), val.0).unwrap();
@@ -262,7 +352,7 @@ impl Cluster {
                 }
             } else if let Some(cm) = &v.config_map {
                 std::fs::create_dir_all(&dest).unwrap();
-                let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), NS);
+                let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
                 if let Some(found) = api.get_opt(&cm.name).await.unwrap() {
                     let data = found.data.unwrap_or_default();
                     for item in cm.items.clone().unwrap_or_default() {
@@ -295,12 +385,16 @@ impl Cluster {
         // Run as the worker's ServiceAccount: proves the Role the controller made suffices.
         let kubeconfig = self
             .api
-            .service_account_kubeconfig(NS, "imageimport-worker")
+            .service_account_kubeconfig(&ns, "imageimport-worker")
             .await;
         let mut cmd = Command::new(bin());
         cmd.args(container.args.clone().unwrap());
+        // The kubelet expands `$(VAR)` (earlier variables) and `$$` in env values.
+        let mut defined: Vec<(String, String)> = Vec::new();
         for e in container.env.clone().unwrap_or_default() {
-            cmd.env(e.name, e.value.unwrap_or_default());
+            let value = kubelet_expand(&e.value.unwrap_or_default(), &defined);
+            cmd.env(&e.name, &value);
+            defined.push((e.name, value));
         }
         cmd.env("IMAGEIMPORT_ROOT", &root)
             .env("KUBECONFIG", kubeconfig)
@@ -308,16 +402,76 @@ impl Cluster {
         cmd
     }
 
-    /// What the Job controller writes when its Pod ends.
+    /// What the kubelet and then the Job controller write when the worker container exited
+    /// with `exit_code`: the Pod's container status with the termination message (the file the
+    /// worker wrote, at most 4096 bytes, as the kubelet reads it), then the Job's outcome.
     pub async fn record_job_outcome(
         &self,
         job_name: &str,
-        succeeded: bool,
+        exit_code: i32,
         started: k8s_openapi::jiff::Timestamp,
     ) {
+        self.record_job_outcome_in(NS, job_name, exit_code, started)
+            .await
+    }
+
+    /// [`Cluster::record_job_outcome`] for a Job in namespace `ns`.
+    pub async fn record_job_outcome_in(
+        &self,
+        ns: &str,
+        job_name: &str,
+        exit_code: i32,
+        started: k8s_openapi::jiff::Timestamp,
+    ) {
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), ns);
+        let job = jobs.get(job_name).await.unwrap();
+        let pod_name = self.create_job_pod(&job).await;
+        let path = job
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .termination_message_path
+            .clone()
+            .unwrap();
+        let mut message = std::fs::read(
+            self.node_root(ns, job_name)
+                .join(path.trim_start_matches('/')),
+        )
+        .unwrap_or_default();
+        message.truncate(4096);
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
         let started = started.to_string();
-        let status = if succeeded {
+        let reason = match exit_code {
+            0 => "Completed",
+            137 => "OOMKilled",
+            _ => "Error",
+        };
+        let mut terminated = json!({"exitCode": exit_code, "reason": reason,
+            "startedAt": started, "finishedAt": now, "containerID": format!("containerd://{job_name}")});
+        if !message.is_empty() {
+            terminated["message"] = json!(String::from_utf8_lossy(&message));
+        }
+        let phase = if exit_code == 0 {
+            "Succeeded"
+        } else {
+            "Failed"
+        };
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        pods.patch_status(
+            &pod_name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"phase": phase, "containerStatuses": [{
+                "name": "worker", "image": "imageimport:test", "imageID": "", "ready": false,
+                "restartCount": 0, "started": false, "state": {"terminated": terminated}}]}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("record the end of Pod {pod_name}: {e}"));
+        let status = if exit_code == 0 {
             json!({"startTime": started, "completionTime": now, "succeeded": 1, "active": 0, "ready": 0, "terminating": 0,
                    "conditions": [
                        {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now, "lastProbeTime": now},
@@ -328,14 +482,13 @@ impl Cluster {
                        {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded", "lastTransitionTime": now, "lastProbeTime": now},
                        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "lastTransitionTime": now, "lastProbeTime": now}]})
         };
-        self.jobs()
-            .patch_status(
-                job_name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({ "status": status })),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("record outcome of Job {job_name}: {e}"));
+        jobs.patch_status(
+            job_name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "status": status })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("record outcome of Job {job_name}: {e}"));
     }
 
     /// Wait until the Ready condition has `status` (and `reason`, if given).
@@ -587,4 +740,33 @@ pub fn audited_429s(log: &Path) -> BTreeMap<String, usize> {
 
 pub fn total(by: &BTreeMap<String, f64>) -> f64 {
     by.values().sum()
+}
+
+/// The kubelet's expansion of an env value: `$$` is `$`, `$(NAME)` the value of an earlier
+/// variable (left as written when there is none).
+pub fn kubelet_expand(value: &str, defined: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+        {
+            let name = &inner[..end];
+            match defined.iter().rev().find(|(n, _)| n == name) {
+                Some((_, v)) => out.push_str(v),
+                None => out.push_str(&rest[i..i + 2 + end + 1]),
+            }
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
