@@ -483,7 +483,6 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
                 internal_url: args.upload_internal_url,
                 expiry: Duration::from_secs(args.upload_expiry_seconds),
             },
-            ..Default::default()
         },
         max_concurrent_imports: args.max_concurrent_imports.max(1),
         max_concurrent_imports_per_namespace: Some(args.max_concurrent_imports_per_namespace)
@@ -537,7 +536,7 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
             let _ = listener_stop.send(true);
         }
     });
-    let election = args.leader_elect.then(|| LeaderElection {
+    let election = args.leader_elect.then_some(LeaderElection {
         lease: args.leader_election_lease,
         namespace: args.leader_election_namespace,
         duration_seconds: args.lease_duration_seconds,
@@ -758,24 +757,6 @@ async fn inspect(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes_take_binary_suffixes() {
-        assert_eq!(parse_size("0"), Ok(0));
-        assert_eq!(parse_size("1048576"), Ok(1 << 20));
-        assert_eq!(parse_size("512K"), Ok(512 << 10));
-        assert_eq!(parse_size("64M"), Ok(64 << 20));
-        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_size("1g"), Ok(1 << 30));
-        assert!(parse_size("12X").is_err());
-        assert!(parse_size("M").is_err());
-        assert!(parse_size("99999999999G").is_err());
-    }
-}
-
 async fn upload_server(args: UploadServerArgs) -> Result<ExitCode, ImportError> {
     let client = kube::Client::try_default()
         .await
@@ -797,4 +778,22 @@ async fn upload_server(args: UploadServerArgs) -> Result<ExitCode, ImportError> 
         .await
         .map_err(|e| ImportError::Usage(format!("upload service: {e}")))?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999G").is_err());
+    }
 }

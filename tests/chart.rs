@@ -1095,8 +1095,10 @@ fn json_merge(a: &mut Value, b: &Value) {
 
 /// Create (dry-run unless `for_real`) as `client`; the API server's refusal, if any.
 async fn try_create(client: &Client, obj: &DynamicObject, for_real: bool) -> Result<(), String> {
-    let mut pp = PostParams::default();
-    pp.dry_run = !for_real;
+    let pp = PostParams {
+        dry_run: !for_real,
+        ..PostParams::default()
+    };
     imageimports(client, obj.metadata.namespace.as_deref().unwrap())
         .create(&pp, obj)
         .await

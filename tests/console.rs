@@ -188,8 +188,8 @@ impl Kubelet {
     async fn record(&mut self, c: &Cluster) {
         while let Some((name, started, out)) = self.ended.last() {
             eprintln!("worker {name}: {}", String::from_utf8_lossy(&out.stderr));
-            let (name, started, ok) = (name.clone(), *started, out.status.success());
-            c.record_job_outcome(&name, ok, started).await;
+            let (name, started, code) = (name.clone(), *started, out.status.code().unwrap_or(1));
+            c.record_job_outcome(&name, code, started).await;
             self.ended.pop();
         }
     }
@@ -448,7 +448,7 @@ async fn console_signs_in_imports_a_multi_image_archive_and_explains_refusals() 
             "{shown:?} lacks {reference}@{digest}"
         );
     }
-    assert_eq!(obj.spec.all_images, true);
+    assert!(obj.spec.all_images);
     assert_eq!(
         obj.spec.source.upload.as_ref().unwrap().max_bytes,
         Some(built.bytes.len() as u64)

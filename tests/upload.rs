@@ -210,7 +210,7 @@ impl Worker {
             String::from_utf8_lossy(&out.stderr)
         );
         let code = out.status.code().unwrap_or(137);
-        c.record_job_outcome(&self.job.name_any(), code == 0, self.started)
+        c.record_job_outcome(&self.job.name_any(), code, self.started)
             .await;
         code
     }

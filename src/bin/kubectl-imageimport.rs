@@ -339,24 +339,22 @@ fn tus(
         .header("Tus-Resumable", "1.0.0")
 }
 
-fn upload_error(resp: reqwest::Response) -> impl Future<Output = Failure> {
-    async move {
-        let status = resp.status();
-        let reason = resp
-            .headers()
-            .get("imageimport-reason")
-            .and_then(|v| v.to_str().ok())
-            .map(String::from);
-        let text = resp.text().await.unwrap_or_default().trim().to_string();
-        match (status.as_u16(), reason) {
-            (422, Some(reason)) => Failure::Import {
-                reason,
-                message: text,
-            },
-            (401, _) => Failure::Upload(format!("401: {text} (is the kubeconfig token valid?)")),
-            (403, _) => Failure::Upload(format!("403: {text}")),
-            (code, _) => Failure::Upload(format!("HTTP {code}: {text}")),
-        }
+async fn upload_error(resp: reqwest::Response) -> Failure {
+    let status = resp.status();
+    let reason = resp
+        .headers()
+        .get("imageimport-reason")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let text = resp.text().await.unwrap_or_default().trim().to_string();
+    match (status.as_u16(), reason) {
+        (422, Some(reason)) => Failure::Import {
+            reason,
+            message: text,
+        },
+        (401, _) => Failure::Upload(format!("401: {text} (is the kubeconfig token valid?)")),
+        (403, _) => Failure::Upload(format!("403: {text}")),
+        (code, _) => Failure::Upload(format!("HTTP {code}: {text}")),
     }
 }
 

@@ -82,10 +82,10 @@ impl WorkerReport {
     /// `repository`, the message cut, and images dropped from the end (counted in
     /// `imagesNotListed`) until it fits.
     pub fn encode(mut self, repository: &str) -> String {
-        if let Some(m) = &mut self.message {
-            if m.chars().count() > MAX_MESSAGE_CHARS {
-                *m = m.chars().take(MAX_MESSAGE_CHARS - 1).collect::<String>() + "…";
-            }
+        if let Some(m) = &mut self.message
+            && m.chars().count() > MAX_MESSAGE_CHARS
+        {
+            *m = m.chars().take(MAX_MESSAGE_CHARS - 1).collect::<String>() + "…";
         }
         for image in &mut self.images {
             for r in &mut image.refs {

@@ -207,6 +207,40 @@ pub fn strip_service_fields(status: &mut serde_json::Value) {
     }
 }
 
+/// The worker's side: where it pulls the upload from (from the Job's environment).
+pub fn worker_location(
+    spec: &crate::api::ImageImportSpec,
+    root: &std::path::Path,
+) -> Result<crate::pipeline::Location, crate::pipeline::ImportError> {
+    use crate::pipeline::ImportError;
+    let var = |k: &str| {
+        std::env::var(k).map_err(|_| {
+            ImportError::Usage(format!(
+                "{k} is not set: the controller runs upload sources only with --upload-internal-url"
+            ))
+        })
+    };
+    let service = var("IMAGEIMPORT_UPLOAD_SERVICE_URL")?
+        .parse()
+        .map_err(|e| ImportError::Usage(format!("IMAGEIMPORT_UPLOAD_SERVICE_URL: {e}")))?;
+    let expiry = var("IMAGEIMPORT_UPLOAD_EXPIRY_SECONDS")?
+        .parse()
+        .map_err(|e| ImportError::Usage(format!("IMAGEIMPORT_UPLOAD_EXPIRY_SECONDS: {e}")))?;
+    Ok(crate::pipeline::Location::Upload(Box::new(
+        crate::pipeline::source::UploadEndpoint {
+            service,
+            namespace: var("IMAGEIMPORT_NAMESPACE")?,
+            name: var("IMAGEIMPORT_NAME")?,
+            job: var("IMAGEIMPORT_JOB")?,
+            token_file: root
+                .join(TOKEN_DIR.trim_start_matches('/'))
+                .join(TOKEN_FILE),
+            expiry: Duration::from_secs(expiry),
+            max_bytes: spec.source.upload.as_ref().and_then(|u| u.max_bytes),
+        },
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,38 +285,4 @@ mod tests {
         strip_service_fields(&mut v);
         assert_eq!(v, serde_json::json!({}));
     }
-}
-
-/// The worker's side: where it pulls the upload from (from the Job's environment).
-pub fn worker_location(
-    spec: &crate::api::ImageImportSpec,
-    root: &std::path::Path,
-) -> Result<crate::pipeline::Location, crate::pipeline::ImportError> {
-    use crate::pipeline::ImportError;
-    let var = |k: &str| {
-        std::env::var(k).map_err(|_| {
-            ImportError::Usage(format!(
-                "{k} is not set: the controller runs upload sources only with --upload-internal-url"
-            ))
-        })
-    };
-    let service = var("IMAGEIMPORT_UPLOAD_SERVICE_URL")?
-        .parse()
-        .map_err(|e| ImportError::Usage(format!("IMAGEIMPORT_UPLOAD_SERVICE_URL: {e}")))?;
-    let expiry = var("IMAGEIMPORT_UPLOAD_EXPIRY_SECONDS")?
-        .parse()
-        .map_err(|e| ImportError::Usage(format!("IMAGEIMPORT_UPLOAD_EXPIRY_SECONDS: {e}")))?;
-    Ok(crate::pipeline::Location::Upload(Box::new(
-        crate::pipeline::source::UploadEndpoint {
-            service,
-            namespace: var("IMAGEIMPORT_NAMESPACE")?,
-            name: var("IMAGEIMPORT_NAME")?,
-            job: var("IMAGEIMPORT_JOB")?,
-            token_file: root
-                .join(TOKEN_DIR.trim_start_matches('/'))
-                .join(TOKEN_FILE),
-            expiry: Duration::from_secs(expiry),
-            max_bytes: spec.source.upload.as_ref().and_then(|u| u.max_bytes),
-        },
-    )))
 }

@@ -388,12 +388,15 @@ pub struct UploadReader {
     buf: bytes::Bytes,
     last_byte: std::time::Instant,
     done: bool,
-    failure: Arc<Mutex<Option<SourceError>>>,
+    failure: UploadFailure,
 }
+
+/// Where an upload reader keeps the failure that ended it (see [`Watched`]).
+pub type UploadFailure = Arc<Mutex<Option<SourceError>>>;
 
 impl UploadReader {
     /// The reader, and where its failure (if any) is kept (see [`Watched`]).
-    pub fn new(ep: UploadEndpoint) -> Result<(Self, Arc<Mutex<Option<SourceError>>>), SourceError> {
+    pub fn new(ep: UploadEndpoint) -> Result<(Self, UploadFailure), SourceError> {
         let client = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(std::time::Duration::from_secs(10))

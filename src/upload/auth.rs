@@ -20,10 +20,13 @@ use super::error::UploadError;
 /// How long a decision is reused. Short: a revoked RoleBinding or token stops uploads soon.
 const CACHE_FOR: Duration = Duration::from_secs(10);
 
+/// A review's outcome and when it was made, by token hash.
+type ReviewCache = HashMap<String, (Instant, Result<UserInfo, UploadError>)>;
+
 /// Reviewed callers.
 pub struct Authenticator {
     client: Client,
-    cache: Mutex<HashMap<String, (Instant, Result<UserInfo, UploadError>)>>,
+    cache: Mutex<ReviewCache>,
 }
 
 /// The bearer token of a request's `Authorization` header.
