@@ -15,4 +15,4 @@ for bin in kube-apiserver etcd crane helm; do
   }
 done
 # Two cores: the registry, skopeo and the importer share them; run test binaries one at a time.
-cargo test --locked --all-targets -- --test-threads=2
+cargo test --locked --all-targets --no-fail-fast -- --test-threads=2

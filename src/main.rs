@@ -456,6 +456,8 @@ fn parse_worker_pod(s: &str) -> Result<imageimport::controller::job::WorkerPodSe
 
 async fn controller(args: ControllerArgs) -> Result<ExitCode, ImportError> {
     use imageimport::controller::{ControllerConfig, WorkerSettings, metrics::Metrics, server};
+    // Its messages end up in ImageImports' status: they speak of the spec and the chart.
+    imageimport::front_end::set(imageimport::front_end::FrontEnd::Operator);
     use std::sync::atomic::AtomicBool;
     let client = kube::Client::try_default()
         .await

@@ -322,3 +322,22 @@ fn the_prerequisite_check_says_what_is_missing() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A refused URL says what would allow it in the command's own words: no policy field names
+/// (`allow_link_local`, `allow_metadata`) a user cannot set, no Secret a command user has not.
+#[test]
+fn refused_urls_speak_the_commands_words() {
+    for (url, says) in [
+        ("http://169.254.1.1/x.tar", "never downloads from link-local"),
+        ("http://169.254.169.254/x.tar", "never allowed"),
+        ("http://user:pw@127.0.0.1:9/x.tar", "remove them from the URL"),
+    ] {
+        let out = run(&["inspect", url]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{url}: {err}");
+        assert!(err.contains(says), "{url}: {err}");
+        for internal in ["allow_", "Secret", "spec."] {
+            assert!(!err.contains(internal), "{url} names {internal:?}: {err}");
+        }
+    }
+}

@@ -132,15 +132,27 @@ impl AddressKind {
         }
     }
 
+    /// What would allow it, in the words of the front end in use (a user cannot set the
+    /// policy's fields themselves).
     fn hint(self) -> &'static str {
+        use crate::front_end::says;
         match self {
-            AddressKind::Loopback => {
+            AddressKind::Loopback => says(
+                " (not allowed)",
                 " (not allowed: the worker reaches only itself and its sidecars there; \
-                 the controller's --url-allow-loopback allows it)"
-            }
-            AddressKind::Private => " (not allowed: allow_private is off)",
-            AddressKind::LinkLocal => " (not allowed unless allow_link_local is set)",
-            AddressKind::Metadata => " (not allowed unless allow_metadata is set)",
+                 the controller's --url-allow-loopback allows it)",
+            ),
+            AddressKind::Private => says(
+                " (not allowed)",
+                " (not allowed: the chart's urlSources.denyPrivate, the controller's \
+                 --url-deny-private, is set)",
+            ),
+            AddressKind::LinkLocal => says(
+                " (the imageimport command never downloads from link-local addresses)",
+                " (not allowed unless the chart's urlSources.allowLinkLocal, the controller's \
+                 --url-allow-link-local, is set)",
+            ),
+            AddressKind::Metadata => " (cloud metadata addresses are never allowed)",
             _ => "",
         }
     }
@@ -170,7 +182,13 @@ pub enum UrlError {
     Scheme { scheme: String },
     #[error("refusing URL without a host")]
     NoHost,
-    #[error("refusing URL for {host}: it carries credentials; put them in the Secret instead")]
+    #[error(
+        "refusing URL for {host}: it carries credentials; {}",
+        crate::front_end::says(
+            "remove them from the URL",
+            "put them in the Secret named by spec.source.url.secretRef instead"
+        )
+    )]
     UserInfo { host: String },
     #[error("refusing {host}: not in the allowed hosts")]
     HostNotAllowed { host: String },
