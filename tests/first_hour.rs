@@ -328,9 +328,15 @@ fn the_prerequisite_check_says_what_is_missing() {
 #[test]
 fn refused_urls_speak_the_commands_words() {
     for (url, says) in [
-        ("http://169.254.1.1/x.tar", "never downloads from link-local"),
+        (
+            "http://169.254.1.1/x.tar",
+            "never downloads from link-local",
+        ),
         ("http://169.254.169.254/x.tar", "never allowed"),
-        ("http://user:pw@127.0.0.1:9/x.tar", "remove them from the URL"),
+        (
+            "http://user:pw@127.0.0.1:9/x.tar",
+            "remove them from the URL",
+        ),
     ] {
         let out = run(&["inspect", url]);
         let err = String::from_utf8_lossy(&out.stderr);
