@@ -298,7 +298,11 @@ fn messages_name_the_host_but_not_the_query() {
     .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("169.254.169.254"), "{msg}");
-    assert!(msg.contains("allow_metadata"), "{msg}");
+    assert!(msg.contains("never allowed"), "{msg}");
+    assert!(
+        !msg.contains("allow_"),
+        "no policy field a user cannot set: {msg}"
+    );
     assert!(
         !msg.contains("t0ken") && !msg.contains("meta-data"),
         "{msg}"

@@ -74,6 +74,7 @@ const WORKER_REASONS: &[&str] = &[
     reason::SECRET_NOT_FOUND,
     reason::CONFIG_MAP_NOT_FOUND,
     reason::POLICY_VIOLATION,
+    reason::UPLOAD_EXPIRED,
     reason::INTERNAL_ERROR,
 ];
 
