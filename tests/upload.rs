@@ -20,8 +20,6 @@ use support::archives::{self, Format, ImageSpec, hostile};
 use support::cluster::*;
 use support::registry::{Registry, skopeo};
 
-const RELEASE_NS: &str = "imageimport-system";
-
 struct Uploads {
     c: Cluster,
     service: Child,
@@ -36,65 +34,6 @@ impl Drop for Uploads {
         let _ = self.service.kill();
         let _ = self.service.wait();
     }
-}
-
-/// The chart's RBAC objects for the upload service (rendered with `upload.enabled=true`),
-/// created for real; a kubeconfig of its ServiceAccount.
-async fn install_upload_rbac(c: &Cluster) -> PathBuf {
-    use k8s_openapi::api::core::v1::ServiceAccount;
-    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-    use kube::api::{ApiResource, DynamicObject};
-    use serde::Deserialize as _;
-    let home = tempfile::tempdir().unwrap();
-    let out = Command::new(support::kube::testbin_dir().join("helm"))
-        .args([
-            "template",
-            "imageimport",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/charts/imageimport"),
-            "--namespace",
-            RELEASE_NS,
-            "--set",
-            "upload.enabled=true",
-            "--show-only",
-            "templates/upload-rbac.yaml",
-            "--show-only",
-            "templates/upload-serviceaccount.yaml",
-        ])
-        .env("HELM_CONFIG_HOME", home.path().join("config"))
-        .env("HELM_CACHE_HOME", home.path().join("cache"))
-        .env("HELM_DATA_HOME", home.path().join("data"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run helm (hack/build-test-bins.sh builds it)");
-    assert!(
-        out.status.success(),
-        "helm template: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    c.api.create_namespace(RELEASE_NS).await;
-    let mut account = None;
-    for doc in serde_yaml::Deserializer::from_str(&String::from_utf8_lossy(&out.stdout)) {
-        let o = Value::deserialize(doc).unwrap();
-        let resource = match o["kind"].as_str() {
-            Some("ServiceAccount") => ApiResource::erase::<ServiceAccount>(&()),
-            Some("ClusterRole") => ApiResource::erase::<ClusterRole>(&()),
-            Some("ClusterRoleBinding") => ApiResource::erase::<ClusterRoleBinding>(&()),
-            _ => continue,
-        };
-        let name = o["metadata"]["name"].as_str().unwrap();
-        if o["kind"] == "ServiceAccount" {
-            account = Some(name.to_string());
-        }
-        let api: Api<DynamicObject> = match o["metadata"]["namespace"].as_str() {
-            Some(ns) => Api::namespaced_with(c.client.clone(), ns, &resource),
-            None => Api::all_with(c.client.clone(), &resource),
-        };
-        api.patch(name, &PatchParams::apply("helm").force(), &Patch::Apply(&o))
-            .await
-            .unwrap_or_else(|e| panic!("apply {} {name}: {e}", o["kind"]));
-    }
-    let account = account.expect("the chart renders the upload service's ServiceAccount");
-    c.api.service_account_kubeconfig(RELEASE_NS, &account).await
 }
 
 /// A ServiceAccount of NS allowed `create imageimports/upload` there (as the aggregated edit

@@ -599,6 +599,30 @@ pub async fn apply_numbered_imports(c: &Cluster, reg: &Registry, prefix: &str, n
 /// The Helm chart's ServiceAccount and RBAC objects for the controller (release `imageimport` in
 /// `imageimport-system`, default values) created for real; a kubeconfig of that ServiceAccount.
 pub async fn install_chart_rbac(c: &Cluster) -> PathBuf {
+    install_chart_identity(c, &[], "the controller's").await
+}
+
+/// The upload service's RBAC objects and ServiceAccount from the chart (`upload.enabled`),
+/// created for real; a kubeconfig of that ServiceAccount.
+pub async fn install_upload_rbac(c: &Cluster) -> PathBuf {
+    install_chart_identity(
+        c,
+        &[
+            "--set",
+            "upload.enabled=true",
+            "--show-only",
+            "templates/upload-rbac.yaml",
+            "--show-only",
+            "templates/upload-serviceaccount.yaml",
+        ],
+        "the upload service's",
+    )
+    .await
+}
+
+/// `helm template` of the chart with `helm_args`, its ServiceAccount and RBAC objects applied
+/// as helm would; a kubeconfig of the ServiceAccount (`whose` names it in a failure).
+async fn install_chart_identity(c: &Cluster, helm_args: &[&str], whose: &str) -> PathBuf {
     use k8s_openapi::api::core::v1::ServiceAccount;
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
     use kube::api::{ApiResource, DynamicObject};
@@ -613,6 +637,7 @@ pub async fn install_chart_rbac(c: &Cluster) -> PathBuf {
             "--namespace",
             RELEASE_NS,
         ])
+        .args(helm_args)
         .env("HELM_CONFIG_HOME", home.path().join("config"))
         .env("HELM_CACHE_HOME", home.path().join("cache"))
         .env("HELM_DATA_HOME", home.path().join("data"))
@@ -648,7 +673,7 @@ pub async fn install_chart_rbac(c: &Cluster) -> PathBuf {
             .await
             .unwrap_or_else(|e| panic!("apply {} {name}: {e}", o["kind"]));
     }
-    let account = account.expect("the chart renders the controller's ServiceAccount");
+    let account = account.unwrap_or_else(|| panic!("the chart renders {whose} ServiceAccount"));
     c.api.service_account_kubeconfig(RELEASE_NS, &account).await
 }
 
