@@ -536,6 +536,11 @@ export TLS_REGISTRY_PASSWORD=$(cat "$STATE/registry/password")
 export TLS_REGISTRY_CA=$STATE/pki/ca.crt
 export IMAGEIMPORT_IMAGE=$ip:$REGISTRY_PORT/imageimport/imageimport:$(cat "$STATE/image-tag")
 export VOLUMES_DIR=$STATE/volumes
+# The README's quick start pushes to TARGET_REGISTRY: here the TLS registry and its CA.
+export TARGET_REGISTRY=$ip:$TLS_REGISTRY_PORT
+export TARGET_REGISTRY_USER=$REGISTRY_USER
+export TARGET_REGISTRY_PASSWORD=$(cat "$STATE/registry/password")
+export TARGET_REGISTRY_CA=$STATE/pki/ca.crt
 EOF
 }
 

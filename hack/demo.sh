@@ -10,8 +10,15 @@ cd "$(dirname "$0")/.."
 say() { printf '\n== %s\n' "$*" >&2; }
 run() { printf '$ %s\n' "$*" >&2; "$@"; }
 # This machine's kubectl, else the one hack/build-test-bins.sh built.
-if ! command -v kubectl >/dev/null; then
-  kubectl() { "${IMAGEIMPORT_TESTBIN_DIR:-$HOME/.cache/imageimport/testbin}/kubectl" "$@"; }
+command -v kubectl >/dev/null || PATH="$PATH:${IMAGEIMPORT_TESTBIN_DIR:-$HOME/.cache/imageimport/testbin}"
+
+# A second run starts from a clean slate: namespace shop and the claim's volume made anew (the
+# volume of a deleted claim stays Released and would not bind again).
+if env_out="$(hack/cluster.sh env 2>/dev/null)"; then
+  eval "$env_out"
+  say "Removing the previous run's namespace shop and its volume"
+  kubectl delete namespace shop --ignore-not-found --wait --timeout=5m >/dev/null
+  kubectl delete pv shop-deliveries --ignore-not-found >/dev/null
 fi
 
 say "Starting the cluster (hack/cluster.sh up; the first run installs packages and builds the Go binaries)"
@@ -27,30 +34,14 @@ echo hello
 " >/dev/null
 ls -l "$work/web-1.4.tar" >&2
 
-say "Namespace shop (Pod Security 'restricted'), registry credentials and CA"
-kubectl create namespace shop --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-run kubectl label namespace shop pod-security.kubernetes.io/enforce=restricted --overwrite
-kubectl -n shop create secret docker-registry regcred --docker-server="$TLS_REGISTRY" \
-  --docker-username="$TLS_REGISTRY_USER" --docker-password="$TLS_REGISTRY_PASSWORD" \
-  --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-kubectl -n shop create configmap registry-ca --from-file=ca.crt="$TLS_REGISTRY_CA" \
-  --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-kubectl -n shop delete imageimport web-1-4 --ignore-not-found >/dev/null
-
-say "Copying the archive onto the claim 'deliveries' (README, 'The operator')"
-run kubectl apply -f examples/deliveries-claim.yaml
-run kubectl -n shop wait pod/deliveries-copy --for=condition=Ready --timeout=5m
-run kubectl -n shop exec deliveries-copy -- mkdir -p /deliveries/web
-run kubectl cp "$work/web-1.4.tar" shop/deliveries-copy:/deliveries/web/web-1.4.tar
-run kubectl -n shop delete pod deliveries-copy
-
-say "Applying examples/imageimport-pvc.yaml, its target pointed at this cluster's TLS registry"
-# The example names registry.internal:5000; here that is $TLS_REGISTRY, signed by the cluster's CA.
-kubectl create --dry-run=client -o json -f examples/imageimport-pvc.yaml |
-  jq --arg repo "$TLS_REGISTRY/shop/web" \
-    '.spec.target.repository = $repo | .spec.target.caBundleRef = {name: "registry-ca", key: "ca.crt"}' |
-  kubectl apply -f -
-run kubectl -n shop wait imgi/web-1-4 --for=condition=Ready --timeout=10m
+# The README's quick start, taken from README.md and run as it is, in a folder holding the
+# archive and the examples (TARGET_REGISTRY* come from hack/cluster.sh env: the TLS registry).
+say "README.md's quick start, as it is (TARGET_REGISTRY=$TARGET_REGISTRY)"
+sed -n '/<!-- quick-start: begin/,/<!-- quick-start: end/p' README.md | sed '1,2d;$d' | sed '$d' \
+  >"$work/quick-start.sh"
+[[ -s "$work/quick-start.sh" ]] || { echo "demo: no quick-start block in README.md" >&2; exit 1; }
+ln -s "$PWD/examples" "$work/examples"
+(cd "$work" && bash -euo pipefail -x quick-start.sh)
 run kubectl get imgi -n shop
 
 digest="$(kubectl -n shop get imgi web-1-4 -o jsonpath='{.status.digest}')"

@@ -590,6 +590,99 @@ async fn controller_ready_and_leading(ctx: &Ctx<'_>) {
     .await;
 }
 
+/// README.md's quick start, taken from the file and run by bash as it is, against this cluster
+/// (`TARGET_REGISTRY*` from `hack/cluster.sh env`: the TLS registry and its CA): what it prints
+/// is the digest skopeo reads for both tags. It uses the namespace `shop` and the volume
+/// `shop-deliveries` that `hack/cluster.sh up` made, both made anew here on a reused cluster.
+async fn readme_quick_start(ctx: &Ctx<'_>) {
+    let c = ctx.cluster;
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let _ = namespaces.delete("shop", &DeleteParams::background()).await;
+    ctx.wait_for("namespace shop gone", || async {
+        matches!(namespaces.get_opt("shop").await, Ok(None))
+    })
+    .await;
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let _ = pvs
+        .delete("shop-deliveries", &DeleteParams::default())
+        .await;
+    ctx.wait_for("volume shop-deliveries gone", || async {
+        matches!(pvs.get_opt("shop-deliveries").await, Ok(None))
+    })
+    .await;
+    let dir = PathBuf::from(c.var("VOLUMES_DIR")).join("deliveries");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65532), Some(65532)).unwrap();
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": "shop-deliveries"},
+        "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+            "claimRef": {"namespace": "shop", "name": "deliveries"},
+            "hostPath": {"path": dir, "type": "Directory"}}
+    }))
+    .unwrap();
+    pvs.patch("shop-deliveries", &ssa(), &Patch::Apply(&pv))
+        .await
+        .unwrap();
+
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let block = readme
+        .split("<!-- quick-start: begin")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- quick-start: end").next())
+        .expect("README.md has the quick-start block");
+    let script = block
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.rsplit_once("```"))
+        .expect("the quick-start block is one sh code block")
+        .0;
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("quick-start.sh"), script).unwrap();
+    std::fs::write(
+        work.path().join("web-1.4.tar"),
+        archive("1.4", u64::from(std::process::id())),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        Path::new(ROOT).join("examples"),
+        work.path().join("examples"),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        std::env::var("PATH").unwrap_or_default(),
+        support::kube::testbin_dir().display()
+    );
+    let out = tokio::process::Command::new("bash")
+        .args(["-euo", "pipefail", "quick-start.sh"])
+        .current_dir(work.path())
+        .envs(&c.env)
+        .env("PATH", path)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "README quick start failed; stdout:\n{stdout}"
+    );
+    let printed = stdout.lines().last().unwrap_or_default().trim().to_string();
+    let obj = ctx.imports("shop").get("web-1-4").await.unwrap();
+    assert_eq!(
+        Some(printed.as_str()),
+        obj.status.as_ref().and_then(|s| s.digest.as_deref()),
+        "the digest the quick start printed"
+    );
+    assert_pushed(
+        c,
+        &obj,
+        c.var("TARGET_REGISTRY"),
+        "shop/web",
+        &["1.4", "stable"],
+    );
+}
+
 /// A PVC source (a hostPath volume) pushed to the TLS + htpasswd registry by a real worker Pod
 /// in a `restricted` namespace; then deleting the ImageImport lets the garbage collector
 /// remove its Job and Pods.
@@ -854,6 +947,7 @@ fn real_node() {
         ("controller_ready_and_leading", |c| {
             Box::pin(controller_ready_and_leading(c))
         }),
+        ("readme_quick_start", |c| Box::pin(readme_quick_start(c))),
         ("pvc_source_then_garbage_collection", |c| {
             Box::pin(pvc_source_then_garbage_collection(c))
         }),
