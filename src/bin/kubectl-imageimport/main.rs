@@ -2,8 +2,13 @@
 //! use `--name`), upload the archive to the upload service (tus 1.0, resumed when run again),
 //! wait until it is imported and print `REF@DIGEST`.
 //!
+//! `kubectl imageimport ui`: the upload service's web console on this machine, signed in with
+//! the kubeconfig's own credentials (`ui.rs`).
+//!
 //! Exit status: 0 imported; 1 usage or configuration; 2 the upload failed (run again to
 //! resume); 3 the import failed (the archive or the spec: see `kubectl describe imageimport`).
+
+mod ui;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,7 +26,7 @@ use tokio::io::AsyncSeekExt;
 #[command(
     name = "kubectl-imageimport",
     version,
-    about = "Upload image archives into ImageImports"
+    about = "Upload image archives into ImageImports, or open the web console signed in as you"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -32,6 +37,8 @@ struct Cli {
 enum Cmd {
     /// Upload a docker-save or OCI archive into the registry through an ImageImport.
     Upload(UploadArgs),
+    /// Serve the web console on 127.0.0.1 with this kubeconfig's credentials and open it.
+    Ui(ui::UiArgs),
 }
 
 #[derive(clap::Args)]
@@ -95,6 +102,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Cmd::Upload(args) => upload(args).await,
+            Cmd::Ui(args) => ui::run(args).await.map(|()| Vec::new()),
         }
     });
     match result {
@@ -113,15 +121,14 @@ fn main() -> ExitCode {
 
 /// The kubeconfig's bearer token for the upload service (a static token, a token file, or an
 /// exec credential plugin's output); client certificates cannot be forwarded.
-async fn bearer_token(args: &UploadArgs) -> Result<String, Failure> {
-    let kc = match &args.kubeconfig {
+async fn bearer_token(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<String, Failure> {
+    let kc = match kubeconfig {
         Some(p) => Kubeconfig::read_from(p),
         None => Kubeconfig::read(),
     }
     .map_err(|e| Failure::Usage(format!("kubeconfig: {e}")))?;
-    let context_name = args
-        .context
-        .clone()
+    let context_name = context
+        .map(str::to_string)
         .or(kc.current_context.clone())
         .ok_or_else(|| Failure::Usage("kubeconfig has no current context".into()))?;
     let context = kc
@@ -234,7 +241,7 @@ async fn upload(args: UploadArgs) -> Result<Vec<String>, Failure> {
         .unwrap_or_else(|| config.default_namespace.clone());
     let client =
         kube::Client::try_from(config).map_err(|e| Failure::Usage(format!("client: {e}")))?;
-    let token = bearer_token(&args).await?;
+    let token = bearer_token(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
     let api: Api<ImageImport> = Api::namespaced(client, &ns);
     let name = match &args.name {
         Some(n) => n.clone(),
