@@ -285,7 +285,11 @@ function ImportCard({ obj, upload, hasFile, onReselect, onResume, onDelete, onRe
   const fileName = obj.metadata.annotations?.[FILE_ANNOTATION];
   const fileSize = Number(obj.metadata.annotations?.[SIZE_ANNOTATION] ?? st.upload?.length ?? 0);
   const ready = phase.kind === 'done';
-  const target = obj.spec.allImages ? `${obj.spec.target.repository}/…` : `${obj.spec.target.repository}:${(obj.spec.target.tags ?? []).join(',') || '(saved tag)'}`;
+  // Several images go under the prefix, each as its saved name and tag (no ellipsis: it read as
+  // a reference cut short).
+  const target = obj.spec.allImages
+    ? `${obj.spec.target.repository}/<saved name>:<saved tag>`
+    : `${obj.spec.target.repository}:${(obj.spec.target.tags ?? []).join(',') || '<saved tag>'}`;
   const refs = pullRefs(obj);
   const serverOffset = st.upload?.offset ?? 0;
   const total = upload?.total ?? st.upload?.length ?? fileSize;
@@ -301,7 +305,9 @@ function ImportCard({ obj, upload, hasFile, onReselect, onResume, onDelete, onRe
       </header>
       <dl>
         <dt>Target</dt>
-        <dd>{target}</dd>
+        <dd class="target" title={target}>
+          {target}
+        </dd>
         {fileName && (
           <>
             <dt>Archive</dt>
