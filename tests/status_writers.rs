@@ -108,7 +108,13 @@ async fn the_controller_and_the_upload_service_keep_their_own_upload_fields() {
     apply_controller_status(&imports, "up", &mine)
         .await
         .unwrap();
-    let up = imports.get_status("up").await.unwrap().status.unwrap().upload;
+    let up = imports
+        .get_status("up")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .upload;
     assert_eq!(
         up,
         Some(UploadStatus {
@@ -124,6 +130,13 @@ async fn the_controller_and_the_upload_service_keep_their_own_upload_fields() {
     apply_controller_status(&imports, "up", &mine)
         .await
         .unwrap();
-    let up = imports.get_status("up").await.unwrap().status.unwrap().upload.unwrap();
+    let up = imports
+        .get_status("up")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .upload
+        .unwrap();
     assert_eq!((up.url, up.offset, up.length), (None, Some(60), Some(100)));
 }
