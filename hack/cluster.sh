@@ -4,7 +4,8 @@
 #   hack/cluster.sh up      start everything (idempotent: what runs already is kept), then print
 #                           `export NAME=value` lines on stdout (progress goes to stderr):
 #                           eval "$(hack/cluster.sh up)"
-#   hack/cluster.sh env     print the exports of a running cluster again
+#   hack/cluster.sh env     print the exports of a running cluster again (with UPLOAD_URL, the
+#                           upload service's base URL, when the chart runs it: upload.enabled)
 #   hack/cluster.sh restart-containerd   (a fault the tests inject)
 #   hack/cluster.sh down    stop everything and leave nothing behind (processes, shims, mounts,
 #                           cgroups, bridge, iptables rules, sysctls), so `up` works again
@@ -542,6 +543,13 @@ export TARGET_REGISTRY_USER=$REGISTRY_USER
 export TARGET_REGISTRY_PASSWORD=$(cat "$STATE/registry/password")
 export TARGET_REGISTRY_CA=$STATE/pki/ca.crt
 EOF
+  # The upload service, when the chart runs it (upload.enabled): the base URL users are given,
+  # the controller's --upload-url (what status.upload.url starts with).
+  local upload
+  upload="$(kctl -n "$RELEASE_NS" get deployments -l app.kubernetes.io/instance="$RELEASE" -o json 2>/dev/null |
+    jq -r '[.items[].spec.template.spec.containers[].args[]? | select(startswith("--upload-url=")) | ltrimstr("--upload-url=")][0] // empty' ||
+    true)"
+  if [[ -n "$upload" ]]; then echo "export UPLOAD_URL=$upload"; fi
 }
 
 up() {

@@ -244,8 +244,6 @@ fn write(c: &Cluster, name: &str, bytes: &[u8]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails on main after the issue-8 merge (session 4, cause not found): the \
-            multi-image upload never reaches Ready in 180 s; run with --ignored"]
 async fn console_signs_in_imports_a_multi_image_archive_and_explains_refusals() {
     let u = start().await;
     let c = &u.c;

@@ -78,3 +78,65 @@ async fn the_controller_and_the_worker_keep_their_own_fields() {
     let st = imports.get_status("web").await.unwrap().status.unwrap();
     assert_eq!((st.attempts, st.progress.unwrap().bytes_done), (2, 30));
 }
+
+/// `status.upload`: the controller's `url` and the upload service's `offset`/`length` (its own
+/// field manager) survive each other's writes, in any order, also a controller write made from
+/// a copy that holds the service's fields or no `upload` at all.
+#[tokio::test]
+async fn the_controller_and_the_upload_service_keep_their_own_upload_fields() {
+    use imageimport::api::UploadStatus;
+    use imageimport::upload::report::MANAGER;
+    let (_api, imports) = cluster().await;
+    create(&imports, "up").await;
+    let service = |offset: u64| {
+        json!({"upload": {"generation": 1, "offset": offset, "length": 100,
+                          "expiresAt": "2030-01-01T00:00:00Z"}})
+    };
+    apply_status(&imports, "up", MANAGER, service(0))
+        .await
+        .unwrap();
+    let mut mine = imports.get_status("up").await.unwrap().status.unwrap();
+    mine.observed_generation = Some(1);
+    mine.upload.get_or_insert_default().url = Some("https://up.test/uploads/shop/up".into());
+    // Its copy holds the service's fields (offset 0): they are not its to write.
+    apply_controller_status(&imports, "up", &mine)
+        .await
+        .unwrap();
+    apply_status(&imports, "up", MANAGER, service(60))
+        .await
+        .unwrap();
+    apply_controller_status(&imports, "up", &mine)
+        .await
+        .unwrap();
+    let up = imports
+        .get_status("up")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .upload;
+    assert_eq!(
+        up,
+        Some(UploadStatus {
+            url: Some("https://up.test/uploads/shop/up".into()),
+            generation: Some(1),
+            offset: Some(60),
+            length: Some(100),
+            expires_at: up.as_ref().unwrap().expires_at.clone(),
+        })
+    );
+    // Without `upload` in the controller's write: its url goes, the service's fields stay.
+    mine.upload = None;
+    apply_controller_status(&imports, "up", &mine)
+        .await
+        .unwrap();
+    let up = imports
+        .get_status("up")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .upload
+        .unwrap();
+    assert_eq!((up.url, up.offset, up.length), (None, Some(60), Some(100)));
+}

@@ -232,8 +232,6 @@ async fn tus_request(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky on main (session 4): status.upload.length is sometimes absent once Ready (two \
-            writers of status.upload, controller and upload service); run with --ignored"]
 async fn tus_js_client_upload_reaches_ready_and_strangers_are_refused() {
     let u = start(24 * 3600).await;
     let c = &u.c;
@@ -307,8 +305,11 @@ async fn tus_js_client_upload_reaches_ready_and_strangers_are_refused() {
         st.image_id.as_deref(),
         Some(built.images[0].config_digest.as_str())
     );
+    // The upload service's last report is in before the worker exits, so before Ready.
     let up = st.upload.unwrap();
-    assert_eq!(up.length, Some(built.bytes.len() as u64));
+    let len = built.bytes.len() as u64;
+    assert_eq!((up.offset, up.length), (Some(len), Some(len)), "{up:?}");
+    assert_eq!(up.url, Some(endpoint.clone()));
     // After it is imported, the upload is gone.
     assert_eq!(
         tus_request("POST", &endpoint, Some(&u.uploader), &create)
@@ -319,8 +320,6 @@ async fn tus_js_client_upload_reaches_ready_and_strangers_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails on main after the issue-8 merge (session 4): the controller wrote no status \
-            and made no worker Job within the wait (cause not found); run with --ignored"]
 async fn an_interrupted_upload_resumes_at_the_reported_offset() {
     let u = start(24 * 3600).await;
     let c = &u.c;
@@ -463,8 +462,6 @@ async fn an_upload_that_never_comes_expires() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails on main after the issue-8 merge (session 4): the controller wrote no status \
-            and made no worker Job within the wait (cause not found); run with --ignored"]
 async fn the_plugin_creates_the_import_uploads_and_prints_the_reference() {
     let u = start(24 * 3600).await;
     let c = &u.c;

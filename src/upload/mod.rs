@@ -17,7 +17,7 @@ pub mod console;
 pub mod error;
 pub mod kube_proxy;
 mod relay;
-mod report;
+pub mod report;
 pub mod session;
 mod tus;
 
@@ -177,6 +177,7 @@ impl Service {
         if let Some(old) = sessions.insert(key, s.clone()) {
             old.with(|st| {
                 st.ended = Some(session::Ended::Terminated);
+                st.superseded = true;
             });
         }
         report::spawn(self.client.clone(), s.clone());
@@ -202,6 +203,7 @@ impl Service {
                 if st.ended.is_none() {
                     st.ended = Some(session::Ended::Terminated);
                 }
+                st.superseded = true;
             });
         }
         report::spawn(self.client.clone(), s.clone());

@@ -176,5 +176,7 @@ pub async fn done(
             }
         });
     });
+    // Before the worker exits and the controller marks the import Ready.
+    super::report::flush(&svc.client, &session).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

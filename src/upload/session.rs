@@ -63,6 +63,8 @@ pub struct State {
     /// Bumped whenever the channel is replaced (the worker rewound): senders holding the old
     /// one stop.
     pub epoch: u64,
+    /// Another session of the same import took this one's place: it reports nothing more.
+    pub superseded: bool,
     tx: mpsc::Sender<Bytes>,
     rx: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>,
 }
@@ -80,9 +82,14 @@ impl State {
     }
 }
 
+/// What `status.upload` last said of a session: offset, length, expiry.
+pub type Reported = (u64, Option<u64>, Option<String>);
+
 pub struct Session {
     pub id: UploadId,
     state: Mutex<State>,
+    /// Held while this session's `status.upload` is written (one write at a time).
+    pub reported: tokio::sync::Mutex<Option<Reported>>,
     /// Bumped on every change of `state` worth waking a waiter for.
     changed: watch::Sender<u64>,
 }
@@ -104,9 +111,11 @@ impl Session {
                 expiry: None,
                 ended: None,
                 epoch: 0,
+                superseded: false,
                 tx,
                 rx: std::sync::Arc::new(tokio::sync::Mutex::new(rx)),
             }),
+            reported: tokio::sync::Mutex::new(None),
             changed: watch::Sender::new(0),
         }
     }

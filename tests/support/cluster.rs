@@ -111,11 +111,20 @@ impl Cluster {
         } else {
             &["--max-concurrent-imports", "2"]
         };
+        // A port of its own unless `extra` names one: the default (0.0.0.0:8080) is shared by
+        // every test on this machine, and a controller that cannot bind it exits at once.
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let metrics: Vec<&str> = if extra.contains(&"--metrics-bind-address") {
+            Vec::new()
+        } else {
+            vec!["--metrics-bind-address", &metrics]
+        };
         // The test's file servers listen on loopback, where the harness runs its workers.
         Command::new(bin())
             .args(["controller", "--worker-image", "imageimport:test"])
             .arg("--url-allow-loopback")
             .args(limit)
+            .args(&metrics)
             .args(extra)
             .env("POD_NAME", identity)
             .env("KUBECONFIG", kubeconfig)

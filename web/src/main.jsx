@@ -285,7 +285,11 @@ function ImportCard({ obj, upload, hasFile, onReselect, onResume, onDelete, onRe
   const fileName = obj.metadata.annotations?.[FILE_ANNOTATION];
   const fileSize = Number(obj.metadata.annotations?.[SIZE_ANNOTATION] ?? st.upload?.length ?? 0);
   const ready = phase.kind === 'done';
-  const target = obj.spec.allImages ? `${obj.spec.target.repository}/…` : `${obj.spec.target.repository}:${(obj.spec.target.tags ?? []).join(',') || '(saved tag)'}`;
+  // Several images go under the prefix, each as its saved name and tag (no ellipsis: it read as
+  // a reference cut short).
+  const target = obj.spec.allImages
+    ? `${obj.spec.target.repository}/<saved name>:<saved tag>`
+    : `${obj.spec.target.repository}:${(obj.spec.target.tags ?? []).join(',') || '<saved tag>'}`;
   const refs = pullRefs(obj);
   const serverOffset = st.upload?.offset ?? 0;
   const total = upload?.total ?? st.upload?.length ?? fileSize;
@@ -301,7 +305,9 @@ function ImportCard({ obj, upload, hasFile, onReselect, onResume, onDelete, onRe
       </header>
       <dl>
         <dt>Target</dt>
-        <dd>{target}</dd>
+        <dd class="target" title={target}>
+          {target}
+        </dd>
         {fileName && (
           <>
             <dt>Archive</dt>
@@ -428,31 +434,46 @@ function Console({ kube, user, via, onSignOut }) {
     kube.namespaces().then(setNamespaces, () => setNamespaces([]));
   }, [kube]);
 
+  // The namespace shown now: answers about an earlier one (still in flight when it changed) are
+  // dropped, or the first namespace's refusals would land on the next one.
+  const shown = useRef(namespace);
+  shown.current = namespace;
+
   // What this user may do in the namespace, asked before they try.
   useEffect(() => {
     setAccess(null);
     setSecrets(null);
     setSecret('');
     if (!namespace) return;
+    let current = true;
+    const ifCurrent = (f) => (v) => current && f(v);
     store.set('namespace', namespace);
     Promise.all([
       kube.can('create', 'imageimports', namespace),
       kube.can('create', 'imageimports', namespace, { subresource: 'upload' }),
     ]).then(
-      ([create, upload]) => setAccess({ create: create.allowed, upload: upload.allowed }),
-      () => setAccess({ create: true, upload: true }),
+      ifCurrent(([create, upload]) => setAccess({ create: create.allowed, upload: upload.allowed })),
+      ifCurrent(() => setAccess({ create: true, upload: true })),
     );
-    kube.registrySecrets(namespace).then(setSecrets, (e) => setSecrets(e instanceof KubeError && e.status === 403 ? 'forbidden' : []));
+    kube.registrySecrets(namespace).then(
+      ifCurrent(setSecrets),
+      ifCurrent((e) => setSecrets(e instanceof KubeError && e.status === 403 ? 'forbidden' : [])),
+    );
+    return () => {
+      current = false;
+    };
   }, [kube, namespace]);
 
   const refresh = useCallback(async () => {
     if (!namespace) return;
     try {
       const list = await kube.imports(namespace);
+      if (shown.current !== namespace) return;
       const items = (list?.items ?? []).sort((a, b) => (b.metadata.creationTimestamp ?? '').localeCompare(a.metadata.creationTimestamp ?? ''));
       setImports(items);
       setListError('');
     } catch (e) {
+      if (shown.current !== namespace) return;
       setImports([]);
       setListError(
         e instanceof KubeError && e.status === 403
