@@ -163,7 +163,8 @@ measure() {
     local base="$WORK/$(printf %02d "$N")-$tool-$kind-$label"
     if [[ $kind == cold ]]; then wait_quiet; fi
     rm -f "$base.sample.ready" "$base.sample.pid"
-    "$PY" "$LIB" sample "$base.sample" "$REG_PID" "$(basename "$1")" &
+    # /proc/PID/comm holds at most 15 characters of the program's name.
+    "$PY" "$LIB" sample "$base.sample" "$REG_PID" "$(basename "$1" | cut -c1-15)" &
     SAMPLER_PID=$!
     if [[ $PIDSTAT == 1 && $kind == cold ]]; then
         # Per-thread CPU of every active task, every second (threads of the tools are
