@@ -560,9 +560,11 @@ def fetch_manifest(host, repo, tag):
 
 
 def cmd_record(args):
-    """record TOOL KIND LABEL TIMEFILE WALL_S SAMPLEFILE HOST REPO TAG STDOUTFILE STORED_BYTES"""
-    tool, kind, label, timefile, wall, samplefile, host, repo, tag, stdoutfile, stored = args
+    """record TOOL KIND LABEL TIMEFILE WALL_S SAMPLEFILE HOST REPO TAG STDOUTFILE STORED_BYTES LOADAVG"""
+    tool, kind, label, timefile, wall, samplefile, host, repo, tag, stdoutfile, stored, load = args
     r = {"tool": tool, "kind": kind, "label": label}
+    # 1/5/15-minute load averages just before the run: the machine is shared.
+    r["loadavg"] = load
     # Bytes the registry's blob store grew by during the run: what was really sent and kept.
     r["stored_bytes"] = int(stored) if stored.lstrip("-").isdigit() else None
     r.update(parse_time_v(timefile))
@@ -679,7 +681,7 @@ def cmd_report(args):
     print()
     print(f"archive: {meta['archive']} ({meta['archive_bytes'] / 1e6:.1f} MB, "
           f"{len(meta['layers'])} layers, {meta['uncompressed_layer_bytes'] / 1e6:.1f} MB of layer tar)")
-    hdr = f"{'run':<30} {'wall s':>7} {'cpu s':>6} {'user':>6} {'sys':>5} {'RSS MiB':>8} {'pushed MB':>10} {'ratio':>6} {'reg cpu':>7} {'busy':>5} {'other':>6} {'fill':>5}"
+    hdr = f"{'run':<30} {'wall s':>7} {'cpu s':>6} {'user':>6} {'sys':>5} {'RSS MiB':>8} {'pushed MB':>10} {'ratio':>6} {'stored MB':>9} {'reg cpu':>7} {'busy':>5} {'other':>6} {'fill':>5}  load (1/5/15 min)"
     print(hdr)
     print("-" * len(hdr))
     for r in runs:
@@ -690,8 +692,11 @@ def cmd_report(args):
         print(f"{name:<30} {fmt(r.get('wall_s')):>7} {fmt(r.get('cpu_s'), 1):>6} {fmt(r.get('user_s'), 1):>6} "
               f"{fmt(r.get('sys_s'), 1):>5} {fmt(r.get('max_rss_mib'), 1):>8} "
               f"{fmt(None if pbytes is None else pbytes / 1e6, 1):>10} {fmt(cr, 3):>6} "
-              f"{fmt(r.get('registry_cpu_s'), 1):>7} {fmt(r.get('busy_cores_mean'), 2):>5} {fmt(r.get('other_cpu_s'), 1):>6} {fmt(r.get('tool_and_registry_fill_cores_fraction'), 2):>5}{flag}")
-    print(f"(busy = mean busy cores of the machine during the run, of {os.cpu_count()}; reg cpu = registry CPU s;\n"
+              f"{fmt(None if r.get('stored_bytes') is None else r['stored_bytes'] / 1e6, 1):>9} "
+              f"{fmt(r.get('registry_cpu_s'), 1):>7} {fmt(r.get('busy_cores_mean'), 2):>5} {fmt(r.get('other_cpu_s'), 1):>6} {fmt(r.get('tool_and_registry_fill_cores_fraction'), 2):>5}"
+              f"  {r.get('loadavg', '-')}{flag}")
+    print(f"(pushed = config + layers of the pushed manifest; stored = growth of the registry's blob store during the run;\n"
+          f" busy = mean busy cores of the machine during the run, of {os.cpu_count()}; reg cpu = registry CPU s;\n"
           " other = CPU s used meanwhile by other processes on the machine: interference;\n"
           " fill = share of 0.25 s samples in which tool + registry kept >= 90 % of all cores busy)")
     noisy = [r for r in runs if r["kind"] == "cold" and (r.get("other_cpu_s") or 0) > 0.15 * r["wall_s"]]

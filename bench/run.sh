@@ -163,7 +163,8 @@ measure() {
     local base="$WORK/$(printf %02d "$N")-$tool-$kind-$label"
     if [[ $kind == cold ]]; then wait_quiet; fi
     rm -f "$base.sample.ready" "$base.sample.pid"
-    "$PY" "$LIB" sample "$base.sample" "$REG_PID" "$(basename "$1")" &
+    # /proc/PID/comm holds at most 15 characters of the program's name.
+    "$PY" "$LIB" sample "$base.sample" "$REG_PID" "$(basename "$1" | cut -c1-15)" &
     SAMPLER_PID=$!
     if [[ $PIDSTAT == 1 && $kind == cold ]]; then
         # Per-thread CPU of every active task, every second (threads of the tools are
@@ -172,7 +173,9 @@ measure() {
         PIDSTAT_PID=$!
     fi
     while [[ ! -e $base.sample.ready ]]; do sleep 0.02; done
-    local t0 t1 stored0 stored1
+    local t0 t1 stored0 stored1 load0
+    # The machine is shared: the load average beside each figure says how loaded it was.
+    load0=$(cut -d' ' -f1-3 /proc/loadavg)
     stored0=$(du -sb "$REG_DIR/storage/docker/registry/v2/blobs" 2>/dev/null | cut -f1 || true)
     t0=$(date +%s.%N)
     /usr/bin/time -v -o "$base.time" timeout 600 "$@" >"$base.out" 2>"$base.err" &
@@ -192,7 +195,7 @@ measure() {
     wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}')
     stored1=$(du -sb "$REG_DIR/storage/docker/registry/v2/blobs" 2>/dev/null | cut -f1 || true)
     "$PY" "$LIB" record "$tool" "$kind" "$label" "$base.time" "$wall" "$base.sample" \
-        "$HOST" "$repo" "$tag" "$base.out" "$((${stored1:-0} - ${stored0:-0}))" >>"$RUNS_FILE"
+        "$HOST" "$repo" "$tag" "$base.out" "$((${stored1:-0} - ${stored0:-0}))" "$load0" >>"$RUNS_FILE"
     "$PY" - "$RUNS_FILE" <<'EOF' >&2
 import json, sys
 r = json.loads(open(sys.argv[1]).read().splitlines()[-1])
@@ -200,7 +203,7 @@ pb = r.get("pushed_bytes")
 print(f"  {r['tool']:<11} {r['kind']:<4} {r['label']:<7} wall {r['wall_s']:6.2f}s  cpu {r['cpu_s']:5.1f}s  "
       f"rss {r.get('max_rss_mib', 0):6.1f} MiB  pushed {'-' if pb is None else f'{pb/1e6:.1f} MB':>9}  "
       f"registry cpu {r.get('registry_cpu_s', '-')}s  other cpu {r.get('other_cpu_s', '-')}s  "
-      f"tool cores {r.get('tool_cores_mean', '-')}  fill {r.get('tool_and_registry_fill_cores_fraction', '-')}"
+      f"tool cores {r.get('tool_cores_mean', '-')}  fill {r.get('tool_and_registry_fill_cores_fraction', '-')}  load {r.get('loadavg', '-')}"
       + ("" if r.get("exit") == 0 else f"  FAILED exit {r.get('exit')}"))
 EOF
     if ! grep -q '"exit": 0' <<<"$(tail -1 "$RUNS_FILE")"; then

@@ -123,6 +123,9 @@ fn sniff(reader: &mut BufReader<Tee<'_>>) -> io::Result<Codec> {
     Ok(Codec::sniff(head))
 }
 
+/// Where the uncompressed bytes of a layer that is only read go, in order.
+pub type Tap<'a> = dyn FnMut(&[u8]) -> io::Result<()> + 'a;
+
 /// Read a layer to its end. `emit` receives the registry blob in order.
 pub fn process(
     member: &str,
@@ -130,26 +133,55 @@ pub fn process(
     policy: CompressionPolicy,
     emit: &mut Emit<'_>,
 ) -> Result<LayerFacts, LayerError> {
+    run(member, data, Some((policy, emit)), &mut |_| Ok(()))
+}
+
+/// Read a layer to its end for its facts only, producing no blob: `tap` receives the
+/// uncompressed bytes (an error from it stops the layer as [`LayerError::Sink`]).
+/// `pushed_codec`/`as_stored` of the result describe the stored bytes.
+pub fn read(
+    member: &str,
+    data: &mut dyn Read,
+    tap: &mut Tap<'_>,
+) -> Result<LayerFacts, LayerError> {
+    run(member, data, None, tap)
+}
+
+fn run(
+    member: &str,
+    data: &mut dyn Read,
+    blob: Option<(CompressionPolicy, &mut Emit<'_>)>,
+    tap: &mut Tap<'_>,
+) -> Result<LayerFacts, LayerError> {
     // Capture from the first byte: sniffing already reads a buffer's worth.
     let tee = Tee {
         inner: data,
         hasher: Sha256::new(),
         size: 0,
-        capture: Some(Vec::with_capacity(CAPTURE_LIMIT + READ_BUFFER)),
+        capture: blob
+            .is_some()
+            .then(|| Vec::with_capacity(CAPTURE_LIMIT + READ_BUFFER)),
         sink: None,
         sink_error: None,
     };
     let mut buffered = BufReader::with_capacity(READ_BUFFER, tee);
     let stored_codec = sniff(&mut buffered).map_err(LayerError::Read)?;
-    let (pushed_codec, as_stored) = policy.plan(stored_codec);
+    let (pushed_codec, as_stored) = match &blob {
+        Some((policy, _)) => policy.plan(stored_codec),
+        None => (stored_codec, true),
+    };
     // The blob is either the stored bytes, handed on by the tee as they are read, or a fresh
-    // encoding of the decompressed bytes.
-    let mut encoder = if as_stored {
-        buffered.get_mut().sink = Some(emit);
-        None
-    } else {
-        buffered.get_mut().capture = None;
-        Some((ChunkEncoder::new(pushed_codec), emit))
+    // encoding of the decompressed bytes (or nothing, when the layer is only read).
+    let mut encoder = match blob {
+        Some((_, emit)) if as_stored => {
+            buffered.get_mut().sink = Some(emit);
+            None
+        }
+        Some((_, emit)) => {
+            buffered.get_mut().capture = None;
+            Some((ChunkEncoder::new(pushed_codec), emit))
+        }
+        None => None,
     };
     let bad = |e: io::Error| {
         LayerError::Archive(ArchiveError::BadCompression {
@@ -188,6 +220,7 @@ pub fn process(
             diff.update(&buf[..n]);
         }
         uncompressed_size += n as u64;
+        tap(&buf[..n]).map_err(LayerError::Sink)?;
         match &mut encoder {
             Some((enc, emit)) => {
                 for out in enc.push(&buf[..n]) {

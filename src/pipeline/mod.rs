@@ -124,6 +124,22 @@ struct Processed {
     read_back: bool,
 }
 
+impl Processed {
+    /// A layer read and checked, pushed nowhere (yet).
+    fn checked(facts: LayerFacts) -> Self {
+        Processed {
+            facts,
+            pushed: Pushed {
+                digest: String::new(),
+                size: 0,
+                repo: String::new(),
+                sent: 0,
+            },
+            read_back: false,
+        }
+    }
+}
+
 struct Ctx {
     archive: String,
     opts: ImportOptions,
@@ -376,38 +392,26 @@ async fn process_seekable(
         }
     };
 
-    // A layer this codec already encoded into the registry: the archive's bytes are hashed
-    // (diff_id), the registry's blob is read back and must decompress to that diff_id.
-    if !as_stored
-        && let Some(k) = known.blobs.get(&diff_id)
-        && reuse::holds(&ctx, &k.repo, &k.digest, &diff_id).await?
-    {
-        let m = member.clone();
-        let mut facts = blocking(move || -> Result<LayerFacts, LayerError> {
-            let mut r = open().map_err(LayerError::Read)?;
-            layer::process(
-                &m,
-                &mut r,
-                CompressionPolicy::Force(Codec::None),
-                &mut |_| Ok(()),
-            )
-        })
-        .await?
-        .map_err(|e| ImportError::from_layer(&ctx.archive, &repo, e, None))?;
+    // A layer this codec already encoded into the registry: the registry's blob is read back
+    // beside the archive's layer and must decompress to it byte for byte.
+    if !as_stored && let Some(k) = known.blobs.get(&diff_id) {
         let (codec, _) = policy.plan(stored_codec);
-        facts.pushed_codec = codec;
-        facts.as_stored = false;
-        // Mounted into the other repositories of the import when they are staged.
-        let pushed = k.clone();
-        let read_back = true;
-        return Ok((
-            member,
-            Processed {
-                facts,
-                pushed,
-                read_back,
-            },
-        ));
+        if let Some(mut facts) =
+            reuse::matches(&ctx, &k.repo, &k.digest, codec, &member, open.clone()).await?
+        {
+            facts.pushed_codec = codec;
+            facts.as_stored = false;
+            // Mounted into the other repositories of the import when they are staged.
+            let pushed = k.clone();
+            return Ok((
+                member,
+                Processed {
+                    facts,
+                    pushed,
+                    read_back: true,
+                },
+            ));
+        }
     }
 
     // A stored blob the registry already has: read it only to verify it.
@@ -834,8 +838,8 @@ fn predict(ctx: &Ctx, img: &ImageSource, stored: &dyn Fn(&str) -> Option<Codec>)
 /// If every tag already points at exactly the manifest this import would push, say so.
 /// Nothing is declared up to date on the word of the registry alone: the archive's layers are
 /// read and checked as for a push, and a tag whose layer digests cannot be predicted without
-/// encoding (`Predicted::Encoded`) has its layer blobs read back and checked against the
-/// config's diff_ids.
+/// encoding (`Predicted::Encoded`) has its layer blobs read back and compared with the
+/// archive's layers.
 async fn up_to_date(
     ctx: &Ctx,
     p: &Planned,
@@ -919,34 +923,51 @@ async fn up_to_date(
     let Some(seen) = &digest_seen else {
         return Ok(None);
     };
-    for img in &p.images {
-        check_archive_layers(ctx, path, catalog, img).await?;
-    }
     let layer_count: usize = p.images.iter().map(|i| i.layers.len()).sum();
     let checked = match &predicted {
-        Predicted::Encoded { .. } => {
+        // Blob digests this import cannot know without encoding: each blob is read back beside
+        // the archive's layer (one pass over both) and must decompress to it byte for byte.
+        Predicted::Encoded { codec, .. } => {
             let repo = &p.refs[0].repository;
-            if remote_layers.len() != img.diff_ids.len() {
+            if remote_layers.len() != img.layers.len() {
                 return Ok(None);
             }
-            let held: Vec<bool> = futures::stream::iter(remote_layers.iter().zip(&img.diff_ids))
-                .map(|(d, diff_id)| reuse::holds(ctx, repo, d, diff_id))
-                .buffer_unordered(ctx.opts.parallel_layers.max(1))
-                .try_collect()
-                .await?;
-            if held.contains(&false) {
+            let found: Vec<Option<(String, LayerFacts)>> =
+                futures::stream::iter(img.layers.iter().zip(&remote_layers))
+                    .map(|(l, blob)| {
+                        let open = member_reader(ctx, path, catalog, &l.member);
+                        async move {
+                            let facts =
+                                reuse::matches(ctx, repo, blob, *codec, &l.member, open).await?;
+                            Ok::<_, ImportError>(facts.map(|f| (l.member.clone(), f)))
+                        }
+                    })
+                    .buffer_unordered(ctx.opts.parallel_layers.max(1))
+                    .try_collect()
+                    .await?;
+            let Some(found) = found.into_iter().collect::<Option<Vec<_>>>() else {
                 return Ok(None);
-            }
+            };
+            let processed: HashMap<String, Processed> = found
+                .into_iter()
+                .map(|(member, facts)| (member, Processed::checked(facts)))
+                .collect();
+            verify(img, &processed).map_err(|e| ctx.archive_err(e))?;
             format!(
                 "the tag already holds this image: its {layer_count} layer blob(s), read back \
-                 from the registry, decompress to the config's diff_ids, and the archive's layers \
-                 hash to them"
+                 from the registry, decompress byte for byte to the archive's layers, which hash \
+                 to the config's diff_ids"
             )
         }
-        _ => format!(
-            "the tag already points at {seen}, whose blobs the registry holds by digest; the \
-             archive's {layer_count} layer(s) were read and match the config's diff_ids"
-        ),
+        _ => {
+            for img in &p.images {
+                check_archive_layers(ctx, path, catalog, img).await?;
+            }
+            format!(
+                "the tag already points at {seen}, whose blobs the registry holds by digest; the \
+                 archive's {layer_count} layer(s) were read and match the config's diff_ids"
+            )
+        }
     };
     let archive_digest = match (&p.index, &img.original_manifest) {
         (Some(ix), _) => Some(ix.digest.clone()),
@@ -993,43 +1014,19 @@ async fn check_archive_layers(
     members.sort_unstable();
     members.dedup();
     let read = |member: &str| {
-        let offset = catalog.offsets.get(member).copied().unwrap_or(0);
-        let size = catalog.sizes.get(member).copied().unwrap_or(0);
-        let (path, member, progress) =
-            (path.to_path_buf(), member.to_string(), ctx.progress.clone());
+        let open = member_reader(ctx, path, catalog, member);
+        let member = member.to_string();
         async move {
             let m = member.clone();
             let facts = blocking(move || -> Result<LayerFacts, LayerError> {
-                let mut f = File::open(&path).map_err(LayerError::Read)?;
-                f.seek(io::SeekFrom::Start(offset))
-                    .map_err(LayerError::Read)?;
-                let mut r = Counting {
-                    inner: f.take(size),
-                    progress,
-                };
-                layer::process(
-                    &m,
-                    &mut r,
-                    CompressionPolicy::Force(Codec::None),
-                    &mut |_| Ok(()),
-                )
+                let mut r = open().map_err(LayerError::Read)?;
+                layer::read(&m, &mut r, &mut |_| Ok(()))
             })
             .await?
             .map_err(|e| {
                 ImportError::from_layer(&ctx.archive, &ctx.opts.target.repository, e, None)
             })?;
-            let pushed = Pushed {
-                digest: String::new(),
-                size: 0,
-                repo: String::new(),
-                sent: 0,
-            };
-            let processed = Processed {
-                facts,
-                pushed,
-                read_back: false,
-            };
-            Ok::<_, ImportError>((member, processed))
+            Ok::<_, ImportError>((member, Processed::checked(facts)))
         }
     };
     let processed: HashMap<String, Processed> = futures::stream::iter(members)
@@ -1038,6 +1035,26 @@ async fn check_archive_layers(
         .try_collect()
         .await?;
     verify(img, &processed).map_err(|e| ctx.archive_err(e))
+}
+
+/// Opens archive member `member` of `path` for reading, counted as progress.
+fn member_reader(
+    ctx: &Ctx,
+    path: &Path,
+    catalog: &Catalog,
+    member: &str,
+) -> impl FnOnce() -> io::Result<Counting<io::Take<File>>> + Send + 'static + use<> {
+    let offset = catalog.offsets.get(member).copied().unwrap_or(0);
+    let size = catalog.sizes.get(member).copied().unwrap_or(0);
+    let (path, progress) = (path.to_path_buf(), ctx.progress.clone());
+    move || {
+        let mut f = File::open(&path)?;
+        f.seek(io::SeekFrom::Start(offset))?;
+        Ok(Counting {
+            inner: f.take(size),
+            progress,
+        })
+    }
 }
 
 fn left_out_lines(l: &[LeftOut]) -> Vec<String> {
@@ -1145,7 +1162,7 @@ async fn finish(
                 0 => String::new(),
                 n => format!(
                     "; {n} layer(s) reused from the registry after their blobs were read back \
-                     and decompressed to those diff_ids"
+                     and decompressed byte for byte to the archive's layers"
                 ),
             }
         );

@@ -1,59 +1,157 @@
 //! Layers already in the registry. A manifest there says which blob holds which layer, but
 //! whoever can push a tag can write any manifest (and any `layer-codec` annotation): a blob is
-//! only taken for a layer after it was read back and decompressed to the layer's diff_id.
+//! only taken for a layer after it was read back and found to decompress to the archive's
+//! layer byte for byte ([`matches`]).
 
 use std::collections::{HashMap, HashSet};
+use std::io::{self, BufRead, BufReader, Read};
+use std::sync::mpsc;
 
+use bytes::Bytes;
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
-use super::codec::{self, CompressionPolicy};
+use super::codec::{self, CHUNK, Codec, CompressionPolicy};
+use super::layer::{LayerError, LayerFacts};
 use super::{Ctx, ImportError, Planned, Pushed, blocking, layer, manifest};
 use crate::archive::digest;
 use crate::archive::formats::{ImageConfig, Platform};
 
-/// Whether blob `digest` of `repo` holds the layer `diff_id`: streamed from the registry,
-/// hashed as stored and decompressed. A blob that cannot be read counts as not holding it.
-pub(super) async fn holds(
+/// Archive chunks in flight between the archive's reader and the blob's comparer, per layer.
+const COMPARE_QUEUE: usize = 4;
+
+/// Whether blob `digest` of `repo` holds exactly the layer that `open` reads from the archive.
+/// Both are read side by side, on two threads, in one pass: the archive's bytes are hashed (the
+/// facts returned, checked against the config by the caller), the blob is streamed from the
+/// registry, hashed as stored, decoded as `codec` and compared with them byte for byte (cheaper
+/// than hashing the decoded blob again). Some(facts) when it holds them; None when the blob
+/// cannot be read or differs. An archive that cannot be read is an error.
+pub(super) async fn matches<R: Read + Send + 'static>(
     ctx: &Ctx,
     repo: &str,
     digest: &str,
-    diff_id: &str,
-) -> Result<bool, ImportError> {
+    codec: Codec,
+    member: &str,
+    open: impl FnOnce() -> io::Result<R> + Send + 'static,
+) -> Result<Option<LayerFacts>, ImportError> {
     let stream = match ctx.registry.read_blob(repo, digest).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(blob = digest, repo, error = %e, "registry blob not readable; not reused");
-            return Ok(false);
+            return Ok(None);
         }
     };
-    let mut reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    let name = format!("{repo}@{digest}");
-    let facts = blocking(move || {
-        layer::process(
-            &name,
-            &mut reader,
-            CompressionPolicy::Force(super::Codec::None),
-            &mut |_| Ok(()),
-        )
-    })
-    .await?;
-    Ok(match facts {
-        Ok(f) if f.stored_digest == digest && f.diff_id == diff_id => true,
-        Ok(f) => {
+    let remote = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    let (tx, rx) = mpsc::sync_channel::<Bytes>(COMPARE_QUEUE);
+    let want = digest.to_string();
+    let blob = blocking(move || same_bytes(remote, &want, codec, rx));
+    let m = member.to_string();
+    let archive = blocking(move || -> Result<LayerFacts, LayerError> {
+        let mut r = open().map_err(LayerError::Read)?;
+        layer::read(&m, &mut r, &mut |b| {
+            tx.send(Bytes::copy_from_slice(b))
+                .map_err(|_| io::Error::other("the registry blob differs"))
+        })
+    });
+    let (blob, archive) = tokio::join!(blob, archive);
+    let facts = match archive? {
+        Ok(f) => Some(f),
+        // The comparer stopped reading: the blob differs (said below).
+        Err(LayerError::Sink(_)) => None,
+        Err(e) => {
+            return Err(ImportError::from_layer(
+                &ctx.archive,
+                &ctx.opts.target.repository,
+                e,
+                None,
+            ));
+        }
+    };
+    match blob? {
+        Ok(()) => Ok(facts),
+        Err(why) => {
             tracing::warn!(
                 blob = digest,
                 repo,
-                holds = %f.diff_id,
-                expected = diff_id,
-                "registry blob does not hold the layer its manifest claims; not reused"
+                member,
+                "registry blob does not hold the archive's layer ({why}); not reused"
             );
-            false
+            Ok(None)
         }
-        Err(e) => {
-            tracing::warn!(blob = digest, repo, error = %e, "registry blob is not a layer; not reused");
-            false
+    }
+}
+
+/// Hashes what is read through it.
+struct Hashed<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for Hashed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Whether `blob` hashes to `digest`, is `codec`-encoded and decodes to exactly the bytes that
+/// arrive on `archive` (until it is closed). Err: why not.
+fn same_bytes(
+    blob: impl Read,
+    digest: &str,
+    codec: Codec,
+    archive: mpsc::Receiver<Bytes>,
+) -> Result<(), String> {
+    let mut hashed = BufReader::with_capacity(
+        256 << 10,
+        Hashed {
+            inner: blob,
+            hasher: Sha256::new(),
+        },
+    );
+    let head = hashed
+        .fill_buf()
+        .map_err(|e| format!("reading it failed: {e}"))?;
+    let found = Codec::sniff(head);
+    if found != codec {
+        return Err(format!("it is not {codec}-encoded ({found})"));
+    }
+    {
+        let mut decoded: Box<dyn Read + '_> = match codec {
+            Codec::None => Box::new(&mut hashed),
+            Codec::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut hashed)),
+            Codec::Zstd => Box::new(
+                zstd::stream::read::Decoder::with_buffer(&mut hashed)
+                    .map_err(|e| format!("it does not decode: {e}"))?,
+            ),
+        };
+        let mut buf = vec![0u8; CHUNK];
+        for chunk in archive.iter() {
+            for piece in chunk.chunks(CHUNK) {
+                let out = &mut buf[..piece.len()];
+                decoded
+                    .read_exact(out)
+                    .map_err(|e| format!("it is shorter than the layer or does not decode: {e}"))?;
+                if out != piece {
+                    return Err("its content differs from the layer's".into());
+                }
+            }
         }
-    })
+        let more = decoded
+            .read(&mut buf[..1])
+            .map_err(|e| format!("it does not decode: {e}"))?;
+        if more != 0 {
+            return Err("it is longer than the layer".into());
+        }
+    }
+    // Whatever follows the compressed stream is part of the blob.
+    io::copy(&mut hashed, &mut io::sink()).map_err(|e| format!("reading it failed: {e}"))?;
+    let got = digest::finish(hashed.into_inner().hasher);
+    if got != digest {
+        return Err(format!("the registry served bytes hashing to {got}"));
+    }
+    Ok(())
 }
 
 /// Tag-list pages read per target repository, and tags per page: a repository of thousands of
@@ -82,8 +180,10 @@ pub(super) struct Known {
 ///
 /// Only manifests recording this import's exact encoder (`layer-codec` annotation) are used,
 /// so a reused blob is the one this import would produce and the manifest digest stays what a
-/// cold push gives; the annotation is a hint, not proof: each blob is read back and checked
-/// against its diff_id before it is used ([`holds`]).
+/// cold push gives; the annotation is a hint, not proof: each blob is read back and compared
+/// with the archive's layer before it is used ([`matches`]). (A blob planted under a forged
+/// annotation that holds the same layer in another valid encoding passes that check: the
+/// image is right, but its manifest digest is not the one a cold push gives.)
 pub(super) async fn known_layers(ctx: &Ctx, todo: &[Planned], needed: &HashSet<String>) -> Known {
     let mut known = Known::default();
     if needed.is_empty() {
@@ -292,6 +392,61 @@ impl Learner<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = codec::ChunkEncoder::new(Codec::Gzip);
+        let mut out: Vec<u8> = e.push(data).concat();
+        out.extend(e.finish().concat());
+        out
+    }
+
+    /// `same_bytes` of `blob` (named `digest`) against the archive layer `layer`, fed in
+    /// pieces as the archive's reader sends them.
+    fn compare(blob: &[u8], digest: &str, codec: Codec, layer: &[u8]) -> Result<(), String> {
+        let (tx, rx) = mpsc::sync_channel(layer.len() / 70_000 + 2);
+        for piece in layer.chunks(70_000) {
+            tx.send(Bytes::copy_from_slice(piece)).unwrap();
+        }
+        drop(tx);
+        same_bytes(blob, digest, codec, rx)
+    }
+
+    #[test]
+    fn a_blob_is_taken_only_for_exactly_the_archives_layer() {
+        let layer: Vec<u8> = (0..3 * CHUNK + 4321).map(|i| (i % 251) as u8).collect();
+        let blob = gzip(&layer);
+        let d = digest::sha256_of(&blob);
+        assert_eq!(compare(&blob, &d, Codec::Gzip, &layer), Ok(()));
+        // Another layer of the same length, one byte apart.
+        let mut other = layer.clone();
+        other[2 * CHUNK + 7] ^= 1;
+        let e = compare(&blob, &d, Codec::Gzip, &other).unwrap_err();
+        assert!(e.contains("differs"), "{e}");
+        // The blob is a prefix or an extension of the layer.
+        let e = compare(&blob, &d, Codec::Gzip, &layer[..layer.len() - 1]).unwrap_err();
+        assert!(e.contains("longer"), "{e}");
+        let mut longer = layer.clone();
+        longer.push(0);
+        let e = compare(&blob, &d, Codec::Gzip, &longer).unwrap_err();
+        assert!(e.contains("shorter"), "{e}");
+        // The registry serves other bytes than the digest names (a valid gzip of the layer).
+        let other_encoding = {
+            use std::io::Write;
+            let mut g = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            g.write_all(&layer).unwrap();
+            g.finish().unwrap()
+        };
+        let e = compare(&other_encoding, &d, Codec::Gzip, &layer).unwrap_err();
+        assert!(e.contains("hashing to"), "{e}");
+        // The right content under another codec than the manifest says.
+        let e = compare(&layer, &digest::sha256_of(&layer), Codec::Gzip, &layer).unwrap_err();
+        assert!(e.contains("not gzip-encoded"), "{e}");
+        // Not a layer at all.
+        let junk = [0x1f, 0x8b, 8, 0, 0xde, 0xad, 0xbe, 0xef];
+        assert!(compare(&junk, &digest::sha256_of(&junk), Codec::Gzip, &layer).is_err());
+    }
+
     #[test]
     fn tags_sharing_a_prefix_with_the_new_one_come_first() {
         let tags = ["latest", "1.9", "1.10", "2.0", "1.1", "x"]
