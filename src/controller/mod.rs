@@ -40,7 +40,7 @@ pub enum Error {
 pub struct ControllerConfig {
     pub worker: WorkerSettings,
     pub max_concurrent_imports: usize,
-    /// At most this many per namespace (None: only the fair share limits a namespace).
+    /// At most this many per namespace (None: only the fair queue limits a namespace).
     pub max_concurrent_imports_per_namespace: Option<usize>,
     /// Reconciles running at once.
     pub reconcile_concurrency: u16,
@@ -121,7 +121,17 @@ fn error_policy(obj: Arc<ImageImport>, err: &Error, ctx: Arc<Context>) -> Action
 
 async fn reconcile(obj: Arc<ImageImport>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciliations.inc();
-    let action = reconcile::reconcile(obj.clone(), ctx.clone()).await?;
+    let started = std::time::Instant::now();
+    let result = reconcile::reconcile(obj.clone(), ctx.clone()).await;
+    // Whatever this pass did (a Job's end seen, an import gone or admitted), the imports that
+    // may start now are woken.
+    ctx.queue.after_reconcile(
+        &Context::key(&obj),
+        started,
+        &ctx.job_cache,
+        &ctx.import_cache,
+    );
+    let action = result?;
     ctx.succeeded(&obj);
     Ok(action)
 }
@@ -158,11 +168,13 @@ pub async fn run(
         .reflect(job_writer)
         .touched_objects();
     let concurrency = config.reconcile_concurrency.max(1);
+    let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
         client: client.clone(),
         queue: admission::Admission::new(
             config.max_concurrent_imports,
             config.max_concurrent_imports_per_namespace,
+            Some(wake),
         ),
         config,
         recorder: Recorder::new(client.clone(), reporter),
@@ -176,6 +188,7 @@ pub async fn run(
     });
     Controller::for_stream(stream, reader)
         .owns_stream(job_stream)
+        .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(woken))
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
