@@ -818,6 +818,92 @@ async fn a_recreated_import_never_adopts_its_namesakes_job() {
     c.wait_ready("again", "True", Some("Succeeded")).await;
 }
 
+/// A namespace deleted and created again within the controller's trust in the worker identity
+/// it applied there (issue 7, seen on the real node: the new namespace's Job could not make its
+/// Pod, its ServiceAccount was gone, and the import stayed Importing): the identity is applied
+/// again, and the new namespace's import runs as its worker and reaches Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_deleted_and_created_again_gets_its_worker_identity_back() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    const REBORN: &str = "reborn";
+    let c = Cluster::start().await;
+    let reg = Registry::plain();
+    let (dir, _) = archive_dir(&c, "deliveries", ImageSpec::new(&["web:1.4"], layers(4100)));
+    let claims = BTreeMap::from([("deliveries", dir.as_path())]);
+    let imports: Api<imageimport::api::ImageImport> = Api::namespaced(c.client.clone(), REBORN);
+    let jobs: Api<Job> = Api::namespaced(c.client.clone(), REBORN);
+    // Import `name` in the namespace: its Job (run by the test, as the worker's ServiceAccount,
+    // which fails if that account is missing), then Ready.
+    let import = |name: &'static str, tag: &'static str| {
+        let (c, reg, claims, imports, jobs) = (&c, &reg, &claims, &imports, &jobs);
+        async move {
+            let mut m = pvc_import(name, "deliveries", &reg.reference("shop/reborn"), &[tag]);
+            m["metadata"]["namespace"] = json!(REBORN);
+            imports
+                .patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&m))
+                .await
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let job = loop {
+                let obj = imports.get(name).await.unwrap();
+                if let Some(j) = obj.status.as_ref().and_then(|s| s.job_name.clone())
+                    && let Some(job) = jobs.get_opt(&j).await.unwrap()
+                {
+                    break job;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no Job for {name}: {:?}",
+                    obj.status
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            // What the Job controller needs to make the Pod, and the worker to report.
+            let sa = Api::<ServiceAccount>::namespaced(c.client.clone(), REBORN);
+            let role = Api::<Role>::namespaced(c.client.clone(), REBORN);
+            let binding = Api::<RoleBinding>::namespaced(c.client.clone(), REBORN);
+            assert!(
+                sa.get_opt("imageimport-worker").await.unwrap().is_some(),
+                "ServiceAccount"
+            );
+            assert!(
+                role.get_opt("imageimport-worker").await.unwrap().is_some(),
+                "Role"
+            );
+            assert!(
+                binding
+                    .get_opt("imageimport-worker")
+                    .await
+                    .unwrap()
+                    .is_some(),
+                "RoleBinding"
+            );
+            assert_eq!(c.run_job(&job, claims).await, 0);
+            let deadline = Instant::now() + Duration::from_secs(90);
+            loop {
+                let obj = imports.get(name).await.unwrap();
+                if ready(&obj).is_some_and(|(s, r, _)| s == "True" && r == "Succeeded") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{name} not Ready: {:?}",
+                    ready(&obj)
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    c.api.create_namespace(REBORN).await;
+    c.claim_in(REBORN, "deliveries").await;
+    import("first", "1").await;
+    c.delete_namespace(REBORN).await;
+    c.api.create_namespace(REBORN).await;
+    c.claim_in(REBORN, "deliveries").await;
+    import("second", "2").await;
+}
+
 /// The concurrency limit counts only Jobs an ImageImport owns: a tenant putting the label on
 /// Jobs of its own cannot hold every import in the cluster Queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

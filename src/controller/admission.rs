@@ -10,8 +10,7 @@
 //! caps a namespace on top of that; a namespace alone may use every slot.
 //!
 //! Running Jobs are counted from the controller's own Job watch (no LIST), and only Jobs an
-//! ImageImport really runs count: its status names the Job, or this process just created it
-//! (and the watch has not shown it yet).
+//! ImageImport really runs count: its status names the Job, or this process just created it.
 //!
 //! A waiting import asks again every [`ASK_EVERY`], but mostly it need not wait that long:
 //! after every reconcile (a Job ended, an import was deleted or admitted) the imports that may
@@ -36,8 +35,9 @@ type Key = (String, String);
 pub const ASK_EVERY: Duration = Duration::from_secs(15);
 /// An entry not asked for this long is dropped from the line.
 const STOPPED_ASKING: Duration = Duration::from_secs(4 * 15);
-/// A Job created here counts this long at most while the watch has not shown it.
-const CREATED_UNSEEN: Duration = Duration::from_secs(120);
+/// A Job created here counts this long at most while its ImageImport's status does not name it
+/// in the cache.
+const CREATED_FOR: Duration = Duration::from_secs(120);
 
 struct Waiting {
     /// Its place in line (when it first asked).
@@ -45,12 +45,6 @@ struct Waiting {
     asked: Instant,
     /// Woken since it last asked: not woken again until it has asked (no wake loops).
     woken: bool,
-}
-
-struct Created {
-    at: Instant,
-    /// Seen in the watch cache: once gone from it, the Job no longer counts.
-    seen: bool,
 }
 
 #[derive(Default)]
@@ -61,7 +55,7 @@ struct State {
     served: HashMap<String, u64>,
     admissions: u64,
     /// Jobs created by this process, until the ImageImport's status in the cache names them.
-    created: HashMap<Key, Created>,
+    created: HashMap<Key, Instant>,
 }
 
 pub struct Admission {
@@ -172,7 +166,7 @@ impl Admission {
                 woken: false,
             },
         );
-        let (running, free) = self.refresh(st, jobs, imports);
+        let (running, free) = self.refresh(st, Some(key), jobs, imports);
         let ns_running = running.get(&key.0).copied().unwrap_or(0);
         if free == 0 {
             return Err(Wait::Full {
@@ -197,23 +191,26 @@ impl Admission {
         Ok(())
     }
 
-    /// Bring the line up to date; returns the running Jobs per namespace and the free slots.
+    /// Bring the line up to date (`asking` stays: the cache may lag behind what it read);
+    /// returns the running Jobs per namespace and the free slots.
     fn refresh(
         &self,
         st: &mut State,
+        asking: Option<&Key>,
         jobs: &Store<Job>,
         imports: &Store<ImageImport>,
     ) -> (BTreeMap<String, usize>, usize) {
         let running = running_by_namespace(jobs, imports, &mut st.created);
         // Leave the line when no longer waiting: deleted, started, or no longer asking.
         st.waiting.retain(|(ns, name), w| {
-            w.asked.elapsed() < STOPPED_ASKING
-                && imports
-                    .get(&ObjectRef::new(name).within(ns))
-                    .is_some_and(|o| {
-                        o.metadata.deletion_timestamp.is_none()
-                            && o.status.as_ref().is_none_or(|s| s.job_name.is_none())
-                    })
+            asking.is_some_and(|k| (&k.0, &k.1) == (ns, name))
+                || (w.asked.elapsed() < STOPPED_ASKING
+                    && imports
+                        .get(&ObjectRef::new(name).within(ns))
+                        .is_some_and(|o| {
+                            o.metadata.deletion_timestamp.is_none()
+                                && o.status.as_ref().is_none_or(|s| s.job_name.is_none())
+                        }))
         });
         let waiting = &st.waiting;
         st.served
@@ -242,7 +239,7 @@ impl Admission {
         if st.waiting.is_empty() {
             return;
         }
-        let (running, free) = self.refresh(st, jobs, imports);
+        let (running, free) = self.refresh(st, None, jobs, imports);
         let next: Vec<Key> = fair_order(&st.waiting, &running, &st.served, self.per_namespace)
             .into_iter()
             .take(free)
@@ -258,15 +255,15 @@ impl Admission {
         }
     }
 
-    /// The Job of `key` was created: it counts until the cache shows it in the status.
+    /// The Job of `key` was created: it counts until the cache shows it in the status. The
+    /// caller then waits (still serialized) until the Job watch shows it, so that the next
+    /// admission counts it.
     pub fn created(&self, ns: &str, job_name: &str) {
-        self.state.lock().expect("lock").created.insert(
-            (ns.to_string(), job_name.to_string()),
-            Created {
-                at: Instant::now(),
-                seen: false,
-            },
-        );
+        self.state
+            .lock()
+            .expect("lock")
+            .created
+            .insert((ns.to_string(), job_name.to_string()), Instant::now());
     }
 
     /// `key` no longer waits (deleted, finished, refused).
@@ -277,24 +274,18 @@ impl Admission {
 
 /// Running worker Jobs per namespace: in the watch cache, not finished, and the Job an
 /// ImageImport runs (its controller, by uid, whose status names it) or one just created here
-/// (counted even before the watch shows it: the next admission may come first). Jobs others
-/// label, or point at an ImageImport of theirs, take no slot.
+/// (the creator waits until the watch shows it, [`Admission::created`]). Jobs others label, or
+/// point at an ImageImport of theirs, take no slot.
 fn running_by_namespace(
     jobs: &Store<Job>,
     imports: &Store<ImageImport>,
-    created: &mut HashMap<Key, Created>,
+    created: &mut HashMap<Key, Instant>,
 ) -> BTreeMap<String, usize> {
     let mut by = BTreeMap::new();
     for j in jobs.state() {
         let ns = j.namespace().unwrap_or_default();
         let name = j.name_any();
-        let just_created = match created.get_mut(&(ns.clone(), name.clone())) {
-            Some(c) => {
-                c.seen = true;
-                true
-            }
-            None => false,
-        };
+        let just_created = created.contains_key(&(ns.clone(), name.clone()));
         // An upload's Job waits for its bytes and takes no slot.
         if job::state(&j) != JobState::Running || super::upload::is_upload_job(&j.metadata) {
             continue;
@@ -315,19 +306,7 @@ fn running_by_namespace(
             *by.entry(ns).or_insert(0) += 1;
         }
     }
-    // Created here and not in the cache yet: running. Seen once and gone: deleted.
-    created.retain(|(ns, name), c| {
-        if c.at.elapsed() >= CREATED_UNSEEN {
-            return false;
-        }
-        if jobs.get(&ObjectRef::new(name).within(ns)).is_some() {
-            return true;
-        }
-        if !c.seen {
-            *by.entry(ns.clone()).or_insert(0) += 1;
-        }
-        !c.seen
-    });
+    created.retain(|_, at| at.elapsed() < CREATED_FOR);
     by
 }
 

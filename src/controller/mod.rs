@@ -14,7 +14,7 @@ pub mod status;
 pub mod upload;
 pub mod worker;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,9 +67,8 @@ pub struct Context {
     pub client: Client,
     pub config: ControllerConfig,
     pub recorder: Recorder,
-    /// Namespaces whose worker ServiceAccount and Role are in place.
-    /// Namespaces whose worker identity was applied, and when.
-    pub prepared_namespaces: Mutex<HashMap<String, std::time::Instant>>,
+    /// Namespaces whose worker ServiceAccount, Role and RoleBinding are in place.
+    pub prepared_namespaces: Arc<rbac::Prepared>,
     pub metrics: Arc<metrics::Metrics>,
     /// Serializes "count running Jobs, then create one": reconciles run concurrently, and
     /// without this two of them could both see room under the limit.
@@ -154,10 +153,18 @@ pub async fn run(
     // Only spec changes (new generations) wake the reconciler from the ImageImport watch:
     // its own status writes do not. Worker outcomes arrive with their Job's end. The caches
     // keep no managedFields (they are never read, and take memory per object).
+    let prepared = Arc::new(rbac::Prepared::default());
+    let forget = prepared.clone();
     let stream = watcher(imports, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(|o| o.managed_fields_mut().clear())
         .reflect(writer)
+        // A deleted ImageImport may mean a deleted namespace: its worker identity is gone.
+        .inspect(move |ev| match ev {
+            Ok(watcher::Event::Delete(o)) => forget.forget(o.namespace().as_deref()),
+            Ok(watcher::Event::InitDone) => forget.forget(None),
+            _ => {}
+        })
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     let job_cfg =
@@ -178,7 +185,7 @@ pub async fn run(
         ),
         config,
         recorder: Recorder::new(client.clone(), reporter),
-        prepared_namespaces: Mutex::new(HashMap::new()),
+        prepared_namespaces: prepared,
         failures: Mutex::new(Default::default()),
         metrics,
         admission: tokio::sync::Mutex::new(()),
