@@ -330,7 +330,7 @@ mod tests {
             .collect()
     }
 
-    fn names<'a>(order: &[&'a Key]) -> Vec<String> {
+    fn names(order: &[&Key]) -> Vec<String> {
         order.iter().map(|(ns, n)| format!("{ns}/{n}")).collect()
     }
 
