@@ -100,11 +100,11 @@ struct ControllerArgs {
     /// ServiceAccount the workers run as (created in each namespace that has imports).
     #[arg(long, default_value = "imageimport-worker")]
     worker_service_account: String,
-    /// Imports running at once, over all namespaces (shared fairly among the namespaces
-    /// that have imports waiting or running).
+    /// Imports running at once, over all namespaces (a free slot goes to the namespace
+    /// running the fewest imports).
     #[arg(long, default_value_t = 4)]
     max_concurrent_imports: usize,
-    /// Imports running at once in one namespace (0: only the fair share limits it).
+    /// Imports running at once in one namespace (0: only the fair queue limits it).
     #[arg(long, default_value_t = 0)]
     max_concurrent_imports_per_namespace: usize,
     /// Reconciles running at once.

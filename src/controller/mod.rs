@@ -14,7 +14,7 @@ pub mod status;
 pub mod upload;
 pub mod worker;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,7 +40,7 @@ pub enum Error {
 pub struct ControllerConfig {
     pub worker: WorkerSettings,
     pub max_concurrent_imports: usize,
-    /// At most this many per namespace (None: only the fair share limits a namespace).
+    /// At most this many per namespace (None: only the fair queue limits a namespace).
     pub max_concurrent_imports_per_namespace: Option<usize>,
     /// Reconciles running at once.
     pub reconcile_concurrency: u16,
@@ -67,9 +67,8 @@ pub struct Context {
     pub client: Client,
     pub config: ControllerConfig,
     pub recorder: Recorder,
-    /// Namespaces whose worker ServiceAccount and Role are in place.
-    /// Namespaces whose worker identity was applied, and when.
-    pub prepared_namespaces: Mutex<HashMap<String, std::time::Instant>>,
+    /// Namespaces whose worker ServiceAccount, Role and RoleBinding are in place.
+    pub prepared_namespaces: Arc<rbac::Prepared>,
     pub metrics: Arc<metrics::Metrics>,
     /// Serializes "count running Jobs, then create one": reconciles run concurrently, and
     /// without this two of them could both see room under the limit.
@@ -121,7 +120,17 @@ fn error_policy(obj: Arc<ImageImport>, err: &Error, ctx: Arc<Context>) -> Action
 
 async fn reconcile(obj: Arc<ImageImport>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciliations.inc();
-    let action = reconcile::reconcile(obj.clone(), ctx.clone()).await?;
+    let started = std::time::Instant::now();
+    let result = reconcile::reconcile(obj.clone(), ctx.clone()).await;
+    // Whatever this pass did (a Job's end seen, an import gone or admitted), the imports that
+    // may start now are woken.
+    ctx.queue.after_reconcile(
+        &Context::key(&obj),
+        started,
+        &ctx.job_cache,
+        &ctx.import_cache,
+    );
+    let action = result?;
     ctx.succeeded(&obj);
     Ok(action)
 }
@@ -144,10 +153,18 @@ pub async fn run(
     // Only spec changes (new generations) wake the reconciler from the ImageImport watch:
     // its own status writes do not. Worker outcomes arrive with their Job's end. The caches
     // keep no managedFields (they are never read, and take memory per object).
+    let prepared = Arc::new(rbac::Prepared::default());
+    let forget = prepared.clone();
     let stream = watcher(imports, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(|o| o.managed_fields_mut().clear())
         .reflect(writer)
+        // A deleted ImageImport may mean a deleted namespace: its worker identity is gone.
+        .inspect(move |ev| match ev {
+            Ok(watcher::Event::Delete(o)) => forget.forget(o.namespace().as_deref()),
+            Ok(watcher::Event::InitDone) => forget.forget(None),
+            _ => {}
+        })
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     let job_cfg =
@@ -158,15 +175,17 @@ pub async fn run(
         .reflect(job_writer)
         .touched_objects();
     let concurrency = config.reconcile_concurrency.max(1);
+    let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
         client: client.clone(),
         queue: admission::Admission::new(
             config.max_concurrent_imports,
             config.max_concurrent_imports_per_namespace,
+            Some(wake),
         ),
         config,
         recorder: Recorder::new(client.clone(), reporter),
-        prepared_namespaces: Mutex::new(HashMap::new()),
+        prepared_namespaces: prepared,
         failures: Mutex::new(Default::default()),
         metrics,
         admission: tokio::sync::Mutex::new(()),
@@ -176,6 +195,7 @@ pub async fn run(
     });
     Controller::for_stream(stream, reader)
         .owns_stream(job_stream)
+        .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(woken))
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

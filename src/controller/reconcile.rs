@@ -496,7 +496,18 @@ impl<'a> Pass<'a> {
             attempt,
         );
         match self.jobs.create(&PostParams::default(), &job).await {
-            Ok(_) => ctx.queue.created(&ns, &job_name),
+            Ok(_) => {
+                ctx.queue.created(&ns, &job_name);
+                // The next admission (serialized behind this one) counts Jobs from the watch:
+                // wait until it shows this one, briefly (a slow watch only delays that count).
+                let seen = ObjectRef::new(&job_name).within(&ns);
+                for _ in 0..100 {
+                    if ctx.job_cache.get(&seen).is_some() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
             // Created by an earlier pass whose status write was lost: ours, if this very object
             // controls it. A Job left by a deleted namesake (same name, another uid, not yet
             // collected) is not adopted: its worker would report an old spec's import.

@@ -522,6 +522,77 @@ impl Cluster {
         }
     }
 
+    /// Delete namespace `ns` as the namespace controller would (none runs here): every object
+    /// the controller, the workers and the tests make in it is deleted (claims' protection
+    /// finalizer removed, as the controller-manager would once no Pod uses them), then the
+    /// namespace is finalized and waited out, so a namespace of that name can be created again.
+    pub async fn delete_namespace(&self, ns: &str) {
+        use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+        use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+        use kube::api::DeleteParams;
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        namespaces
+            .delete(ns, &DeleteParams::default())
+            .await
+            .unwrap();
+        let (dp, lp) = (DeleteParams::background(), ListParams::default());
+        let c = &self.client;
+        Api::<ImageImport>::namespaced(c.clone(), ns)
+            .delete_collection(&dp, &lp)
+            .await
+            .unwrap();
+        Api::<Job>::namespaced(c.clone(), ns)
+            .delete_collection(&dp, &lp)
+            .await
+            .unwrap();
+        Api::<Pod>::namespaced(c.clone(), ns)
+            .delete_collection(&dp, &lp)
+            .await
+            .unwrap();
+        Api::<Secret>::namespaced(c.clone(), ns)
+            .delete_collection(&dp, &lp)
+            .await
+            .unwrap();
+        Api::<ConfigMap>::namespaced(c.clone(), ns)
+            .delete_collection(&dp, &lp)
+            .await
+            .unwrap();
+        Api::<ServiceAccount>::namespaced(c.clone(), ns)
+            .delete_collection(&dp, &lp)
+            .await
+            .unwrap();
+        Api::<Role>::namespaced(c.clone(), ns)
+            .delete_collection(&dp, &lp)
+            .await
+            .unwrap();
+        Api::<RoleBinding>::namespaced(c.clone(), ns)
+            .delete_collection(&dp, &lp)
+            .await
+            .unwrap();
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), ns);
+        claims.delete_collection(&dp, &lp).await.unwrap();
+        for pvc in claims.list(&lp).await.unwrap().items {
+            let _ = claims
+                .patch(
+                    &pvc.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
+                )
+                .await;
+        }
+        let mut finalized = namespaces.get(ns).await.unwrap();
+        finalized.spec = Some(Default::default());
+        namespaces
+            .replace_subresource("finalize", ns, &PostParams::default(), &finalized)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while namespaces.get_opt(ns).await.unwrap().is_some() {
+            assert!(Instant::now() < deadline, "namespace {ns} was not deleted");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn jobs_for(&self, name: &str) -> Vec<Job> {
         self.jobs()
             .list(&ListParams::default().labels(&format!("imageimport.dev/name={name}")))
