@@ -11,14 +11,13 @@ mod support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::ListParams;
 use serde_json::{Value, json};
 use support::archives::{self, Format, ImageSpec, hostile};
 use support::cluster::*;
@@ -39,25 +38,7 @@ impl Drop for Console {
 
 /// A ServiceAccount of NS with `rules` (a Role bound to it); its bearer token.
 async fn user(c: &Cluster, name: &str, rules: Value) -> String {
-    let role: Role = serde_json::from_value(
-        json!({"metadata": {"name": name, "namespace": NS}, "rules": rules}),
-    )
-    .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": NS},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": NS}]
-    }))
-    .unwrap();
-    let pp = PatchParams::apply("test").force();
-    Api::<Role>::namespaced(c.client.clone(), NS)
-        .patch(name, &pp, &Patch::Apply(&role))
-        .await
-        .unwrap();
-    Api::<RoleBinding>::namespaced(c.client.clone(), NS)
-        .patch(name, &pp, &Patch::Apply(&binding))
-        .await
-        .unwrap();
+    namespace_role(c, name, rules).await;
     c.api.service_account_token(NS, name).await
 }
 
@@ -75,31 +56,7 @@ fn editor_rules(upload: bool) -> Value {
 
 async fn start() -> Console {
     let mut c = Cluster::start().await;
-    let kubeconfig = install_upload_rbac(&c).await;
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let log = std::fs::File::create(c.work.path().join("upload-server.log")).unwrap();
-    let service = Command::new(bin())
-        .args([
-            "upload-server",
-            "--bind-address",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg("--allow-unbound-worker-tokens")
-        .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "imageimport=debug")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http_get(&format!("127.0.0.1:{port}"), "/healthz").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the upload service never listened"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (service, base) = spawn_upload_service(&c).await;
     c.kill_controller();
     let ctl = c.spawn_controller(
         &["--upload-url", &base, "--upload-internal-url", &base],

@@ -8,8 +8,6 @@ use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::cluster::*;
 
@@ -43,29 +41,11 @@ fn spawn_ui(args: &[&str]) -> (Ui, String) {
 
 /// A ServiceAccount of NS that may read imports and upload into them there, nothing else.
 async fn console_user(c: &Cluster) -> std::path::PathBuf {
-    let role: Role = serde_json::from_value(json!({
-        "metadata": {"name": "console-user", "namespace": NS},
-        "rules": [
-            {"apiGroups": ["imageimport.dev"], "resources": ["imageimports"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": ["imageimport.dev"], "resources": ["imageimports/upload"], "verbs": ["create"]}
-        ]
-    }))
-    .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "console-user", "namespace": NS},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "console-user"},
-        "subjects": [{"kind": "ServiceAccount", "name": "console-user", "namespace": NS}]
-    }))
-    .unwrap();
-    let pp = PatchParams::apply("test").force();
-    Api::<Role>::namespaced(c.client.clone(), NS)
-        .patch("console-user", &pp, &Patch::Apply(&role))
-        .await
-        .unwrap();
-    Api::<RoleBinding>::namespaced(c.client.clone(), NS)
-        .patch("console-user", &pp, &Patch::Apply(&binding))
-        .await
-        .unwrap();
+    let rules = json!([
+        {"apiGroups": ["imageimport.dev"], "resources": ["imageimports"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["imageimport.dev"], "resources": ["imageimports/upload"], "verbs": ["create"]}
+    ]);
+    namespace_role(c, "console-user", rules).await;
     c.api.service_account_kubeconfig(NS, "console-user").await
 }
 
@@ -87,30 +67,7 @@ fn raw(port: u16, request: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_on_localhost_acts_as_the_kubeconfig_user_and_serves_only_its_browser() {
     let mut c = Cluster::start().await;
-    let service_kubeconfig = install_upload_rbac(&c).await;
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let log = std::fs::File::create(c.work.path().join("upload-server.log")).unwrap();
-    let mut service = Command::new(bin())
-        .args([
-            "upload-server",
-            "--bind-address",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg("--allow-unbound-worker-tokens")
-        .env("KUBECONFIG", service_kubeconfig)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http_get(&format!("127.0.0.1:{port}"), "/healthz").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the upload service never listened"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (mut service, base) = spawn_upload_service(&c).await;
     c.kill_controller();
     c.controller = Some(c.spawn_controller(
         &["--upload-url", &base, "--upload-internal-url", &base],

@@ -7,14 +7,12 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use imageimport::controller::upload::TOKEN_AUDIENCE;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::archives::{self, Format, ImageSpec, hostile};
 use support::cluster::*;
@@ -39,57 +37,14 @@ impl Drop for Uploads {
 /// A ServiceAccount of NS allowed `create imageimports/upload` there (as the aggregated edit
 /// role would allow a namespace editor); its token.
 async fn uploader_token(c: &Cluster, name: &str) -> String {
-    let role: Role = serde_json::from_value(json!({
-        "metadata": {"name": "uploader", "namespace": NS},
-        "rules": [{"apiGroups": ["imageimport.dev"], "resources": ["imageimports/upload"], "verbs": ["create"]}]
-    }))
-    .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": NS},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "uploader"},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": NS}]
-    }))
-    .unwrap();
-    let pp = PatchParams::apply("test").force();
-    Api::<Role>::namespaced(c.client.clone(), NS)
-        .patch("uploader", &pp, &Patch::Apply(&role))
-        .await
-        .unwrap();
-    Api::<RoleBinding>::namespaced(c.client.clone(), NS)
-        .patch(name, &pp, &Patch::Apply(&binding))
-        .await
-        .unwrap();
+    let rules = json!([{"apiGroups": ["imageimport.dev"], "resources": ["imageimports/upload"], "verbs": ["create"]}]);
+    namespace_role(c, name, rules).await;
     c.api.service_account_token(NS, name).await
 }
 
 async fn start(expiry_seconds: u64) -> Uploads {
     let mut c = Cluster::start().await;
-    let kubeconfig = install_upload_rbac(&c).await;
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let log = std::fs::File::create(c.work.path().join("upload-server.log")).unwrap();
-    let service = Command::new(bin())
-        .args([
-            "upload-server",
-            "--bind-address",
-            &format!("127.0.0.1:{port}"),
-        ])
-        // No kubelet here binds tokens to Pods.
-        .arg("--allow-unbound-worker-tokens")
-        .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "imageimport=debug")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http_get(&format!("127.0.0.1:{port}"), "/healthz").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the upload service never listened"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (service, base) = spawn_upload_service(&c).await;
     c.kill_controller();
     let expiry = expiry_seconds.to_string();
     let ctl = c.spawn_controller(
@@ -469,29 +424,11 @@ async fn the_plugin_creates_the_import_uploads_and_prints_the_reference() {
     let (file, built) = build_archive(&u, "plugin", 7400);
     // A user who may create ImageImports and upload into them (as `edit` with the chart's
     // aggregated role would).
-    let role: Role = serde_json::from_value(json!({
-        "metadata": {"name": "importer", "namespace": NS},
-        "rules": [
-            {"apiGroups": ["imageimport.dev"], "resources": ["imageimports"], "verbs": ["get", "create", "patch"]},
-            {"apiGroups": ["imageimport.dev"], "resources": ["imageimports/upload"], "verbs": ["create"]}
-        ]
-    }))
-    .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "importer", "namespace": NS},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "importer"},
-        "subjects": [{"kind": "ServiceAccount", "name": "importer", "namespace": NS}]
-    }))
-    .unwrap();
-    let pp = PatchParams::apply("test").force();
-    Api::<Role>::namespaced(c.client.clone(), NS)
-        .patch("importer", &pp, &Patch::Apply(&role))
-        .await
-        .unwrap();
-    Api::<RoleBinding>::namespaced(c.client.clone(), NS)
-        .patch("importer", &pp, &Patch::Apply(&binding))
-        .await
-        .unwrap();
+    let rules = json!([
+        {"apiGroups": ["imageimport.dev"], "resources": ["imageimports"], "verbs": ["get", "create", "patch"]},
+        {"apiGroups": ["imageimport.dev"], "resources": ["imageimports/upload"], "verbs": ["create"]}
+    ]);
+    namespace_role(c, "importer", rules).await;
     let kubeconfig = c.api.service_account_kubeconfig(NS, "importer").await;
     let target = reg.reference("shop/plugin:2");
     let plugin = |kubeconfig: PathBuf, file: PathBuf, target: String| {

@@ -875,3 +875,58 @@ pub fn kubelet_expand(value: &str, defined: &[(String, String)]) -> String {
     out.push_str(rest);
     out
 }
+
+/// The upload service binary with the chart's identity (`install_upload_rbac`), on a free
+/// loopback port, once it answers `/healthz`; its process and base URL. No kubelet here binds
+/// tokens to Pods, hence `--allow-unbound-worker-tokens`.
+pub async fn spawn_upload_service(c: &Cluster) -> (Child, String) {
+    let kubeconfig = install_upload_rbac(c).await;
+    let port = free_port();
+    let log = std::fs::File::create(c.work.path().join("upload-server.log")).unwrap();
+    let service = Command::new(bin())
+        .args([
+            "upload-server",
+            "--bind-address",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--allow-unbound-worker-tokens")
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "imageimport=debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(&format!("127.0.0.1:{port}"), "/healthz").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the upload service never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (service, format!("http://127.0.0.1:{port}"))
+}
+
+/// A Role `name` in NS with `rules`, bound to the ServiceAccount `name` of NS.
+pub async fn namespace_role(c: &Cluster, name: &str, rules: serde_json::Value) {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let role: Role = serde_json::from_value(
+        json!({"metadata": {"name": name, "namespace": NS}, "rules": rules}),
+    )
+    .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": NS},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": NS}]
+    }))
+    .unwrap();
+    let pp = PatchParams::apply("test").force();
+    Api::<Role>::namespaced(c.client.clone(), NS)
+        .patch(name, &pp, &Patch::Apply(&role))
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(c.client.clone(), NS)
+        .patch(name, &pp, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+}
