@@ -194,6 +194,9 @@ struct UploadServerArgs {
     /// namespace may then pull its uploads). Off: only the Pod of the import's current Job.
     #[arg(long)]
     allow_unbound_worker_tokens: bool,
+    /// The controller's cluster policy file: the console offers the repositories it allows.
+    #[arg(long)]
+    policy_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -767,6 +770,9 @@ async fn upload_server(args: UploadServerArgs) -> Result<ExitCode, ImportError> 
         bind: args.bind_address,
         worker_service_account: args.worker_service_account,
         allow_unbound_worker_tokens: args.allow_unbound_worker_tokens,
+        policy: imageimport::controller::policy::PolicySource {
+            path: args.policy_file,
+        },
     };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
