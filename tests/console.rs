@@ -57,7 +57,10 @@ fn editor_rules(upload: bool) -> Value {
 /// The cluster policy the upload service reads (`--policy-file`, as the chart mounts it): what
 /// the console offers in Target repository. The controller runs without it (its enforcement is
 /// tests/operator.rs'), so the imports here push where the scenarios say.
-const POLICY_REPOSITORIES: [&str; 2] = ["registry.shop.example:5000/shop/*", "registry.shop.example:5000/mirror"];
+const POLICY_REPOSITORIES: [&str; 2] = [
+    "registry.shop.example:5000/shop/*",
+    "registry.shop.example:5000/mirror",
+];
 
 async fn start() -> Console {
     let mut c = Cluster::start().await;
@@ -309,14 +312,26 @@ async fn console_signs_in_imports_a_multi_image_archive_and_explains_refusals() 
         .map(|o| o.as_str().unwrap())
         .collect();
     assert!(
-        options.starts_with(&["registry.shop.example:5000/shop/", "registry.shop.example:5000/mirror"]),
+        options.starts_with(&[
+            "registry.shop.example:5000/shop/",
+            "registry.shop.example:5000/mirror"
+        ]),
         "{offered}"
     );
-    assert!(!offered.to_string().contains("registry.other.example"), "{offered}");
-    assert_eq!(offered["list"], "repositories", "the field offers the list: {offered}");
+    assert!(
+        !offered.to_string().contains("registry.other.example"),
+        "{offered}"
+    );
+    assert_eq!(
+        offered["list"], "repositories",
+        "the field offers the list: {offered}"
+    );
     let said = offered["text"].as_str().unwrap();
     assert!(
-        said.contains(&format!("lets namespace {NS} push to: {}", POLICY_REPOSITORIES.join(", "))),
+        said.contains(&format!(
+            "lets namespace {NS} push to: {}",
+            POLICY_REPOSITORIES.join(", ")
+        )),
         "{said}"
     );
     // The service answers that only to someone who may create imports in the namespace.
