@@ -27,7 +27,7 @@ app.kubernetes.io/part-of: imageimport
 {{- end }}
 {{- end }}
 
-{{/* The base URL users are given: upload.url, else the Ingress host, else the Service. */}}
+{{/* The base URL users are given: upload.url, else the Ingress host, else the workers'. */}}
 {{- define "imageimport.uploadURL" -}}
 {{- if .Values.upload.url }}
 {{- .Values.upload.url | trimSuffix "/" }}
