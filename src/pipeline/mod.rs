@@ -10,6 +10,7 @@
 pub mod codec;
 mod digests;
 pub mod error;
+mod gunzip;
 pub mod inspect;
 pub mod layer;
 pub mod manifest;

@@ -13,7 +13,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::codec::{self, CHUNK, Codec, CompressionPolicy};
 use super::layer::{LayerError, LayerFacts};
-use super::{Ctx, ImportError, Planned, Pushed, blocking, layer, manifest};
+use super::{Ctx, ImportError, Planned, Pushed, blocking, gunzip, layer, manifest};
 use crate::archive::digest;
 use crate::archive::formats::{ImageConfig, Platform};
 
@@ -96,7 +96,9 @@ impl<R: Read> Read for Hashed<R> {
 }
 
 /// Whether `blob` hashes to `digest`, is `codec`-encoded and decodes to exactly the bytes that
-/// arrive on `archive` (until it is closed). Err: why not.
+/// arrive on `archive` (until it is closed). Err: why not. A gzip blob is decoded member by
+/// member ([`gunzip`]): a blob this import's encoder wrote has its 1 MiB members, and one
+/// that has not is not reused.
 fn same_bytes(
     blob: impl Read,
     digest: &str,
@@ -117,34 +119,35 @@ fn same_bytes(
     if found != codec {
         return Err(format!("it is not {codec}-encoded ({found})"));
     }
-    {
-        let mut decoded: Box<dyn Read + '_> = match codec {
-            Codec::None => Box::new(&mut hashed),
-            Codec::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut hashed)),
-            Codec::Zstd => Box::new(
-                zstd::stream::read::Decoder::with_buffer(&mut hashed)
-                    .map_err(|e| format!("it does not decode: {e}"))?,
-            ),
-        };
-        let mut buf = vec![0u8; CHUNK];
-        for chunk in archive.iter() {
-            for piece in chunk.chunks(CHUNK) {
-                let out = &mut buf[..piece.len()];
-                decoded
-                    .read_exact(out)
-                    .map_err(|e| format!("it is shorter than the layer or does not decode: {e}"))?;
-                if out != piece {
-                    return Err("its content differs from the layer's".into());
-                }
+    let mut expected = Expected::new(archive);
+    match codec {
+        Codec::Gzip => {
+            let mut members = gunzip::Members::new(&mut hashed);
+            while let Some(out) = members.next_member().map_err(|e| e.to_string())? {
+                expected.same(out)?;
             }
         }
-        let more = decoded
-            .read(&mut buf[..1])
-            .map_err(|e| format!("it does not decode: {e}"))?;
-        if more != 0 {
-            return Err("it is longer than the layer".into());
+        Codec::None | Codec::Zstd => {
+            let mut decoded: Box<dyn Read + '_> = match codec {
+                Codec::Zstd => Box::new(
+                    zstd::stream::read::Decoder::with_buffer(&mut hashed)
+                        .map_err(|e| format!("it does not decode: {e}"))?,
+                ),
+                _ => Box::new(&mut hashed),
+            };
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = decoded
+                    .read(&mut buf)
+                    .map_err(|e| format!("it does not decode: {e}"))?;
+                if n == 0 {
+                    break;
+                }
+                expected.same(&buf[..n])?;
+            }
         }
     }
+    expected.finished()?;
     // Whatever follows the compressed stream is part of the blob.
     io::copy(&mut hashed, &mut io::sink()).map_err(|e| format!("reading it failed: {e}"))?;
     let got = digest::finish(hashed.into_inner().hasher);
@@ -152,6 +155,54 @@ fn same_bytes(
         return Err(format!("the registry served bytes hashing to {got}"));
     }
     Ok(())
+}
+
+/// The archive's layer bytes as they arrive, compared with the decoded blob piece by piece
+/// (the two sides cut their pieces differently).
+struct Expected {
+    archive: mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl Expected {
+    fn new(archive: mpsc::Receiver<Bytes>) -> Self {
+        Expected {
+            archive,
+            current: Bytes::new(),
+        }
+    }
+
+    fn same(&mut self, mut decoded: &[u8]) -> Result<(), String> {
+        while !decoded.is_empty() {
+            if self.current.is_empty() {
+                self.current = self
+                    .archive
+                    .recv()
+                    .map_err(|_| "it is longer than the layer".to_string())?;
+                continue;
+            }
+            let n = decoded.len().min(self.current.len());
+            if decoded[..n] != self.current[..n] {
+                return Err("its content differs from the layer's".into());
+            }
+            decoded = &decoded[n..];
+            let _ = self.current.split_to(n);
+        }
+        Ok(())
+    }
+
+    /// The layer ended where the blob did.
+    fn finished(mut self) -> Result<(), String> {
+        loop {
+            if !self.current.is_empty() {
+                return Err("it is shorter than the layer".into());
+            }
+            match self.archive.recv() {
+                Ok(b) => self.current = b,
+                Err(_) => return Ok(()),
+            }
+        }
+    }
 }
 
 /// Tag-list pages read per target repository, and tags per page: a repository of thousands of
@@ -430,15 +481,25 @@ mod tests {
         longer.push(0);
         let e = compare(&blob, &d, Codec::Gzip, &longer).unwrap_err();
         assert!(e.contains("shorter"), "{e}");
-        // The registry serves other bytes than the digest names (a valid gzip of the layer).
+        // The registry serves other bytes than the digest names.
+        let named = digest::sha256_of(b"something else");
+        let e = compare(&blob, &named, Codec::Gzip, &layer).unwrap_err();
+        assert!(e.contains("hashing to"), "{e}");
+        // A valid gzip of the layer that this encoder did not write (one member): not reused.
         let other_encoding = {
             use std::io::Write;
             let mut g = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
             g.write_all(&layer).unwrap();
             g.finish().unwrap()
         };
-        let e = compare(&other_encoding, &d, Codec::Gzip, &layer).unwrap_err();
-        assert!(e.contains("hashing to"), "{e}");
+        let e = compare(
+            &other_encoding,
+            &digest::sha256_of(&other_encoding),
+            Codec::Gzip,
+            &layer,
+        )
+        .unwrap_err();
+        assert!(e.contains("chunking"), "{e}");
         // The right content under another codec than the manifest says.
         let e = compare(&layer, &digest::sha256_of(&layer), Codec::Gzip, &layer).unwrap_err();
         assert!(e.contains("not gzip-encoded"), "{e}");
