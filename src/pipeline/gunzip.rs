@@ -93,11 +93,6 @@ impl<R: Read> Members<R> {
         }
         Ok(())
     }
-
-    /// The reader underneath, with whatever was read ahead and not decoded.
-    pub(super) fn into_parts(self) -> (R, Vec<u8>) {
-        (self.src, self.window[self.start..].to_vec())
-    }
 }
 
 /// A libdeflate decompressor (not shared between threads: owned by one [`Members`]).
