@@ -31,6 +31,7 @@ pub(super) async fn matches<R: Read + Send + 'static>(
     repo: &str,
     digest: &str,
     codec: Codec,
+    ours: bool,
     member: &str,
     open: impl FnOnce() -> io::Result<R> + Send + 'static,
 ) -> Result<Option<LayerFacts>, ImportError> {
@@ -44,7 +45,7 @@ pub(super) async fn matches<R: Read + Send + 'static>(
     let remote = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let (tx, rx) = mpsc::sync_channel::<Bytes>(COMPARE_QUEUE);
     let want = digest.to_string();
-    let blob = blocking(move || same_bytes(remote, &want, codec, rx));
+    let blob = blocking(move || same_bytes(remote, &want, codec, ours, rx));
     let m = member.to_string();
     let archive = blocking(move || -> Result<LayerFacts, LayerError> {
         let mut r = open().map_err(LayerError::Read)?;
@@ -97,12 +98,13 @@ impl<R: Read> Read for Hashed<R> {
 
 /// Whether `blob` hashes to `digest`, is `codec`-encoded and decodes to exactly the bytes that
 /// arrive on `archive` (until it is closed). Err: why not. A gzip blob is decoded member by
-/// member ([`gunzip`]): a blob this import's encoder wrote has its 1 MiB members, and one
-/// that has not is not reused.
+/// member ([`gunzip`]) when it is `ours`: a blob this import's encoder wrote has its 1 MiB
+/// members, and one that has not is not reused. Other tools' gzip is inflated as a stream.
 fn same_bytes(
     blob: impl Read,
     digest: &str,
     codec: Codec,
+    ours: bool,
     archive: mpsc::Receiver<Bytes>,
 ) -> Result<(), String> {
     let mut hashed = BufReader::with_capacity(
@@ -121,14 +123,15 @@ fn same_bytes(
     }
     let mut expected = Expected::new(archive);
     match codec {
-        Codec::Gzip => {
+        Codec::Gzip if ours => {
             let mut members = gunzip::Members::new(&mut hashed);
             while let Some(out) = members.next_member().map_err(|e| e.to_string())? {
                 expected.same(out)?;
             }
         }
-        Codec::None | Codec::Zstd => {
+        Codec::None | Codec::Zstd | Codec::Gzip => {
             let mut decoded: Box<dyn Read + '_> = match codec {
+                Codec::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut hashed)),
                 Codec::Zstd => Box::new(
                     zstd::stream::read::Decoder::with_buffer(&mut hashed)
                         .map_err(|e| format!("it does not decode: {e}"))?,
@@ -216,10 +219,20 @@ pub(super) const DOCUMENT_REQUESTS: usize = 32;
 /// What discovery found and what it cost.
 #[derive(Debug, Default)]
 pub(super) struct Known {
-    /// diff_id → a blob that this import's codec produced for it (checked when used).
-    pub blobs: HashMap<String, Pushed>,
+    /// diff_id → a blob that holds it (checked when used).
+    pub blobs: HashMap<String, Reusable>,
     /// Requests made: tag lists, manifests, configs.
     pub requests: usize,
+}
+
+/// A registry blob that may hold a layer of this import.
+#[derive(Debug, Clone)]
+pub(super) struct Reusable {
+    pub pushed: Pushed,
+    /// Written by this import's exact encoder (the manifest's `layer-codec` annotation says
+    /// so): reusing it keeps the manifest a cold push gives. Otherwise (only with
+    /// [`Reuse::AnyEncoding`]) another tool's encoding of the same codec.
+    pub ours: bool,
 }
 
 /// Blobs that this import's codec already produced for the `needed` diff_ids, learned from the
@@ -232,9 +245,9 @@ pub(super) struct Known {
 /// Only manifests recording this import's exact encoder (`layer-codec` annotation) are used,
 /// so a reused blob is the one this import would produce and the manifest digest stays what a
 /// cold push gives; the annotation is a hint, not proof: each blob is read back and compared
-/// with the archive's layer before it is used ([`matches`]). (A blob planted under a forged
-/// annotation that holds the same layer in another valid encoding passes that check: the
-/// image is right, but its manifest digest is not the one a cold push gives.)
+/// with the archive's layer before it is used ([`matches`]). With [`Reuse::AnyEncoding`],
+/// blobs that other tools encoded with the same codec are taken too (read back the same way):
+/// fewer bytes sent, but the manifest digest then depends on what the registry held.
 pub(super) async fn known_layers(ctx: &Ctx, todo: &[Planned], needed: &HashSet<String>) -> Known {
     let mut known = Known::default();
     if needed.is_empty() {
@@ -398,9 +411,9 @@ impl Learner<'_> {
         let codec = match self.ctx.opts.compression {
             CompressionPolicy::Keep(c) | CompressionPolicy::Force(c) => c,
         };
-        if m["annotations"][manifest::ANNOTATION_CODEC].as_str()
-            != Some(codec::codec_id(codec).as_str())
-        {
+        let ours = m["annotations"][manifest::ANNOTATION_CODEC].as_str()
+            == Some(codec::codec_id(codec).as_str());
+        if !ours && self.ctx.opts.reuse != Reuse::AnyEncoding {
             return;
         }
         let Some(config_digest) = m["config"]["digest"].as_str() else {
@@ -426,17 +439,66 @@ impl Learner<'_> {
             return;
         };
         for (diff_id, l) in parsed.rootfs.diff_ids.iter().zip(&layers) {
-            if let (Some(d), Some(size)) = (l["digest"].as_str(), l["size"].as_u64())
-                && l["mediaType"].as_str() == Some(codec.oci_layer_media_type())
+            let media_type = l["mediaType"].as_str().unwrap_or_default();
+            let same_codec = if ours {
+                media_type == codec.oci_layer_media_type()
+            } else {
+                layer_codec(media_type) == Some(codec)
+            };
+            if let (true, Some(d), Some(size)) =
+                (same_codec, l["digest"].as_str(), l["size"].as_u64())
                 && self.needed.contains(diff_id)
             {
-                self.known.blobs.entry(diff_id.clone()).or_insert(Pushed {
-                    digest: d.to_string(),
-                    size,
-                    repo: repo.to_string(),
-                    sent: 0,
-                });
+                let found = Reusable {
+                    pushed: Pushed {
+                        digest: d.to_string(),
+                        size,
+                        repo: repo.to_string(),
+                        sent: 0,
+                    },
+                    ours,
+                };
+                match self.known.blobs.get(diff_id) {
+                    // A blob of this import's own encoder is worth more than another tool's.
+                    Some(k) if k.ours || !ours => {}
+                    _ => {
+                        self.known.blobs.insert(diff_id.clone(), found);
+                    }
+                }
             }
+        }
+    }
+}
+
+/// The codec a layer media type names (OCI or Docker), for compressed layers.
+fn layer_codec(media_type: &str) -> Option<Codec> {
+    match media_type {
+        crate::archive::formats::DOCKER_LAYER_GZIP => Some(Codec::Gzip),
+        t if t == Codec::Gzip.oci_layer_media_type() => Some(Codec::Gzip),
+        t if t == Codec::Zstd.oci_layer_media_type() => Some(Codec::Zstd),
+        _ => None,
+    }
+}
+
+/// Which registry blobs may stand for a layer of the archive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Reuse {
+    /// Only blobs this import's encoder wrote (recorded in their manifest): the manifest
+    /// digest is the one a cold push gives.
+    #[default]
+    Exact,
+    /// Also blobs other tools encoded with the same codec, once they are read back and found
+    /// to hold the layer: fewer bytes sent, but the manifest digest depends on the registry.
+    AnyEncoding,
+}
+
+impl std::str::FromStr for Reuse {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "exact" => Ok(Reuse::Exact),
+            "any-encoding" => Ok(Reuse::AnyEncoding),
+            _ => Err(format!("{s:?}: expected exact or any-encoding")),
         }
     }
 }
@@ -460,7 +522,7 @@ mod tests {
             tx.send(Bytes::copy_from_slice(piece)).unwrap();
         }
         drop(tx);
-        same_bytes(blob, digest, codec, rx)
+        same_bytes(blob, digest, codec, true, rx)
     }
 
     #[test]
@@ -500,6 +562,17 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("chunking"), "{e}");
+        // ... but it holds the layer, which is what wider reuse (not ours) asks.
+        let (tx, rx) = mpsc::sync_channel(layer.len() / 70_000 + 2);
+        for piece in layer.chunks(70_000) {
+            tx.send(Bytes::copy_from_slice(piece)).unwrap();
+        }
+        drop(tx);
+        let d = digest::sha256_of(&other_encoding);
+        assert_eq!(
+            same_bytes(&other_encoding[..], &d, Codec::Gzip, false, rx),
+            Ok(())
+        );
         // The right content under another codec than the manifest says.
         let e = compare(&layer, &digest::sha256_of(&layer), Codec::Gzip, &layer).unwrap_err();
         assert!(e.contains("not gzip-encoded"), "{e}");
