@@ -223,7 +223,8 @@ ii_push() { # KIND LABEL [extra args]
 }
 # Bytes of the blobs the registry stores (their `data` files; directories not counted).
 stored_bytes() {
-    find "$REG_DIR/storage/docker/registry/v2/blobs" -type f -name data -printf '%s\n' 2>/dev/null |
+    # No blobs directory before the first push.
+    { find "$REG_DIR/storage/docker/registry/v2/blobs" -type f -name data -printf '%s\n' 2>/dev/null || true; } |
         awk '{ s += $1 } END { print s + 0 }'
 }
 
