@@ -313,6 +313,7 @@ fn options(spec: &ImageImportSpec, root: &Path) -> Result<ImportOptions, ImportE
         insecure: spec.target.insecure,
         // The Secret is the user's: never run a credential helper it names.
         auths_only: true,
+        allow_link_local: http.url_policy.allow_link_local,
         upload_segment: std::env::var("IMAGEIMPORT_UPLOAD_CHUNK_SIZE")
             .ok()
             .and_then(|v| v.parse().ok()),
@@ -367,8 +368,8 @@ fn options(spec: &ImageImportSpec, root: &Path) -> Result<ImportOptions, ImportE
 /// The registry connection does not go through the URL guard's resolver, but it must not
 /// reach what the guard protects most: cloud metadata endpoints (always) and link-local
 /// addresses (unless allowed), checked on every address the registry's name resolves to now.
-/// (A name re-resolved to such an address later, a token realm or a blob redirect elsewhere is
-/// not covered: docs/operations.md, "URL sources".)
+/// (A name re-resolved to such an address later is not covered: docs/operations.md, "URL
+/// sources"; the token realm and blob redirects it names are checked by the registry client.)
 fn refuse_metadata_registry(registry: &str, allow_link_local: bool) -> Result<(), ImportError> {
     use crate::pipeline::url_guard::{AddressKind, classify};
     use std::net::ToSocketAddrs;
