@@ -132,7 +132,7 @@ pub async fn run() -> i32 {
             bytes_done: done,
             bytes_total: total.max(done),
             phase: "finished".into(),
-            updated: Some(status::now()),
+            last_update_time: Some(status::now()),
         };
         // Best effort: the outcome does not depend on it.
         for _ in 0..3 {
@@ -172,7 +172,7 @@ async fn report_progress(
             bytes_done: done,
             bytes_total: total,
             phase: progress.phase(),
-            updated: Some(status::now()),
+            last_update_time: Some(status::now()),
         };
         if let Err(e) = apply_status(
             &api,
