@@ -437,4 +437,30 @@ mod tests {
         assert!(refuse_metadata_registry("127.0.0.1:5000", false).is_ok());
         assert!(refuse_metadata_registry("10.1.2.3:5000", false).is_ok());
     }
+
+    /// A symlink on the claim leading out of it (to the worker's token, its mounted Secrets)
+    /// is refused before anything is read; one that stays inside is followed.
+    #[test]
+    fn a_claim_path_that_leads_outside_the_claim_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let claim = under(root.path(), ARCHIVE_DIR);
+        std::fs::create_dir_all(claim.join("web")).unwrap();
+        std::fs::write(root.path().join("token"), "secret").unwrap();
+        std::fs::write(claim.join("web/real.tar"), "tar").unwrap();
+        std::os::unix::fs::symlink(root.path().join("token"), claim.join("web/out.tar")).unwrap();
+        std::os::unix::fs::symlink("real.tar", claim.join("web/in.tar")).unwrap();
+        let spec = |path: &str| -> ImageImportSpec {
+            serde_json::from_value(serde_json::json!({
+                "source": {"pvc": {"claimName": "d", "path": path}},
+                "target": {"repository": "127.0.0.1:5000/shop/web"}
+            }))
+            .unwrap()
+        };
+        match options(&spec("web/out.tar"), root.path()) {
+            Err(ImportError::Usage(m)) => assert!(m.contains("leads outside the claim"), "{m}"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a symlink out of the claim was accepted"),
+        }
+        assert!(options(&spec("web/in.tar"), root.path()).is_ok());
+    }
 }

@@ -171,6 +171,7 @@ fn end_to_end(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &header
 
 async fn forward(s: Arc<State>, req: Request<Body>) -> Response<Body> {
     let method = req.method().clone();
+    let forward_proxied = req.uri().authority().is_some();
     let path = req
         .uri()
         .path_and_query()
@@ -260,10 +261,15 @@ async fn forward(s: Arc<State>, req: Request<Body>) -> Response<Body> {
     };
     let mut out = s
         .http
-        .request(method.clone(), format!("{}{}", s.upstream, upstream_path))
-        // The registry builds its Location URLs from these: keep the client on the proxy.
-        .header("X-Forwarded-Host", &s.front)
-        .header("X-Forwarded-Proto", "http");
+        .request(method.clone(), format!("{}{}", s.upstream, upstream_path));
+    // The registry builds its Location URLs from these: keep the client on the proxy. Not when
+    // the client uses it as its HTTP proxy (an absolute URI): it then asks for the registry's
+    // own URLs.
+    if !forward_proxied {
+        out = out
+            .header("X-Forwarded-Host", &s.front)
+            .header("X-Forwarded-Proto", "http");
+    }
     for (n, v) in end_to_end(req.headers()) {
         out = out.header(n, v);
     }
