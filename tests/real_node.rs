@@ -359,10 +359,14 @@ impl Ctx<'_> {
         }
     }
 
-    /// The running controller Pods, and the one holding the leader Lease.
+    /// The running controller Pods (not the upload service's, which share the chart's name label),
+    /// and the one holding the leader Lease.
     async fn controllers(&self) -> (Vec<String>, Option<String>) {
         let pods = self
-            .pods(RELEASE_NS, "app.kubernetes.io/name=imageimport")
+            .pods(
+                RELEASE_NS,
+                "app.kubernetes.io/name=imageimport,app.kubernetes.io/component=controller",
+            )
             .await
             .into_iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
