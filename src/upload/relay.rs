@@ -186,9 +186,10 @@ pub async fn put_checkpoint(
     let (_, id) = worker_import(&svc, &headers, &namespace, &name, job).await?;
     let consumed = svc
         .current_session(&id)
-        .map(|s| s.read(|st| (st.job.clone(), st.consumed)));
+        .map(|s| s.read(|st| (st.job.clone(), st.handed)));
     match consumed {
-        Some((Some(j), consumed)) if &j == job && offset <= consumed => {}
+        // The worker read its bytes from pull answers: it cannot be past what it was handed.
+        Some((Some(j), handed)) if &j == job && offset <= handed => {}
         _ => {
             return Err(UploadError::Conflict(format!(
                 "Job {job} has not taken in {offset} bytes of this upload"
