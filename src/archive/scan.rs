@@ -824,6 +824,68 @@ mod tests {
         );
     }
 
+    /// Records each boundary with a copy of the catalog there, and the layers handed over.
+    #[derive(Default)]
+    struct Boundaries {
+        seen: Vec<(String, Catalog, u64)>,
+        layers: Vec<String>,
+    }
+
+    impl LayerVisitor for Boundaries {
+        type Error = ArchiveError;
+        fn layer(&mut self, member: &str, _: u64, data: &mut dyn Read) -> Result<(), ArchiveError> {
+            io::copy(data, &mut io::sink())?;
+            self.layers.push(member.into());
+            Ok(())
+        }
+        fn boundary(&mut self, m: &str, c: &Catalog, offset: u64) -> Result<(), ArchiveError> {
+            self.seen.push((m.into(), c.clone(), offset));
+            Ok(())
+        }
+    }
+
+    /// A stream taken up at any member boundary (the rest of the bytes, the catalog there) ends
+    /// with the catalog of one whole pass and hands over the layers that follow.
+    #[test]
+    fn a_stream_taken_up_at_a_boundary_ends_as_a_whole_pass() {
+        let mut t = TarBuf::new();
+        // A layer whose size is not a multiple of 512: its padding is skipped on resuming.
+        let e = legacy_image(
+            &mut t,
+            Some(&["web:1"]),
+            "linux/amd64",
+            &[layer(1), vec![7; 700]],
+        );
+        t.symlink("alias/layer.tar", "../x");
+        t.file("manifest.json", &manifest_json(&[e]));
+        let bytes = t.finish();
+        let mut whole = Boundaries::default();
+        let (full, _) = stream(&bytes[..], &mut whole).unwrap();
+        assert!(whole.seen.len() >= 4, "{:?}", whole.seen.len());
+        for (i, (member, catalog, offset)) in whole.seen.iter().enumerate() {
+            let at = *offset as usize;
+            let mut rest = Boundaries::default();
+            let from = Resume {
+                catalog: catalog.clone(),
+                last: member.clone(),
+                offset: *offset,
+            };
+            let (c, _) = stream_from(from, &bytes[at..], &mut rest).unwrap();
+            assert_eq!(
+                (&c.kinds, &c.sizes, &c.meta),
+                (&full.kinds, &full.sizes, &full.meta)
+            );
+            let after: Vec<_> = whole.seen[i + 1..]
+                .iter()
+                .map(|(m, _, o)| (m, *o))
+                .collect();
+            let again: Vec<_> = rest.seen.iter().map(|(m, _, o)| (m, *o)).collect();
+            assert_eq!(again, after, "boundaries after {member}");
+            let n = rest.layers.len();
+            assert_eq!(rest.layers, whole.layers[whole.layers.len() - n..]);
+        }
+    }
+
     /// Members that carry nothing (`./`, PAX global headers) are not kept and do not count.
     fn members(n: usize, extra_dots: bool) -> Vec<u8> {
         let mut t = TarBuf::new();

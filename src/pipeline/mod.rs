@@ -585,7 +585,12 @@ struct Resumable {
 impl scan::LayerVisitor for StreamVisitor {
     type Error = ImportError;
 
-    fn boundary(&mut self, member: &str, catalog: &Catalog, offset: u64) -> Result<(), ImportError> {
+    fn boundary(
+        &mut self,
+        member: &str,
+        catalog: &Catalog,
+        offset: u64,
+    ) -> Result<(), ImportError> {
         let Some(c) = &mut self.checkpoints else {
             return Ok(());
         };
@@ -595,7 +600,14 @@ impl scan::LayerVisitor for StreamVisitor {
         }
         c.kept = self.processed.len();
         let repo = &self.ctx.opts.target.repository;
-        let cp = checkpoint::capture(catalog, &self.processed, offset, member, repo, c.hash.as_ref());
+        let cp = checkpoint::capture(
+            catalog,
+            &self.processed,
+            offset,
+            member,
+            repo,
+            c.hash.as_ref(),
+        );
         if let Some(cp) = cp {
             self.rt.block_on(checkpoint::post(&c.ep, &cp));
         }

@@ -264,7 +264,9 @@ pub fn decompressing_as(
             codec,
         ),
         Codec::Zstd => (
-            Box::new(zstd::stream::read::Decoder::new(hashed(Box::new(buffered)))?),
+            Box::new(zstd::stream::read::Decoder::new(hashed(Box::new(
+                buffered,
+            )))?),
             codec,
         ),
     })

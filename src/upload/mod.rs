@@ -56,6 +56,10 @@ pub struct Service {
     checkpoints: Mutex<HashMap<(String, String), Kept>>,
 }
 
+/// Memory all checkpoints may take (a real one is kilobytes: the archive's member list and
+/// small JSON documents), so the service's memory stays bounded whatever the archives hold.
+const CHECKPOINTS_TOTAL: usize = 32 << 20;
+
 struct Kept {
     id: UploadId,
     offset: u64,
@@ -234,13 +238,28 @@ impl Service {
         sessions.get(&key).filter(|s| &s.id == id).cloned()
     }
 
-    fn keep_checkpoint(&self, id: UploadId, offset: u64, body: bytes::Bytes) {
+    /// Keep upload `id`'s checkpoint, replacing its last one, within [`CHECKPOINTS_TOTAL`].
+    fn keep_checkpoint(
+        &self,
+        id: UploadId,
+        offset: u64,
+        body: bytes::Bytes,
+    ) -> Result<(), UploadError> {
         let key = (id.namespace.clone(), id.name.clone());
+        let mut kept = self.checkpoints.lock().expect("checkpoints");
+        let others: usize = kept
+            .iter()
+            .filter(|(k, _)| **k != key)
+            .map(|(_, k)| k.body.len())
+            .sum();
+        if others + body.len() > CHECKPOINTS_TOTAL {
+            return Err(UploadError::TooLarge(format!(
+                "this service holds {others} bytes of checkpoints (at most {CHECKPOINTS_TOTAL})"
+            )));
+        }
         tracing::info!(upload = ?id, offset, bytes = body.len(), "checkpoint kept");
-        self.checkpoints
-            .lock()
-            .expect("checkpoints")
-            .insert(key, Kept { id, offset, body });
+        kept.insert(key, Kept { id, offset, body });
+        Ok(())
     }
 
     /// The last checkpoint of upload `id` (none of another uid or generation).
@@ -257,7 +276,7 @@ impl Service {
         }
     }
 
-    /// The client gave the upload up: its next bytes may be another archive.
+    /// The client gave the upload up (its next bytes may be another archive), or it is imported.
     fn forget_checkpoint(&self, id: &UploadId) {
         let key = (id.namespace.clone(), id.name.clone());
         self.checkpoints.lock().expect("checkpoints").remove(&key);

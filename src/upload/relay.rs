@@ -196,7 +196,7 @@ pub async fn put_checkpoint(
             )));
         }
     }
-    svc.keep_checkpoint(id, offset, body);
+    svc.keep_checkpoint(id, offset, body)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -258,6 +258,10 @@ pub async fn done(
             }
         });
     });
+    // A failed import's next attempt may still take the upload up; an imported one will not.
+    if d.succeeded {
+        svc.forget_checkpoint(&session.id);
+    }
     // Before the worker exits and the controller marks the import Ready.
     super::report::flush(&svc.client, &session).await;
     Ok(StatusCode::NO_CONTENT.into_response())
