@@ -865,9 +865,13 @@ async fn a_killed_worker_resumes_from_its_checkpoint() {
     // whose digests only the first worker knew.
     let archive = generated::Archive::new(&[8 << 20, 8 << 20, 8 << 20]);
     let file = c.work.path().join("killed.tar");
-    std::fs::write(&file, archive.bytes()).unwrap();
-    c.apply(upload_import("killed", &reg.reference("shop/killed")))
-        .await;
+    let bytes = archive.bytes();
+    std::fs::write(&file, &bytes).unwrap();
+    // Pinned: the checkpoint carries the archive hash's state, and the pin holds after resuming.
+    let mut import = upload_import("killed", &reg.reference("shop/killed"));
+    use sha2::Digest as _;
+    import["spec"]["source"]["sha256"] = json!(hex::encode(sha2::Sha256::digest(&bytes)));
+    c.apply(import).await;
     let first = start_killable(c, "killed").await;
     let endpoint = format!("{}/uploads/{NS}/killed", u.base);
     let tus = Tus::create(&endpoint, &u.uploader, archive.len).await;
