@@ -288,11 +288,12 @@ pub async fn check_blobs(ctx: &Ctx, cp: &Checkpoint) -> Result<(), Unusable> {
     Ok(())
 }
 
+/// Short timeouts: the archive's reading waits for a checkpoint's post.
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
         .build()
         .unwrap_or_default()
 }
@@ -352,5 +353,120 @@ pub async fn post(ep: &UploadEndpoint, cp: &Checkpoint) {
         }
         Ok(r) => tracing::warn!(status = %r.status(), "the upload service refused a checkpoint"),
         Err(e) => tracing::warn!(error = %e, "could not hand a checkpoint to the upload service"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+    use crate::archive::scan::fixtures::{TarBuf, layer, legacy_image, manifest_json};
+
+    fn facts(member: &str) -> Processed {
+        Processed {
+            facts: LayerFacts {
+                member: member.into(),
+                stored_digest: "sha256:aa".into(),
+                stored_size: 10,
+                stored_codec: Codec::None,
+                diff_id: "sha256:aa".into(),
+                uncompressed_size: 10,
+                pushed_codec: Codec::Gzip,
+                as_stored: false,
+            },
+            pushed: Pushed {
+                digest: "sha256:bb".into(),
+                size: 5,
+                repo: "shop/web".into(),
+                sent: 5,
+            },
+            read_back: false,
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_restores_the_catalog_layers_and_hash_and_refuses_what_does_not_fit() {
+        let mut t = TarBuf::new();
+        let e = legacy_image(&mut t, Some(&["web:1"]), "linux/amd64", &[layer(1)]);
+        t.file("manifest.json", &manifest_json(&[e]));
+        let bytes = t.finish();
+        let mut catalog = crate::archive::scan::stream(&bytes[..], &mut Skip)
+            .unwrap()
+            .0;
+        catalog.meta.insert("repositories".into(), b"{}".to_vec());
+        catalog.add("repositories", MemberKind::File, 2).unwrap();
+        catalog.add("l/layer.tar", MemberKind::File, 10).unwrap();
+        let processed: HashMap<_, _> = [("l/layer.tar".to_string(), facts("l/layer.tar"))].into();
+        // The hash of the first 1024 bytes, continued after the restore, is the whole hash.
+        let hash = RawHash::default();
+        let mut h = super::super::source::Hashing {
+            inner: &bytes[..1024],
+            hash: hash.clone(),
+        };
+        std::io::copy(&mut h, &mut std::io::sink()).unwrap();
+        let cp = capture(&catalog, &processed, 1024, "x", "shop/web", Some(&hash)).unwrap();
+        assert!(capture(&catalog, &processed, 1000, "x", "shop/web", Some(&hash)).is_none());
+        let json = serde_json::to_vec(&cp).unwrap();
+        let cp: Checkpoint = serde_json::from_slice(&json).unwrap();
+        let r = restore(&cp, "shop/web", true).unwrap();
+        assert_eq!(r.resume.catalog.kinds, catalog.kinds);
+        assert_eq!(r.resume.catalog.sizes, catalog.sizes);
+        assert_eq!(r.resume.catalog.meta, catalog.meta);
+        assert_eq!(r.resume.offset, 1024);
+        let p = &r.processed["l/layer.tar"];
+        assert_eq!((p.pushed.digest.as_str(), p.pushed.size), ("sha256:bb", 5));
+        assert_eq!(p.facts.pushed_codec, Codec::Gzip);
+        let restored = r.hash.unwrap();
+        let mut rest = super::super::source::Hashing {
+            inner: &bytes[1024..],
+            hash: restored.clone(),
+        };
+        std::io::copy(&mut rest, &mut std::io::sink()).unwrap();
+        assert_eq!(restored.digest(), crate::archive::digest::sha256_of(&bytes));
+
+        // Another repository, version, a pin without a hash, or a doctored catalog: not used.
+        assert!(matches!(
+            restore(&cp, "shop/other", false),
+            Err(Unusable::Repository(_))
+        ));
+        let mut v = cp.clone();
+        v.version = 2;
+        assert!(matches!(
+            restore(&v, "shop/web", false),
+            Err(Unusable::Version(2))
+        ));
+        let mut v = cp.clone();
+        v.archive_hash = None;
+        assert!(restore(&v, "shop/web", false).is_ok());
+        assert!(matches!(restore(&v, "shop/web", true), Err(Unusable::Hash)));
+        let mut v = cp.clone();
+        v.members.push(v.members[0].clone());
+        assert!(matches!(
+            restore(&v, "shop/web", false),
+            Err(Unusable::Member(..))
+        ));
+        let mut v = cp.clone();
+        let m = v.members.iter_mut().find(|m| m.content.is_some()).unwrap();
+        m.size += 1;
+        assert!(matches!(
+            restore(&v, "shop/web", false),
+            Err(Unusable::Member(..))
+        ));
+        let mut v = cp.clone();
+        v.layers[0].member = "not/there".into();
+        assert!(matches!(
+            restore(&v, "shop/web", false),
+            Err(Unusable::Layer(..))
+        ));
+    }
+
+    struct Skip;
+    impl crate::archive::scan::LayerVisitor for Skip {
+        type Error = crate::archive::ArchiveError;
+        fn layer(&mut self, _: &str, _: u64, d: &mut dyn Read) -> Result<(), Self::Error> {
+            std::io::copy(d, &mut std::io::sink())?;
+            Ok(())
+        }
     }
 }

@@ -166,8 +166,8 @@ impl RawHash {
 }
 
 pub struct Hashing<R> {
-    inner: R,
-    hash: RawHash,
+    pub(crate) inner: R,
+    pub(crate) hash: RawHash,
 }
 
 impl<R: Read> Read for Hashing<R> {
