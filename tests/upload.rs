@@ -1093,7 +1093,7 @@ async fn an_upload_interrupted_twice_resumes_at_its_checkpoints() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "2.2 GB into the registry's storage (95 s on this machine, whose disk is nearly full): run with --ignored"]
+#[ignore = "2.2 GB into the registry's storage (60-95 s here, on a nearly full disk): run with --ignored"]
 async fn a_2gb_upload_interrupted_twice_completes() {
     interrupted_twice(&[280 << 20; 8]).await;
 }
