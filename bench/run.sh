@@ -176,7 +176,7 @@ measure() {
     local t0 t1 stored0 stored1 load0
     # The machine is shared: the load average beside each figure says how loaded it was.
     load0=$(cut -d' ' -f1-3 /proc/loadavg)
-    stored0=$(du -sb "$REG_DIR/storage/docker/registry/v2/blobs" 2>/dev/null | cut -f1 || true)
+    stored0=$(stored_bytes)
     t0=$(date +%s.%N)
     /usr/bin/time -v -o "$base.time" timeout 600 "$@" >"$base.out" 2>"$base.err" &
     local job=$!
@@ -193,7 +193,7 @@ measure() {
     fi
     local wall
     wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}')
-    stored1=$(du -sb "$REG_DIR/storage/docker/registry/v2/blobs" 2>/dev/null | cut -f1 || true)
+    stored1=$(stored_bytes)
     "$PY" "$LIB" record "$tool" "$kind" "$label" "$base.time" "$wall" "$base.sample" \
         "$HOST" "$repo" "$tag" "$base.out" "$((${stored1:-0} - ${stored0:-0}))" "$load0" >>"$RUNS_FILE"
     "$PY" - "$RUNS_FILE" <<'EOF' >&2
@@ -221,6 +221,13 @@ ii_push() { # KIND LABEL [extra args]
     measure imageimport "$kind" "$label" bench/ii 1 -- \
         "$BIN" push --insecure -q "$@" "$ARCHIVE" "$HOST/bench/ii:1"
 }
+# Bytes of the blobs the registry stores (their `data` files; directories not counted).
+stored_bytes() {
+    # No blobs directory before the first push.
+    { find "$REG_DIR/storage/docker/registry/v2/blobs" -type f -name data -printf '%s\n' 2>/dev/null || true; } |
+        awk '{ s += $1 } END { print s + 0 }'
+}
+
 ii_push_v2() { # KIND LABEL: v2 under the new tag bench/ii:2
     measure imageimport "$1" "$2" bench/ii 2 -- \
         "$BIN" push --insecure -q "$ARCHIVE_V2" "$HOST/bench/ii:2"

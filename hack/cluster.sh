@@ -5,7 +5,7 @@
 #                           `export NAME=value` lines on stdout (progress goes to stderr):
 #                           eval "$(hack/cluster.sh up)"
 #   hack/cluster.sh env     print the exports of a running cluster again (with UPLOAD_URL, the
-#                           upload service's base URL, when the chart runs it: upload.enabled)
+#                           upload service's base URL and web console: http://NODE_IP:30080)
 #   hack/cluster.sh restart-containerd   (a fault the tests inject)
 #   hack/cluster.sh down    stop everything and leave nothing behind (processes, shims, mounts,
 #                           cgroups, bridge, iptables rules, sysctls), so `up` works again
@@ -15,8 +15,10 @@
 # hack/build-test-bins.sh), Debian's containerd + runc + CNI bridge plugin, two Debian
 # docker-registry instances (plain HTTP, and TLS + htpasswd) on the node's own address, the
 # operator image (hack/build-image.sh, pushed with `imageimport push`) and the chart installed with
-# `helm upgrade --install`. Pods reach only this machine: a firewall rule drops what they send
-# elsewhere, and they get no DNS server (use IP addresses).
+# `helm upgrade --install` with the upload service (plain HTTP on the node's address, a hostPort
+# of its Pod; workers pull from it there too, as Pods have no cluster DNS). Pods reach only
+# this machine: a firewall rule drops what they send elsewhere, and they get no DNS server (use
+# IP addresses).
 #
 # Needs root, cgroup v1 or v2 with cgroupfs, and a local IPv4 address other than loopback
 # (IMAGEIMPORT_NODE_IP, default: the source address of the default route).
@@ -37,6 +39,9 @@ ETCD_PORT=32379 ETCD_PEER_PORT=32380
 API_PORT=6443 KCM_PORT=10257 SCHED_PORT=10259
 KUBELET_PORT=10250 KUBELET_HEALTHZ_PORT=10248
 REGISTRY_PORT=5000 TLS_REGISTRY_PORT=5443
+# The upload service's Pod, on the node's address (a hostPort: the CNI portmap plugin's DNAT
+# follows the Pod wherever it is restarted; there is no kube-proxy for a NodePort).
+UPLOAD_PORT=30080
 REGISTRY_USER=imageimport
 RELEASE=imageimport RELEASE_NS=imageimport-system
 CHAIN_EGRESS=IMAGEIMPORT-EGRESS CHAIN_SVC=IMAGEIMPORT-SVC
@@ -230,8 +235,27 @@ firewall_down() {
   while ipt -t nat -D PREROUTING -j "$CHAIN_SVC" 2>/dev/null; do :; done
   while ipt -t nat -D OUTPUT -j "$CHAIN_SVC" 2>/dev/null; do :; done
   ipt -t nat -F "$CHAIN_SVC" 2>/dev/null && ipt -t nat -X "$CHAIN_SVC" 2>/dev/null || true
-  # The kubelet's own chains (it runs here only as ours).
+  # The portmap plugin's hostPort chains: containers killed in `down` get no CNI DEL. Its
+  # per-container chains are ours when they name our Pod network; the shared ones go once empty.
   local cmd t c
+  for c in $(ipt -t nat -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^CNI-DN-/ { print $2 }'); do
+    ipt -t nat -S "$c" 2>/dev/null | grep -q -- "${POD_CIDR%.*}\." || continue
+    ipt -t nat -S CNI-HOSTPORT-DNAT 2>/dev/null | grep -- "-j $c\b" | sed 's/^-A/-D/' |
+      while read -r rule; do eval "ipt -t nat $rule" 2>/dev/null || true; done
+    ipt -t nat -F "$c" 2>/dev/null && ipt -t nat -X "$c" 2>/dev/null || true
+  done
+  if [[ "$(ipt -t nat -S CNI-HOSTPORT-DNAT 2>/dev/null | wc -l)" == 1 ]]; then
+    for c in PREROUTING OUTPUT; do
+      ipt -t nat -S "$c" | grep -- "-j CNI-HOSTPORT-DNAT" | sed 's/^-A/-D/' |
+        while read -r rule; do eval "ipt -t nat $rule" 2>/dev/null || true; done
+    done
+    ipt -t nat -S POSTROUTING | grep -- "-j CNI-HOSTPORT-MASQ" | sed 's/^-A/-D/' |
+      while read -r rule; do eval "ipt -t nat $rule" 2>/dev/null || true; done
+    for c in CNI-HOSTPORT-DNAT CNI-HOSTPORT-SETMARK CNI-HOSTPORT-MASQ; do
+      ipt -t nat -F "$c" 2>/dev/null && ipt -t nat -X "$c" 2>/dev/null || true
+    done
+  fi
+  # The kubelet's own chains (it runs here only as ours).
   for cmd in iptables ip6tables; do
     while $cmd -w 5 -D INPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
     while $cmd -w 5 -D OUTPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
@@ -342,7 +366,8 @@ EOF
 {"cniVersion": "0.4.0", "name": "imageimport", "plugins": [{"type": "bridge", "bridge": "$BRIDGE",
   "isGateway": true, "ipMasq": false, "hairpinMode": true,
   "ipam": {"type": "host-local", "dataDir": "$STATE/cni/ipam",
-    "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$POD_GW"}]], "routes": [{"dst": "0.0.0.0/0"}]}}]}
+    "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$POD_GW"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+  {"type": "portmap", "capabilities": {"portMappings": true}}]}
 EOF
 }
 
@@ -493,7 +518,10 @@ install_chart() {
   "$TESTBIN/helm" --kubeconfig "$STATE/kubeconfig" upgrade --install "$RELEASE" "$ROOT/charts/imageimport" \
     -n "$RELEASE_NS" --create-namespace --wait --timeout 10m \
     --set image.repository="$NODE_IP:$REGISTRY_PORT/imageimport/imageimport" --set image.tag="$tag" \
-    --set image.pullPolicy=IfNotPresent >"$STATE/logs/helm.log" 2>&1 || {
+    --set image.pullPolicy=IfNotPresent \
+    --set upload.enabled=true --set upload.hostPort="$UPLOAD_PORT" \
+    --set upload.url="http://$NODE_IP:$UPLOAD_PORT" --set upload.internalUrl="http://$NODE_IP:$UPLOAD_PORT" \
+    >"$STATE/logs/helm.log" 2>&1 || {
     cat "$STATE/logs/helm.log" >&2
     kctl -n "$RELEASE_NS" get pods -o wide >&2 || true
     # What held the release back: the Pods' events and the controller's own words.

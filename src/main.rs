@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use imageimport::archive::formats::Platform;
 use imageimport::pipeline::{
     self, Codec, CompressionPolicy, HttpOptions, ImportError, ImportOptions, Location, Progress,
-    Selection,
+    Reuse, Selection,
 };
 use imageimport::registry::{RegistryOptions, Target};
 
@@ -194,6 +194,9 @@ struct UploadServerArgs {
     /// namespace may then pull its uploads). Off: only the Pod of the import's current Job.
     #[arg(long)]
     allow_unbound_worker_tokens: bool,
+    /// The controller's cluster policy file: the console offers the repositories it allows.
+    #[arg(long)]
+    policy_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -222,6 +225,12 @@ struct PushArgs {
     /// as stored, uncompressed ones gzip-compressed. Given, every layer is pushed with it.
     #[arg(long, value_name = "gzip|zstd|none")]
     compression: Option<Codec>,
+    /// Which blobs already in the registry may stand for the archive's layers (each is read
+    /// back and must hold the layer byte for byte): `exact` (default) only blobs this encoder
+    /// wrote, so the manifest digest is the one a cold push gives; `any-encoding` also other
+    /// tools' blobs of the same codec: fewer bytes sent, a digest that depends on the registry.
+    #[arg(long, value_name = "exact|any-encoding", default_value = "exact")]
+    reuse: Reuse,
     /// Refuse unless the image ID (config digest) is this.
     #[arg(long)]
     expect_image_id: Option<String>,
@@ -355,6 +364,7 @@ async fn push(args: PushArgs) -> Result<ExitCode, ImportError> {
     };
     opts.expect_image_id = args.expect_image_id;
     opts.expect_sha256 = args.expect_sha256;
+    opts.reuse = args.reuse;
     opts.registry = RegistryOptions {
         insecure: args.insecure,
         ca_file: args.ca_file,
@@ -767,6 +777,9 @@ async fn upload_server(args: UploadServerArgs) -> Result<ExitCode, ImportError> 
         bind: args.bind_address,
         worker_service_account: args.worker_service_account,
         allow_unbound_worker_tokens: args.allow_unbound_worker_tokens,
+        policy: imageimport::controller::policy::PolicySource {
+            path: args.policy_file,
+        },
     };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

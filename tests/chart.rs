@@ -463,6 +463,80 @@ fn chart_renders_and_values_reach_the_controller() {
     );
 }
 
+/// The upload service as `hack/cluster.sh` installs it: a hostPort, the URLs users and workers
+/// are given, and the policy mounted so the console can offer its repositories; the binary
+/// takes the flags its Deployment passes.
+#[test]
+fn chart_upload_service_values_reach_its_pod_and_the_controller() {
+    let objects = render(&[
+        "--set",
+        "upload.enabled=true,upload.hostPort=30080,upload.internalUrl=http://192.0.2.2:30080/",
+        "--set",
+        "policy.rules[0].namespaces[0]=shop,policy.rules[0].repositories[0]=registry.internal/shop/*",
+    ]);
+    let deployments: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "Deployment")
+        .collect();
+    let upload = deployments
+        .iter()
+        .find(|d| d["metadata"]["name"].as_str().unwrap().ends_with("-upload"))
+        .expect("the upload Deployment");
+    let pod = &upload["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(c["ports"][0]["hostPort"], 30080, "{c}");
+    let upload_args: Vec<String> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        upload_args.contains(&"--policy-file=/etc/imageimport/policy/policy.yaml".to_string()),
+        "{upload_args:?}"
+    );
+    assert_eq!(c["volumeMounts"][0]["mountPath"], "/etc/imageimport/policy");
+    assert!(
+        pod["volumes"][0]["configMap"]["name"]
+            .as_str()
+            .unwrap()
+            .ends_with("-policy")
+    );
+    // Without upload.url, users are given the workers' address too.
+    let controller = deployments
+        .iter()
+        .find(|d| {
+            d["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .ends_with("-controller")
+        })
+        .expect("the controller Deployment");
+    let ctl: Vec<String> = controller["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    for flag in [
+        "--upload-url=http://192.0.2.2:30080",
+        "--upload-internal-url=http://192.0.2.2:30080",
+    ] {
+        assert!(ctl.iter().any(|a| a == flag), "{flag} in {ctl:?}");
+    }
+    let mut flags = upload_args;
+    flags.push("--help".into());
+    let out = Command::new(bin()).args(&flags).output().unwrap();
+    assert!(
+        out.status.success(),
+        "imageimport {flags:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without a hostPort none is set (a Pod with a hostPort is bound to its node's port).
+    let plain = render(&["--set", "upload.enabled=true"]);
+    assert!(!serde_json::to_string(&plain).unwrap().contains("hostPort"));
+}
+
 // ----- on a real API server -----
 
 /// Apply (server-side, as `helm`, optionally dry-run) one rendered object; the API's verdict.

@@ -54,9 +54,24 @@ fn editor_rules(upload: bool) -> Value {
     Value::Array(rules)
 }
 
+/// The cluster policy the upload service reads (`--policy-file`, as the chart mounts it): what
+/// the console offers in Target repository. The controller runs without it (its enforcement is
+/// tests/operator.rs'), so the imports here push where the scenarios say.
+const POLICY_REPOSITORIES: [&str; 2] = [
+    "registry.shop.example:5000/shop/*",
+    "registry.shop.example:5000/mirror",
+];
+
 async fn start() -> Console {
     let mut c = Cluster::start().await;
-    let (service, base) = spawn_upload_service(&c).await;
+    let policy = c.work.path().join("policy.yaml");
+    let rules = json!({"rules": [
+        {"namespaces": [NS], "repositories": POLICY_REPOSITORIES},
+        {"namespaces": ["elsewhere"], "repositories": ["registry.other.example/team/*"]}
+    ]});
+    std::fs::write(&policy, serde_json::to_string(&rules).unwrap()).unwrap();
+    let (service, base) =
+        spawn_upload_service_with(&c, &["--policy-file", policy.to_str().unwrap()]).await;
     c.kill_controller();
     let ctl = c.spawn_controller(
         &["--upload-url", &base, "--upload-internal-url", &base],
@@ -287,6 +302,61 @@ async fn console_signs_in_imports_a_multi_image_archive_and_explains_refusals() 
     .await;
     let explained = event(&events, "explained");
     assert_eq!(explained["startDisabled"], true, "{explained}");
+    // The repositories the policy allows NS are offered (a `*` pattern as its prefix), and
+    // said; another namespace's are not.
+    let offered = event(&events, "offered");
+    let options: Vec<&str> = offered["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap())
+        .collect();
+    assert!(
+        options.starts_with(&[
+            "registry.shop.example:5000/shop/",
+            "registry.shop.example:5000/mirror"
+        ]),
+        "{offered}"
+    );
+    assert!(
+        !offered.to_string().contains("registry.other.example"),
+        "{offered}"
+    );
+    assert_eq!(
+        offered["list"], "repositories",
+        "the field offers the list: {offered}"
+    );
+    let said = offered["text"].as_str().unwrap();
+    assert!(
+        said.contains(&format!(
+            "lets namespace {NS} push to: {}",
+            POLICY_REPOSITORIES.join(", ")
+        )),
+        "{said}"
+    );
+    // The service answers that only to someone who may create imports in the namespace.
+    let ask = |token: String| {
+        let url = format!("{url}/console/v1/namespaces/{NS}/repositories");
+        async move {
+            let r = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (code, body) = ask(bob.clone()).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"restricted": true, "patterns": POLICY_REPOSITORIES})
+    );
+    assert_eq!(ask("forged".into()).await.0, 401);
+    let reader = user(c, "reader", json!([{"apiGroups": ["imageimport.dev"], "resources": ["imageimports"], "verbs": ["get", "list"]}])).await;
+    let (code, body) = ask(reader).await;
+    assert_eq!(code, 403, "{body}");
     assert!(
         explained["text"]
             .as_str()

@@ -1326,3 +1326,81 @@ async fn kstatus_reads_in_progress_current_and_failed() {
     assert_eq!(status, "Failed", "{message}");
     assert!(message.contains("diff_id"), "{message}");
 }
+
+/// The worker Pod settings (`--worker-pod`, the chart's `controller.worker.pod`) reach a Job
+/// the API server accepts (annotations, nodeSelector, tolerations, priorityClassName,
+/// imagePullSecrets, env), and the proxy variable among them is what the worker's registry
+/// connections go through: the push arrives at the registry by way of the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_pod_settings_reach_the_job_and_the_proxy_carries_the_push() {
+    let mut c = Cluster::start().await;
+    c.kill_controller();
+    let reg = Registry::plain();
+    // The proxy runs its own runtime: started, and dropped, off this one.
+    let base = reg.base_url();
+    let proxy = tokio::task::spawn_blocking(move || support::faults::FaultyProxy::start(&base))
+        .await
+        .unwrap();
+    let pod = json!({
+        "annotations": {"sidecar.istio.io/inject": "false"},
+        "nodeSelector": {"pool": "imports"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+        "priorityClassName": "batch-low",
+        "imagePullSecrets": [{"name": "pull"}],
+        "env": [{"name": "HTTP_PROXY", "value": format!("http://{}", proxy.host())}]
+    });
+    // The Pod's admission resolves the class (the Job's does not): it must exist.
+    let classes: Api<k8s_openapi::api::scheduling::v1::PriorityClass> = Api::all(c.client.clone());
+    let class =
+        serde_json::from_value(json!({"metadata": {"name": "batch-low"}, "value": 10})).unwrap();
+    classes
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    c.controller = Some(c.spawn_controller(
+        &[
+            "--worker-pod",
+            &pod.to_string(),
+            "--metrics-bind-address",
+            &addr,
+        ],
+        "ctl-pod",
+    ));
+    let (dir, built) = archive_dir(&c, "d", ImageSpec::new(&["web:1.4"], layers(4300)));
+    c.claim("d").await;
+    c.apply(pvc_import("web", "d", &reg.reference("shop/web"), &["1.4"]))
+        .await;
+    let job = c.wait_job("web").await;
+    let template = job.spec.clone().unwrap().template;
+    assert_eq!(
+        template.metadata.clone().unwrap().annotations.unwrap()["sidecar.istio.io/inject"],
+        "false"
+    );
+    let spec = template.spec.clone().unwrap();
+    assert_eq!(spec.node_selector.clone().unwrap()["pool"], "imports");
+    let toleration = &spec.tolerations.clone().unwrap()[0];
+    assert_eq!(
+        (toleration.key.as_deref(), toleration.effect.as_deref()),
+        (Some("dedicated"), Some("NoSchedule"))
+    );
+    assert_eq!(spec.priority_class_name.as_deref(), Some("batch-low"));
+    assert_eq!(spec.image_pull_secrets.clone().unwrap()[0].name, "pull");
+
+    let claims = BTreeMap::from([("d", dir.as_path())]);
+    assert_eq!(c.run_job(&job, &claims).await, 0);
+    c.wait_ready("web", "True", None).await;
+    assert_eq!(
+        skopeo::pull_diff_ids(&reg, "shop/web:1.4"),
+        built.images[0].diff_ids
+    );
+    let seen = proxy.seen();
+    assert!(
+        seen.iter()
+            .any(|s| s.method == "PUT" && s.path == "/v2/shop/web/manifests/1.4"),
+        "the manifest went through the proxy: {seen:?}"
+    );
+    tokio::task::spawn_blocking(move || drop(proxy))
+        .await
+        .unwrap();
+}

@@ -217,6 +217,33 @@ async fn the_console_on_localhost_acts_as_the_kubeconfig_user_and_serves_only_it
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let path = url::Url::parse(&upload_url).unwrap().path().to_string();
+
+    // Without --upload-url the plugin takes the base of an import's status.upload.url in the
+    // namespace (it answers from here, so no port-forward).
+    let (_found, found_address) = spawn_ui(&["-n", NS, "--kubeconfig", &kubeconfig]);
+    let found = url::Url::parse(&found_address).unwrap();
+    let found_local = format!("http://127.0.0.1:{}", found.port().unwrap());
+    let r = http.get(found.as_str()).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    let found_cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = http
+        .request(reqwest::Method::OPTIONS, format!("{found_local}{path}"))
+        .header("cookie", &found_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16() / 100,
+        2,
+        "tus discovery through the found service"
+    );
+    assert_eq!(r.headers()["tus-version"], "1.0.0");
     let r = http
         .post(format!("{local}{path}"))
         .header("cookie", &cookie)

@@ -1301,3 +1301,71 @@ fn a_new_version_under_a_new_tag_sends_only_its_new_layers() {
         "the same manifest as a cold push"
     );
 }
+
+/// `--reuse any-encoding`: v1 pushed by skopeo (its own gzip), v2 pushed beside it sends only
+/// its new layer and config; by default (`exact`) another tool's blobs are not taken and the
+/// manifest is the one a cold push gives.
+#[test]
+fn any_encoding_reuse_takes_another_tools_blobs_and_says_the_digest_is_its_own() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let base = archives::layer(2500, 3, 60_000);
+    let build = |seed| {
+        archives::build(
+            &Format::DockerLegacy,
+            &[ImageSpec::new(
+                &["app:x"],
+                vec![base.clone(), archives::layer(seed, 1, 9000)],
+            )],
+        )
+    };
+    let (v1, v2) = (build(2501), build(2502));
+    let p1 = archives::write_to(dir.path(), "v1.tar", &v1.bytes);
+    let p2 = archives::write_to(dir.path(), "v2.tar", &v2.bytes);
+    let mut copy: Vec<std::ffi::OsString> = vec!["copy".into(), "--quiet".into()];
+    copy.extend(skopeo::registry_flags(&reg, "dest-"));
+    copy.push(format!("docker-archive:{}", p1.display()).into());
+    copy.push(skopeo::docker_ref(&reg, "other:1.0").into());
+    skopeo::run(copy);
+
+    let uploads_of = |args: &[&str]| {
+        let before = reg.requests().len();
+        let lines = push_ok(args);
+        let patches = reg.requests()[before..]
+            .iter()
+            .filter(|r| r.is_client() && r.method == "PATCH")
+            .count();
+        (split_result(&lines[0]).1.to_string(), patches)
+    };
+    let p2s = p2.to_str().unwrap();
+    let (wide, wide_uploads) = uploads_of(&[
+        "push",
+        "--insecure",
+        "-q",
+        "--reuse",
+        "any-encoding",
+        p2s,
+        &reg.reference("other:2.1"),
+    ]);
+    assert_eq!(
+        wide_uploads, 2,
+        "any-encoding: the new layer and the config only"
+    );
+    assert_round_trip(&reg, "other:2.1", &v2.images[0], &wide);
+    let m = skopeo::inspect_raw(&reg, "other:2.1");
+    let skopeos = skopeo::inspect_raw(&reg, "other:1.0");
+    assert_eq!(
+        m["layers"][0]["digest"], skopeos["layers"][0]["digest"],
+        "the base layer is skopeo's blob"
+    );
+    assert!(
+        m["annotations"]["dev.imageimport.layer-codec"].is_null(),
+        "a manifest with another tool's blob must not claim this encoder: {m}"
+    );
+    // Exact (the default) does not take skopeo's blob (nor the manifest above, which does not
+    // claim this encoder): the manifest is the one a cold push gives.
+    let (exact, _) = uploads_of(&["push", "--insecure", "-q", p2s, &reg.reference("other:2.0")]);
+    let (cold, _) = uploads_of(&["push", "--insecure", "-q", p2s, &reg.reference("cold:2.0")]);
+    assert_eq!(exact, cold);
+    assert_ne!(wide, exact, "skopeo's base blob is not this encoder's");
+}

@@ -441,3 +441,198 @@ fn exit_codes_and_arguments_are_documented() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A loopback port that counts the connections it is offered: where a hostile registry sends
+/// the client. `0.0.0.0:<port>` (an unspecified address, which Linux connects to this host)
+/// is a forbidden address the test can see being reached.
+fn connection_counter() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    (port, count)
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// A registry whose `WWW-Authenticate` challenge names a token realm at a forbidden address
+/// (cloud metadata, or an unspecified address that leads to this host): refused before the
+/// realm is fetched (oci-client would GET it, with the credentials), a permanent error that
+/// names the realm, nothing tagged.
+#[test]
+fn a_token_realm_at_a_forbidden_address_is_refused_before_it_is_fetched() {
+    use support::faults::{Fault, FaultyProxy};
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let path = app_archive(dir.path(), 74);
+    let (port, reached) = connection_counter();
+    for (realm, kind) in [
+        (
+            format!("http://0.0.0.0:{port}/token"),
+            "unspecified address",
+        ),
+        (
+            "http://169.254.169.254/latest/meta-data/".to_string(),
+            "cloud metadata address",
+        ),
+    ] {
+        let proxy = FaultyProxy::start(&reg.base_url());
+        proxy.break_every("GET", "/v2/", Fault::Challenge(leak(realm.clone())));
+        let target = format!("{}/realm/app", proxy.host());
+        let started = std::time::Instant::now();
+        let out = run(&["push", "-q", "--insecure", path.to_str().unwrap(), &target]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "permanent: {err}");
+        assert!(
+            err.contains("token realm") && err.contains(kind),
+            "{realm}: {err}"
+        );
+        assert!(!err.contains("retrying"), "not retried: {err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        assert_eq!(
+            reached.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the realm was fetched"
+        );
+        assert!(reg.tags("realm/app").is_empty(), "nothing tagged");
+    }
+}
+
+/// A registry whose blob GETs redirect to a forbidden address, for the config of the image
+/// the tag holds (the look for layers to reuse) and for a layer (the read-back of an
+/// up-to-date tag): neither is followed (nothing is reused, the push goes on); one whose
+/// config blob is an endless body without Content-Length: read up to its 4 MiB cap, in bounded
+/// memory (an address-space limit of 2 GiB stops the run otherwise).
+#[test]
+fn blob_redirects_and_endless_blobs_of_a_hostile_registry_are_not_followed_or_read_whole() {
+    use support::faults::{Fault, FaultyProxy};
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    for d in ["a", "b"] {
+        std::fs::create_dir(dir.path().join(d)).unwrap();
+    }
+    let a = app_archive(&dir.path().join("a"), 75);
+    let b = app_archive(&dir.path().join("b"), 76);
+    let (port, reached) = connection_counter();
+    let elsewhere = leak(format!("http://0.0.0.0:{port}/storage"));
+    let blobs = |what: &str| {
+        let (m, _) = reg.manifest("hostile/app", "1").unwrap();
+        let m: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        match what {
+            "config" => m["config"]["digest"].as_str().unwrap().to_string(),
+            _ => m["layers"][0]["digest"].as_str().unwrap().to_string(),
+        }
+    };
+    // Each push through a fresh proxy: `fault` on GETs of `aimed`; the proxy's requests.
+    let push = |archive: &Path, aimed: &str, fault: Option<Fault>| {
+        let proxy = FaultyProxy::start(&reg.base_url());
+        if let Some(f) = fault {
+            proxy.break_every("GET", aimed, f);
+        }
+        let target = format!("{}/hostile/app:1", proxy.host());
+        let out = run(&[
+            "push",
+            "-q",
+            "--insecure",
+            archive.to_str().unwrap(),
+            &target,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{err}");
+        proxy.seen()
+    };
+    push(&a, "", None);
+
+    // B over A: A's config is asked for (layers to reuse), and redirected.
+    let a_config = blobs("config");
+    let seen = push(&b, &a_config, Some(Fault::Redirect(elsewhere)));
+    assert!(
+        seen.iter()
+            .any(|s| s.status == 307 && s.path.contains(&a_config)),
+        "the redirect was asked for: {seen:?}"
+    );
+    // B again: its layer is read back (is the tag up to date?), and redirected.
+    let b_layer = blobs("layer");
+    let seen = push(&b, &b_layer, Some(Fault::Redirect(elsewhere)));
+    assert!(
+        seen.iter()
+            .any(|s| s.status == 307 && s.path.contains(&b_layer)),
+        "the redirect was asked for: {seen:?}"
+    );
+    assert_eq!(
+        reached.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a redirect to 0.0.0.0 was followed"
+    );
+
+    // A over B, B's config an endless body.
+    let b_config = blobs("config");
+    let proxy = FaultyProxy::start(&reg.base_url());
+    proxy.break_every("GET", &b_config, Fault::EndlessBody);
+    let target = format!("{}/hostile/app:1", proxy.host());
+    let started = std::time::Instant::now();
+    let (code, err, peak_kib) =
+        run_limited(&["push", "-q", "--insecure", a.to_str().unwrap(), &target]);
+    eprintln!(
+        "endless config blob: exit {code:?} after {:?}, peak RSS {} MiB",
+        started.elapsed(),
+        peak_kib >> 10
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        proxy
+            .seen()
+            .iter()
+            .any(|s| s.status == 200 && s.path.contains(&b_config)),
+        "the endless body was served: {:?}",
+        proxy.seen()
+    );
+    assert!(peak_kib < 256 << 10, "peak RSS {} MiB", peak_kib >> 10);
+}
+
+/// `run` with the address space limited to 2 GiB (a client reading an endless body whole
+/// aborts instead of taking the machine's memory); exit code, stderr and peak RSS in KiB.
+fn run_limited(args: &[&str]) -> (Option<i32>, String, u64) {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let err_path = dir.path().join("stderr");
+    let mut cmd = bin();
+    cmd.args(args)
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 2 << 30,
+                rlim_max: 2 << 30,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: as in run_measured.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    drop(child);
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    (code, err, usage.ru_maxrss as u64)
+}

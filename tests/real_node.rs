@@ -941,6 +941,207 @@ async fn two_replicas_fail_over(ctx: &Ctx<'_>) {
     ctx.cluster.helm(&["--set=replicas=1"]);
 }
 
+/// A kubeconfig for ServiceAccount `ns/name` (a TokenRequest token: the plugin forwards bearer
+/// tokens only), written under `dir`.
+async fn service_account_kubeconfig(ctx: &Ctx<'_>, ns: &str, name: &str, dir: &Path) -> PathBuf {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    ctx.apply(
+        ns,
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": ns}}),
+    )
+    .await;
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"expirationSeconds": 3600}})).unwrap();
+    let minted: TokenRequest = Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns)
+        .create_subresource("token", name, &PostParams::default(), &request)
+        .await
+        .unwrap();
+    let token = minted.status.unwrap().token;
+    let admin: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(ctx.cluster.var("KUBECONFIG")).unwrap())
+            .unwrap();
+    let cluster = &admin["clusters"][0]["cluster"];
+    let kc = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": name, "namespace": ns}}],
+        "current-context": "c"
+    });
+    let path = dir.join(format!("{name}.kubeconfig"));
+    std::fs::write(&path, serde_json::to_string(&kc).unwrap()).unwrap();
+    path
+}
+
+/// Waits until the controller leading is one started with `--upload-url=<url>` (after a helm
+/// upgrade the old Pod may still lead for a while and give new imports its URL).
+async fn wait_leader_with_upload_url(ctx: &Ctx<'_>, url: &str) {
+    let flag = format!("--upload-url={url}");
+    ctx.wait_for(&format!("the leading controller has {flag}"), || async {
+        let (_, holder) = ctx.controllers().await;
+        let Some(holder) = holder else { return false };
+        ctx.pods(RELEASE_NS, "app.kubernetes.io/name=imageimport")
+            .await
+            .iter()
+            .filter(|p| p.name_any() == holder && p.metadata.deletion_timestamp.is_none())
+            .flat_map(|p| p.spec.iter().flat_map(|s| s.containers.iter()))
+            .any(|c| c.args.iter().flatten().any(|a| *a == flag))
+    })
+    .await;
+}
+
+/// `kubectl imageimport upload` as a namespace user (a Role with imageimports and
+/// imageimports/upload, nothing else in its namespace): once through `UPLOAD_URL`, the chart's
+/// `upload.url` that `hack/cluster.sh up` exposes on the node's address (a hostPort), and once
+/// with the chart's default in-cluster URL, which this machine cannot resolve, so the plugin
+/// falls back to a port-forward through the API server to the upload service's Pod (the user
+/// may list Pods, get Services and port-forward in the release namespace). Both reach Ready
+/// with the digest skopeo reads.
+async fn plugin_upload(ctx: &Ctx<'_>) {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let c = ctx.cluster;
+    let upload_url = c.var("UPLOAD_URL").to_string();
+    assert_eq!(upload_url, format!("http://{}:30080", c.var("NODE_IP")));
+    let ns = ctx.namespace("upload").await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = |ns: &str, rules: Value| {
+        (
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": format!("uploader-{ns}"), "namespace": ns}, "rules": rules}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": format!("uploader-{ns}"), "namespace": ns},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                    "name": format!("uploader-{ns}")},
+                "subjects": [{"kind": "ServiceAccount", "name": "uploader", "namespace": ns}]}),
+        )
+    };
+    let (role, binding) = rules(
+        &ns,
+        json!([{"apiGroups": ["imageimport.dev"], "resources": ["imageimports"],
+                "verbs": ["get", "list", "watch", "create", "patch"]},
+               {"apiGroups": ["imageimport.dev"], "resources": ["imageimports/upload"],
+                "verbs": ["create"]}]),
+    );
+    ctx.apply(&ns, role).await;
+    ctx.apply(&ns, binding).await;
+    let kubeconfig = service_account_kubeconfig(ctx, &ns, "uploader", dir.path()).await;
+    let reg = c.var("REGISTRY").to_string();
+
+    let upload = |file: &Path, name: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kubectl-imageimport"))
+            .arg("upload")
+            .arg(file)
+            .args(["--to", &format!("{reg}/{ns}/{name}:1.0"), "--insecure"])
+            .args(["-n", &ns, "--name", name, "--timeout", "300"])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success(),
+            "kubectl-imageimport upload {name}: {stderr}"
+        );
+        (String::from_utf8(out.stdout).unwrap(), stderr)
+    };
+
+    // Through UPLOAD_URL.
+    let file = dir.path().join("direct.tar");
+    std::fs::write(&file, archive("direct", 700)).unwrap();
+    let (stdout, stderr) = upload(&file, "direct");
+    assert!(!stderr.contains("port-forward"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("to {upload_url}/uploads/{ns}/direct")),
+        "{stderr}"
+    );
+    let obj = ctx.wait_ready_true(&ns, "direct").await;
+    let st = obj.status.as_ref().unwrap();
+    assert!(
+        st.upload.as_ref().and_then(|u| u.url.as_deref())
+            == Some(&format!("{upload_url}/uploads/{ns}/direct")),
+        "{:?}",
+        st.upload
+    );
+    assert_pushed(c, &obj, &reg, &format!("{ns}/direct"), &["1.0"]);
+    let digest = st.digest.clone().unwrap();
+    assert_eq!(stdout.trim(), format!("{reg}/{ns}/direct:1.0@{digest}"));
+
+    // Through a port-forward: the Service's cluster DNS name as the URL users are given (the
+    // chart's default without upload.internalUrl), which this machine does not resolve.
+    // Without the release namespace's grants the plugin says so.
+    let internal = format!("http://imageimport-upload.{RELEASE_NS}.svc:80");
+    c.helm(&[&format!("--set=upload.url={internal}")]);
+    wait_leader_with_upload_url(ctx, &internal).await;
+    let file = dir.path().join("forwarded.tar");
+    std::fs::write(&file, archive("forwarded", 710)).unwrap();
+    let denied = Command::new(env!("CARGO_BIN_EXE_kubectl-imageimport"))
+        .arg("upload")
+        .arg(&file)
+        .args(["--to", &format!("{reg}/{ns}/forwarded:1.0"), "--insecure"])
+        .args(["-n", &ns, "--name", "forwarded"])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .output()
+        .unwrap();
+    let denied_err = String::from_utf8_lossy(&denied.stderr);
+    assert_eq!(denied.status.code(), Some(1), "{denied_err}");
+    assert!(denied_err.contains("port-forward"), "{denied_err}");
+    let (role, binding) = rules(
+        RELEASE_NS,
+        json!([{"apiGroups": [""], "resources": ["services"], "verbs": ["get"]},
+               {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+               {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["get", "create"]}]),
+    );
+    let mut binding = binding;
+    binding["subjects"][0]["namespace"] = json!(ns);
+    let role_name = format!("uploader-{RELEASE_NS}");
+    let (role_obj, binding_obj): (Role, RoleBinding) = (
+        serde_json::from_value(role).unwrap(),
+        serde_json::from_value(binding).unwrap(),
+    );
+    Api::<Role>::namespaced(ctx.client.clone(), RELEASE_NS)
+        .patch(&role_name, &ssa(), &Patch::Apply(&role_obj))
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(ctx.client.clone(), RELEASE_NS)
+        .patch(&role_name, &ssa(), &Patch::Apply(&binding_obj))
+        .await
+        .unwrap();
+    let result = std::panic::AssertUnwindSafe(async {
+        let (stdout, stderr) = upload(&file, "forwarded");
+        assert!(
+            stderr.contains(&format!("{internal} does not answer from here: port-forward to {RELEASE_NS}/imageimport-upload-")),
+            "{stderr}"
+        );
+        let obj = ctx.wait_ready_true(&ns, "forwarded").await;
+        let st = obj.status.as_ref().unwrap();
+        assert!(
+            st.upload.as_ref().and_then(|u| u.url.as_deref())
+                == Some(&format!("{internal}/uploads/{ns}/forwarded")),
+            "{:?}",
+            st.upload
+        );
+        assert_pushed(c, &obj, &reg, &format!("{ns}/forwarded"), &["1.0"]);
+        let digest = st.digest.clone().unwrap();
+        assert_eq!(stdout.trim(), format!("{reg}/{ns}/forwarded:1.0@{digest}"));
+    });
+    let outcome = futures::FutureExt::catch_unwind(result).await;
+    // The cluster as hack/cluster.sh left it, also when an assertion failed.
+    let _ = Api::<RoleBinding>::namespaced(ctx.client.clone(), RELEASE_NS)
+        .delete(&role_name, &DeleteParams::default())
+        .await;
+    let _ = Api::<Role>::namespaced(ctx.client.clone(), RELEASE_NS)
+        .delete(&role_name, &DeleteParams::default())
+        .await;
+    c.helm(&[&format!("--set=upload.url={upload_url}")]);
+    wait_leader_with_upload_url(ctx, &upload_url).await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e);
+    }
+}
+
 #[test]
 fn real_node() {
     let scenarios: Vec<(&str, Scenario)> = vec![
@@ -963,6 +1164,7 @@ fn real_node() {
         ("two_replicas_fail_over", |c| {
             Box::pin(two_replicas_fail_over(c))
         }),
+        ("plugin_upload", |c| Box::pin(plugin_upload(c))),
     ];
     let only = std::env::var("IMAGEIMPORT_REAL_NODE_ONLY").ok();
     let start = Instant::now();

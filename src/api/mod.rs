@@ -36,7 +36,7 @@ pub struct ImageImportSpec {
     /// Which image of a multi-image archive (a saved tag such as `web:1.4`, or an image ID).
     /// Default: the only image of the archive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 512").message("image must be 1-512 characters"))]
+    #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
     /// Import every image of the archive. `target.repository` is then a prefix: an image saved
     /// as `docker.io/team/app:2` goes to `<target.repository>/team/app:2`, under each of its
@@ -95,7 +95,12 @@ pub struct PvcSource {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct UrlSource {
-    #[schemars(regex(pattern = r"^https?://[^\s]+$"), length(max = 4096))]
+    /// An `http://` or `https://` URL without credentials in it (put them in `secretRef`).
+    #[schemars(
+        regex(pattern = r"^https?://[^\s/?#@]+([/?#]\S*)?$"),
+        length(max = 4096)
+    )]
+    #[x_kube(validation = Rule::new("isURL(self)").message("url must be a valid URL"))]
     pub url: String,
     /// Secret (same namespace) with a `token` key (sent as a Bearer token) or `username` and
     /// `password` keys (Basic), sent only to the URL's own host.
@@ -207,7 +212,10 @@ pub struct ImageImportStatus {
     /// `Ready`, `Reconciling`, `Stalled` (kstatus), `Importing`, `SourceReady`, `Verified`: one
     /// per type, all about `observedGeneration`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    #[schemars(
+        schema_with = "conditions_schema",
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"])
+    )]
     pub conditions: Vec<Condition>,
     /// Manifest (or index) digest the pushed tags point at (a single-image import; with
     /// `allImages`, `images` has each image's).
@@ -237,8 +245,10 @@ pub struct ImageImportStatus {
     /// controller decides on nothing in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<ImportProgress>,
+    /// When the observed generation's first attempt started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
+    /// When the observed generation ended: imported, failed for good, or out of attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
     /// Import attempts for the observed generation.
@@ -282,11 +292,15 @@ pub struct UploadStatus {
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ImportProgress {
+    /// Bytes processed so far.
     pub bytes_done: u64,
+    /// Bytes to process, as far as known yet.
     pub bytes_total: u64,
+    /// What the worker is doing, in words (display only).
     pub phase: String,
+    /// When the worker wrote this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub updated: Option<Time>,
+    pub last_update_time: Option<Time>,
 }
 
 /// One image an import pushed.
@@ -312,6 +326,54 @@ pub struct ImportedImage {
     /// What was checked before the import reported the tags as holding the archive's image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checked: Option<String>,
+}
+
+/// `metav1.Condition` as the API server's own types validate it (k8s-openapi's schema has no
+/// patterns, enum or bounds): a status write with a malformed condition is refused.
+fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["lastTransitionTime", "message", "reason", "status", "type"],
+            "properties": {
+                "lastTransitionTime": {
+                    "description": "When the condition last changed status.",
+                    "type": "string",
+                    "format": "date-time"
+                },
+                "message": {
+                    "description": "What happened, for humans.",
+                    "type": "string",
+                    "maxLength": 32768
+                },
+                "observedGeneration": {
+                    "description": "The .metadata.generation the condition is about.",
+                    "type": "integer",
+                    "format": "int64",
+                    "minimum": 0
+                },
+                "reason": {
+                    "description": "Why, as a CamelCase identifier (see docs/operations.md).",
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 1024,
+                    "pattern": "^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+                },
+                "status": {
+                    "description": "True, False or Unknown.",
+                    "type": "string",
+                    "enum": ["True", "False", "Unknown"]
+                },
+                "type": {
+                    "description": "The condition's type, CamelCase.",
+                    "type": "string",
+                    "maxLength": 316,
+                    "pattern": "^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+                }
+            }
+        }
+    })
 }
 
 fn is_zero(n: &u32) -> bool {

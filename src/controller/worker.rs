@@ -132,7 +132,7 @@ pub async fn run() -> i32 {
             bytes_done: done,
             bytes_total: total.max(done),
             phase: "finished".into(),
-            updated: Some(status::now()),
+            last_update_time: Some(status::now()),
         };
         // Best effort: the outcome does not depend on it.
         for _ in 0..3 {
@@ -172,7 +172,7 @@ async fn report_progress(
             bytes_done: done,
             bytes_total: total,
             phase: progress.phase(),
-            updated: Some(status::now()),
+            last_update_time: Some(status::now()),
         };
         if let Err(e) = apply_status(
             &api,
@@ -313,6 +313,7 @@ fn options(spec: &ImageImportSpec, root: &Path) -> Result<ImportOptions, ImportE
         insecure: spec.target.insecure,
         // The Secret is the user's: never run a credential helper it names.
         auths_only: true,
+        allow_link_local: http.url_policy.allow_link_local,
         upload_segment: std::env::var("IMAGEIMPORT_UPLOAD_CHUNK_SIZE")
             .ok()
             .and_then(|v| v.parse().ok()),
@@ -367,8 +368,8 @@ fn options(spec: &ImageImportSpec, root: &Path) -> Result<ImportOptions, ImportE
 /// The registry connection does not go through the URL guard's resolver, but it must not
 /// reach what the guard protects most: cloud metadata endpoints (always) and link-local
 /// addresses (unless allowed), checked on every address the registry's name resolves to now.
-/// (A name re-resolved to such an address later, a token realm or a blob redirect elsewhere is
-/// not covered: docs/operations.md, "URL sources".)
+/// (A name re-resolved to such an address later is not covered: docs/operations.md, "URL
+/// sources"; the token realm and blob redirects it names are checked by the registry client.)
 fn refuse_metadata_registry(registry: &str, allow_link_local: bool) -> Result<(), ImportError> {
     use crate::pipeline::url_guard::{AddressKind, classify};
     use std::net::ToSocketAddrs;
@@ -435,5 +436,31 @@ mod tests {
         assert!(refuse_metadata_registry("169.254.169.254", true).is_err());
         assert!(refuse_metadata_registry("127.0.0.1:5000", false).is_ok());
         assert!(refuse_metadata_registry("10.1.2.3:5000", false).is_ok());
+    }
+
+    /// A symlink on the claim leading out of it (to the worker's token, its mounted Secrets)
+    /// is refused before anything is read; one that stays inside is followed.
+    #[test]
+    fn a_claim_path_that_leads_outside_the_claim_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let claim = under(root.path(), ARCHIVE_DIR);
+        std::fs::create_dir_all(claim.join("web")).unwrap();
+        std::fs::write(root.path().join("token"), "secret").unwrap();
+        std::fs::write(claim.join("web/real.tar"), "tar").unwrap();
+        std::os::unix::fs::symlink(root.path().join("token"), claim.join("web/out.tar")).unwrap();
+        std::os::unix::fs::symlink("real.tar", claim.join("web/in.tar")).unwrap();
+        let spec = |path: &str| -> ImageImportSpec {
+            serde_json::from_value(serde_json::json!({
+                "source": {"pvc": {"claimName": "d", "path": path}},
+                "target": {"repository": "127.0.0.1:5000/shop/web"}
+            }))
+            .unwrap()
+        };
+        match options(&spec("web/out.tar"), root.path()) {
+            Err(ImportError::Usage(m)) => assert!(m.contains("leads outside the claim"), "{m}"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a symlink out of the claim was accepted"),
+        }
+        assert!(options(&spec("web/in.tar"), root.path()).is_ok());
     }
 }

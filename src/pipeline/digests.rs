@@ -180,7 +180,9 @@ pub(super) fn manifest_for(
     let codec_id = match facts.first() {
         Some(first)
             if facts.iter().all(|p| {
-                !p.facts.as_stored && p.facts.pushed_codec == first.facts.pushed_codec
+                !p.facts.as_stored
+                    && !p.facts.other_encoder
+                    && p.facts.pushed_codec == first.facts.pushed_codec
             }) =>
         {
             Some(codec::codec_id(first.facts.pushed_codec))

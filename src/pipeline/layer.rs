@@ -23,6 +23,8 @@ pub struct LayerFacts {
     /// Codec of the blob sent to the registry, and whether it is the stored bytes unchanged.
     pub pushed_codec: Codec,
     pub as_stored: bool,
+    /// The blob is one another tool encoded (reused with `Reuse::AnyEncoding`).
+    pub other_encoder: bool,
 }
 
 /// Where produced blob bytes go. An error stops the layer (the upload failed).
@@ -268,6 +270,7 @@ fn run(
         uncompressed_size,
         pushed_codec,
         as_stored,
+        other_encoder: false,
     })
 }
 

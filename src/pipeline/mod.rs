@@ -11,12 +11,14 @@ mod checkpoint;
 pub mod codec;
 mod digests;
 pub mod error;
+mod gunzip;
 pub mod inspect;
 pub mod layer;
 pub mod manifest;
 pub mod plan;
 pub mod progress;
 mod reuse;
+pub use reuse::Reuse;
 pub mod source;
 pub mod url_guard;
 
@@ -62,6 +64,8 @@ pub struct ImportOptions {
     /// Patterns (`registry/repository`, see [`crate::registry::repository_pattern`]) that
     /// every repository pushed to must match; None: any.
     pub allowed_repositories: Option<Vec<String>>,
+    /// Which registry blobs may stand for the archive's layers.
+    pub reuse: Reuse,
 }
 
 impl ImportOptions {
@@ -79,6 +83,7 @@ impl ImportOptions {
             parallel_layers: 2,
             tags: Vec::new(),
             allowed_repositories: None,
+            reuse: Reuse::default(),
         }
     }
 }
@@ -431,13 +436,23 @@ async fn process_seekable(
     // beside the archive's layer and must decompress to it byte for byte.
     if !as_stored && let Some(k) = known.blobs.get(&diff_id) {
         let (codec, _) = policy.plan(stored_codec);
-        if let Some(mut facts) =
-            reuse::matches(&ctx, &k.repo, &k.digest, codec, &member, open.clone()).await?
+        let blob = &k.pushed;
+        if let Some(mut facts) = reuse::matches(
+            &ctx,
+            &blob.repo,
+            &blob.digest,
+            codec,
+            k.ours,
+            &member,
+            open.clone(),
+        )
+        .await?
         {
             facts.pushed_codec = codec;
             facts.as_stored = false;
+            facts.other_encoder = !k.ours;
             // Mounted into the other repositories of the import when they are staged.
-            let pushed = k.clone();
+            let pushed = blob.clone();
             return Ok((
                 member,
                 Processed {
@@ -1050,7 +1065,8 @@ async fn up_to_date(
                         let open = member_reader(ctx, path, catalog, &l.member);
                         async move {
                             let facts =
-                                reuse::matches(ctx, repo, blob, *codec, &l.member, open).await?;
+                                reuse::matches(ctx, repo, blob, *codec, true, &l.member, open)
+                                    .await?;
                             Ok::<_, ImportError>(facts.map(|f| (l.member.clone(), f)))
                         }
                     })

@@ -13,7 +13,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::codec::{self, CHUNK, Codec, CompressionPolicy};
 use super::layer::{LayerError, LayerFacts};
-use super::{Ctx, ImportError, Planned, Pushed, blocking, layer, manifest};
+use super::{Ctx, ImportError, Planned, Pushed, blocking, gunzip, layer, manifest};
 use crate::archive::digest;
 use crate::archive::formats::{ImageConfig, Platform};
 
@@ -31,6 +31,7 @@ pub(super) async fn matches<R: Read + Send + 'static>(
     repo: &str,
     digest: &str,
     codec: Codec,
+    ours: bool,
     member: &str,
     open: impl FnOnce() -> io::Result<R> + Send + 'static,
 ) -> Result<Option<LayerFacts>, ImportError> {
@@ -44,7 +45,7 @@ pub(super) async fn matches<R: Read + Send + 'static>(
     let remote = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let (tx, rx) = mpsc::sync_channel::<Bytes>(COMPARE_QUEUE);
     let want = digest.to_string();
-    let blob = blocking(move || same_bytes(remote, &want, codec, rx));
+    let blob = blocking(move || same_bytes(remote, &want, codec, ours, rx));
     let m = member.to_string();
     let archive = blocking(move || -> Result<LayerFacts, LayerError> {
         let mut r = open().map_err(LayerError::Read)?;
@@ -96,11 +97,14 @@ impl<R: Read> Read for Hashed<R> {
 }
 
 /// Whether `blob` hashes to `digest`, is `codec`-encoded and decodes to exactly the bytes that
-/// arrive on `archive` (until it is closed). Err: why not.
+/// arrive on `archive` (until it is closed). Err: why not. A gzip blob is decoded member by
+/// member ([`gunzip`]) when it is `ours`: a blob this import's encoder wrote has its 1 MiB
+/// members, and one that has not is not reused. Other tools' gzip is inflated as a stream.
 fn same_bytes(
     blob: impl Read,
     digest: &str,
     codec: Codec,
+    ours: bool,
     archive: mpsc::Receiver<Bytes>,
 ) -> Result<(), String> {
     let mut hashed = BufReader::with_capacity(
@@ -117,34 +121,36 @@ fn same_bytes(
     if found != codec {
         return Err(format!("it is not {codec}-encoded ({found})"));
     }
-    {
-        let mut decoded: Box<dyn Read + '_> = match codec {
-            Codec::None => Box::new(&mut hashed),
-            Codec::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut hashed)),
-            Codec::Zstd => Box::new(
-                zstd::stream::read::Decoder::with_buffer(&mut hashed)
-                    .map_err(|e| format!("it does not decode: {e}"))?,
-            ),
-        };
-        let mut buf = vec![0u8; CHUNK];
-        for chunk in archive.iter() {
-            for piece in chunk.chunks(CHUNK) {
-                let out = &mut buf[..piece.len()];
-                decoded
-                    .read_exact(out)
-                    .map_err(|e| format!("it is shorter than the layer or does not decode: {e}"))?;
-                if out != piece {
-                    return Err("its content differs from the layer's".into());
-                }
+    let mut expected = Expected::new(archive);
+    match codec {
+        Codec::Gzip if ours => {
+            let mut members = gunzip::Members::new(&mut hashed);
+            while let Some(out) = members.next_member().map_err(|e| e.to_string())? {
+                expected.same(out)?;
             }
         }
-        let more = decoded
-            .read(&mut buf[..1])
-            .map_err(|e| format!("it does not decode: {e}"))?;
-        if more != 0 {
-            return Err("it is longer than the layer".into());
+        Codec::None | Codec::Zstd | Codec::Gzip => {
+            let mut decoded: Box<dyn Read + '_> = match codec {
+                Codec::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut hashed)),
+                Codec::Zstd => Box::new(
+                    zstd::stream::read::Decoder::with_buffer(&mut hashed)
+                        .map_err(|e| format!("it does not decode: {e}"))?,
+                ),
+                _ => Box::new(&mut hashed),
+            };
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = decoded
+                    .read(&mut buf)
+                    .map_err(|e| format!("it does not decode: {e}"))?;
+                if n == 0 {
+                    break;
+                }
+                expected.same(&buf[..n])?;
+            }
         }
     }
+    expected.finished()?;
     // Whatever follows the compressed stream is part of the blob.
     io::copy(&mut hashed, &mut io::sink()).map_err(|e| format!("reading it failed: {e}"))?;
     let got = digest::finish(hashed.into_inner().hasher);
@@ -152,6 +158,54 @@ fn same_bytes(
         return Err(format!("the registry served bytes hashing to {got}"));
     }
     Ok(())
+}
+
+/// The archive's layer bytes as they arrive, compared with the decoded blob piece by piece
+/// (the two sides cut their pieces differently).
+struct Expected {
+    archive: mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl Expected {
+    fn new(archive: mpsc::Receiver<Bytes>) -> Self {
+        Expected {
+            archive,
+            current: Bytes::new(),
+        }
+    }
+
+    fn same(&mut self, mut decoded: &[u8]) -> Result<(), String> {
+        while !decoded.is_empty() {
+            if self.current.is_empty() {
+                self.current = self
+                    .archive
+                    .recv()
+                    .map_err(|_| "it is longer than the layer".to_string())?;
+                continue;
+            }
+            let n = decoded.len().min(self.current.len());
+            if decoded[..n] != self.current[..n] {
+                return Err("its content differs from the layer's".into());
+            }
+            decoded = &decoded[n..];
+            let _ = self.current.split_to(n);
+        }
+        Ok(())
+    }
+
+    /// The layer ended where the blob did.
+    fn finished(mut self) -> Result<(), String> {
+        loop {
+            if !self.current.is_empty() {
+                return Err("it is shorter than the layer".into());
+            }
+            match self.archive.recv() {
+                Ok(b) => self.current = b,
+                Err(_) => return Ok(()),
+            }
+        }
+    }
 }
 
 /// Tag-list pages read per target repository, and tags per page: a repository of thousands of
@@ -165,10 +219,20 @@ pub(super) const DOCUMENT_REQUESTS: usize = 32;
 /// What discovery found and what it cost.
 #[derive(Debug, Default)]
 pub(super) struct Known {
-    /// diff_id → a blob that this import's codec produced for it (checked when used).
-    pub blobs: HashMap<String, Pushed>,
+    /// diff_id → a blob that holds it (checked when used).
+    pub blobs: HashMap<String, Reusable>,
     /// Requests made: tag lists, manifests, configs.
     pub requests: usize,
+}
+
+/// A registry blob that may hold a layer of this import.
+#[derive(Debug, Clone)]
+pub(super) struct Reusable {
+    pub pushed: Pushed,
+    /// Written by this import's exact encoder (the manifest's `layer-codec` annotation says
+    /// so): reusing it keeps the manifest a cold push gives. Otherwise (only with
+    /// [`Reuse::AnyEncoding`]) another tool's encoding of the same codec.
+    pub ours: bool,
 }
 
 /// Blobs that this import's codec already produced for the `needed` diff_ids, learned from the
@@ -181,9 +245,9 @@ pub(super) struct Known {
 /// Only manifests recording this import's exact encoder (`layer-codec` annotation) are used,
 /// so a reused blob is the one this import would produce and the manifest digest stays what a
 /// cold push gives; the annotation is a hint, not proof: each blob is read back and compared
-/// with the archive's layer before it is used ([`matches`]). (A blob planted under a forged
-/// annotation that holds the same layer in another valid encoding passes that check: the
-/// image is right, but its manifest digest is not the one a cold push gives.)
+/// with the archive's layer before it is used ([`matches`]). With [`Reuse::AnyEncoding`],
+/// blobs that other tools encoded with the same codec are taken too (read back the same way):
+/// fewer bytes sent, but the manifest digest then depends on what the registry held.
 pub(super) async fn known_layers(ctx: &Ctx, todo: &[Planned], needed: &HashSet<String>) -> Known {
     let mut known = Known::default();
     if needed.is_empty() {
@@ -347,9 +411,9 @@ impl Learner<'_> {
         let codec = match self.ctx.opts.compression {
             CompressionPolicy::Keep(c) | CompressionPolicy::Force(c) => c,
         };
-        if m["annotations"][manifest::ANNOTATION_CODEC].as_str()
-            != Some(codec::codec_id(codec).as_str())
-        {
+        let ours = m["annotations"][manifest::ANNOTATION_CODEC].as_str()
+            == Some(codec::codec_id(codec).as_str());
+        if !ours && self.ctx.opts.reuse != Reuse::AnyEncoding {
             return;
         }
         let Some(config_digest) = m["config"]["digest"].as_str() else {
@@ -375,17 +439,66 @@ impl Learner<'_> {
             return;
         };
         for (diff_id, l) in parsed.rootfs.diff_ids.iter().zip(&layers) {
-            if let (Some(d), Some(size)) = (l["digest"].as_str(), l["size"].as_u64())
-                && l["mediaType"].as_str() == Some(codec.oci_layer_media_type())
+            let media_type = l["mediaType"].as_str().unwrap_or_default();
+            let same_codec = if ours {
+                media_type == codec.oci_layer_media_type()
+            } else {
+                layer_codec(media_type) == Some(codec)
+            };
+            if let (true, Some(d), Some(size)) =
+                (same_codec, l["digest"].as_str(), l["size"].as_u64())
                 && self.needed.contains(diff_id)
             {
-                self.known.blobs.entry(diff_id.clone()).or_insert(Pushed {
-                    digest: d.to_string(),
-                    size,
-                    repo: repo.to_string(),
-                    sent: 0,
-                });
+                let found = Reusable {
+                    pushed: Pushed {
+                        digest: d.to_string(),
+                        size,
+                        repo: repo.to_string(),
+                        sent: 0,
+                    },
+                    ours,
+                };
+                match self.known.blobs.get(diff_id) {
+                    // A blob of this import's own encoder is worth more than another tool's.
+                    Some(k) if k.ours || !ours => {}
+                    _ => {
+                        self.known.blobs.insert(diff_id.clone(), found);
+                    }
+                }
             }
+        }
+    }
+}
+
+/// The codec a layer media type names (OCI or Docker), for compressed layers.
+fn layer_codec(media_type: &str) -> Option<Codec> {
+    match media_type {
+        crate::archive::formats::DOCKER_LAYER_GZIP => Some(Codec::Gzip),
+        t if t == Codec::Gzip.oci_layer_media_type() => Some(Codec::Gzip),
+        t if t == Codec::Zstd.oci_layer_media_type() => Some(Codec::Zstd),
+        _ => None,
+    }
+}
+
+/// Which registry blobs may stand for a layer of the archive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Reuse {
+    /// Only blobs this import's encoder wrote (recorded in their manifest): the manifest
+    /// digest is the one a cold push gives.
+    #[default]
+    Exact,
+    /// Also blobs other tools encoded with the same codec, once they are read back and found
+    /// to hold the layer: fewer bytes sent, but the manifest digest depends on the registry.
+    AnyEncoding,
+}
+
+impl std::str::FromStr for Reuse {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "exact" => Ok(Reuse::Exact),
+            "any-encoding" => Ok(Reuse::AnyEncoding),
+            _ => Err(format!("{s:?}: expected exact or any-encoding")),
         }
     }
 }
@@ -409,7 +522,7 @@ mod tests {
             tx.send(Bytes::copy_from_slice(piece)).unwrap();
         }
         drop(tx);
-        same_bytes(blob, digest, codec, rx)
+        same_bytes(blob, digest, codec, true, rx)
     }
 
     #[test]
@@ -430,15 +543,36 @@ mod tests {
         longer.push(0);
         let e = compare(&blob, &d, Codec::Gzip, &longer).unwrap_err();
         assert!(e.contains("shorter"), "{e}");
-        // The registry serves other bytes than the digest names (a valid gzip of the layer).
+        // The registry serves other bytes than the digest names.
+        let named = digest::sha256_of(b"something else");
+        let e = compare(&blob, &named, Codec::Gzip, &layer).unwrap_err();
+        assert!(e.contains("hashing to"), "{e}");
+        // A valid gzip of the layer that this encoder did not write (one member): not reused.
         let other_encoding = {
             use std::io::Write;
             let mut g = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
             g.write_all(&layer).unwrap();
             g.finish().unwrap()
         };
-        let e = compare(&other_encoding, &d, Codec::Gzip, &layer).unwrap_err();
-        assert!(e.contains("hashing to"), "{e}");
+        let e = compare(
+            &other_encoding,
+            &digest::sha256_of(&other_encoding),
+            Codec::Gzip,
+            &layer,
+        )
+        .unwrap_err();
+        assert!(e.contains("chunking"), "{e}");
+        // ... but it holds the layer, which is what wider reuse (not ours) asks.
+        let (tx, rx) = mpsc::sync_channel(layer.len() / 70_000 + 2);
+        for piece in layer.chunks(70_000) {
+            tx.send(Bytes::copy_from_slice(piece)).unwrap();
+        }
+        drop(tx);
+        let d = digest::sha256_of(&other_encoding);
+        assert_eq!(
+            same_bytes(&other_encoding[..], &d, Codec::Gzip, false, rx),
+            Ok(())
+        );
         // The right content under another codec than the manifest says.
         let e = compare(&layer, &digest::sha256_of(&layer), Codec::Gzip, &layer).unwrap_err();
         assert!(e.contains("not gzip-encoded"), "{e}");

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
+use futures::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Reference, RegistryOperation};
@@ -16,11 +17,12 @@ use reqwest::header::{AUTHORIZATION, HeaderValue, LOCATION, RETRY_AFTER};
 
 use super::auth;
 use super::error::RegistryError;
+use super::guard;
 use super::reference::Target;
 
 #[derive(Debug, Clone, Default)]
 pub struct RegistryOptions {
-    /// Plain HTTP (and no certificate checks) for this registry.
+    /// Plain HTTP for this registry (certificates are checked whenever TLS is used).
     pub insecure: bool,
     pub ca_file: Option<PathBuf>,
     pub auth_file: Option<PathBuf>,
@@ -35,6 +37,9 @@ pub struct RegistryOptions {
     /// in one request, as docker, containerd and skopeo send it (some registries accept
     /// nothing else).
     pub upload_segment: Option<u64>,
+    /// Let the registry's token realm and blob redirects lead to link-local addresses (cloud
+    /// metadata addresses never): the URL sources' switch (`--url-allow-link-local`).
+    pub allow_link_local: bool,
 }
 
 pub const MANIFEST_TYPES: &[&str] = &[
@@ -58,6 +63,13 @@ pub struct Registry {
     auth: RegistryAuth,
     retries: usize,
     upload_segment: u64,
+    /// What a token realm or a blob redirect may lead to (see `guard`).
+    elsewhere: Arc<crate::pipeline::url_guard::UrlPolicy>,
+    /// For blob redirects: the guarded resolver and redirect checks on every hop, no
+    /// credentials (a fresh request).
+    redirects: reqwest::Client,
+    /// The token realm of the registry's challenge was checked (once per connection).
+    realm_checked: Arc<tokio::sync::OnceCell<()>>,
 }
 
 /// A manifest as the registry holds it.
@@ -106,10 +118,13 @@ impl Registry {
             .user_agent(concat!("imageimport/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(300))
-            .tls_certs_merge(reqwest_certs)
+            .tls_certs_merge(reqwest_certs.clone())
             // Upload locations are followed by hand; never forward credentials elsewhere.
             .redirect(reqwest::redirect::Policy::none())
             .build()
+            .map_err(|e| RegistryError::Config(e.to_string()))?;
+        let elsewhere = guard::policy(opts.allow_link_local);
+        let redirects = crate::pipeline::url_guard::client(elsewhere.clone(), Some(reqwest_certs))
             .map_err(|e| RegistryError::Config(e.to_string()))?;
         Ok(Registry {
             host: host.to_string(),
@@ -121,6 +136,9 @@ impl Registry {
             auth,
             retries: opts.retries.unwrap_or(6),
             upload_segment: opts.upload_segment.unwrap_or(0),
+            elsewhere,
+            redirects,
+            realm_checked: Arc::new(tokio::sync::OnceCell::new()),
         })
     }
 
@@ -191,12 +209,20 @@ impl Registry {
     }
 
     /// Retry transient failures with exponential backoff, honouring Retry-After; a loopback
-    /// registry that answers in plain HTTP is asked again over HTTP (once, for good).
+    /// registry that answers in plain HTTP is asked again over HTTP (once, for good). The
+    /// token realm is checked before anything reaches oci-client.
     async fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, RegistryError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, RegistryError>>,
     {
+        let mut f = || {
+            let op = f();
+            async move {
+                self.check_realm().await?;
+                op.await
+            }
+        };
         let result = match self.retry_transient(what, &mut f).await {
             Err(RegistryError::PlainHttp { .. })
                 if self.plain_fallback.is_some()
@@ -224,6 +250,73 @@ impl Registry {
             })
             .notify(|e, d| tracing::warn!(operation = what, error = %e, "retrying in {:?}", d))
             .await
+    }
+
+    /// oci-client GETs the realm of the registry's Bearer challenge verbatim, with the Basic
+    /// credentials, and offers no hook: so the challenge is read here first (our own `GET
+    /// /v2/`) and a realm the guard refuses ends the import. Checked once per connection: a
+    /// registry that names another realm to oci-client's own request later, or a realm name
+    /// that re-resolves, is not caught (docs/operations.md, "URL sources").
+    async fn check_realm(&self) -> Result<(), RegistryError> {
+        if self.realm_checked.initialized() || matches!(self.auth, RegistryAuth::Bearer(_)) {
+            return Ok(());
+        }
+        let resp = self
+            .http
+            .get(format!("{}/v2/", self.base()))
+            .send()
+            .await
+            .map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
+        if let Some(realm) = guard::bearer_realm(resp.headers()) {
+            let url = guard::realm_url(&self.host, &realm)?;
+            guard::check(&self.host, "token realm", &url, &self.elsewhere).await?;
+        }
+        // An answer that is not the registry's own (a 5xx of a proxy) is asked again next time.
+        if matches!(resp.status().as_u16(), 200 | 401) {
+            let _ = self.realm_checked.set(());
+        }
+        Ok(())
+    }
+
+    /// GET blob `url` of this registry, following its redirect to storage: the target must
+    /// pass the guard (`guard::check`) and is fetched without the registry's credentials
+    /// through the guarded client (every further hop checked too).
+    pub(super) async fn get_blob(
+        &self,
+        url: &str,
+        authorization: Option<HeaderValue>,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let mut req = self.http.get(url);
+        if let Some(a) = authorization {
+            req = req.header(AUTHORIZATION, a);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
+        if !resp.status().is_redirection() {
+            return Ok(resp);
+        }
+        let Some(loc) = resp.headers().get(LOCATION).and_then(|l| l.to_str().ok()) else {
+            return Ok(resp);
+        };
+        let next = reqwest::Url::parse(url)
+            .and_then(|u| u.join(loc))
+            .map_err(|e| RegistryError::Protocol {
+                registry: self.host.clone(),
+                detail: e.to_string(),
+            })?;
+        guard::check(&self.host, "blob redirect", &next, &self.elsewhere).await?;
+        self.redirects.get(next).send().await.map_err(|e| {
+            match crate::pipeline::url_guard::guard_error(&e) {
+                Some(refusal) => RegistryError::Refused {
+                    registry: self.host.clone(),
+                    what: "blob redirect".into(),
+                    detail: refusal.to_string(),
+                },
+                None => RegistryError::from_reqwest(&self.host, e),
+            }
+        })
     }
 
     /// The Authorization header for pushing to `repo` (a fresh bearer token for each call:
@@ -296,6 +389,9 @@ impl Registry {
 
     /// Cross-repository mount. False when the registry did not mount (then upload instead).
     pub async fn mount_blob(&self, repo: &str, from: &str, digest: &str) -> bool {
+        if self.check_realm().await.is_err() {
+            return false;
+        }
         self.oci()
             .store_auth_if_needed(&self.host, &self.auth)
             .await;
@@ -403,31 +499,9 @@ impl Registry {
     ) -> Result<Option<Vec<u8>>, RegistryError> {
         self.retry("blob fetch", || async {
             let url = format!("{}/v2/{}/blobs/{}", self.base(), repo, digest);
-            let mut req = self.http.get(&url);
-            if let Some(a) = self.authorization(repo).await? {
-                req = req.header(AUTHORIZATION, a);
-            }
-            let mut resp = req
-                .send()
-                .await
-                .map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
-            // Blob GETs usually redirect to storage: follow within the same host only.
-            if resp.status().is_redirection()
-                && let Some(loc) = resp.headers().get(LOCATION).and_then(|l| l.to_str().ok())
-            {
-                let next = reqwest::Url::parse(&url)
-                    .and_then(|u| u.join(loc))
-                    .map_err(|e| RegistryError::Protocol {
-                        registry: self.host.clone(),
-                        detail: e.to_string(),
-                    })?;
-                resp = self
-                    .http
-                    .get(next)
-                    .send()
-                    .await
-                    .map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
-            }
+            let auth = self.authorization(repo).await?;
+            // Blob GETs usually redirect to storage, on another host: see get_blob.
+            let resp = self.get_blob(&url, auth).await?;
             if resp.status() == reqwest::StatusCode::NOT_FOUND {
                 return Ok(None);
             }
@@ -437,11 +511,17 @@ impl Registry {
             if resp.content_length().is_some_and(|l| l > cap as u64) {
                 return Ok(None);
             }
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
-            Ok((bytes.len() <= cap).then(|| bytes.to_vec()))
+            // Read with the cap: a body without Content-Length may be endless.
+            let mut body = Vec::new();
+            let mut chunks = resp.bytes_stream();
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk.map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
+                if body.len() + chunk.len() > cap {
+                    return Ok(None);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(Some(body))
         })
         .await
     }

@@ -52,6 +52,14 @@ pub enum RegistryError {
     UntrustedCertificate { registry: String, detail: String },
     #[error("registry {registry}: {detail}")]
     Protocol { registry: String, detail: String },
+    /// The registry sent us to an address the URL guard's classes refuse (a token realm or a
+    /// blob redirect at a cloud metadata or link-local address): permanent.
+    #[error("registry {registry} sent its {what} elsewhere: {detail}")]
+    Refused {
+        registry: String,
+        what: String,
+        detail: String,
+    },
     #[error("invalid registry configuration: {0}")]
     Config(String),
     #[error("upload of {operation} failed: the input cannot be replayed after a broken upload")]

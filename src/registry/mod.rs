@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod client;
 pub mod error;
+mod guard;
 pub mod reference;
 pub mod upload;
 

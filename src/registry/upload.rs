@@ -587,12 +587,11 @@ impl Registry {
     ) -> Result<u64, RegistryError> {
         let auth = self.authorization(from).await?;
         let url = format!("{}/v2/{}/blobs/{}", self.base(), from, digest);
-        let http = self.http().clone();
         let (copied, size) = self
             .upload_blob(repo, Replay::FromSource, || {
-                let (http, url, auth) = (http.clone(), url.clone(), auth.clone());
+                let (this, url, auth) = (self.clone(), url.clone(), auth.clone());
                 let body = futures::stream::once(async move {
-                    match download(&http, &url, auth).await {
+                    match download(&this, &url, auth).await {
                         Ok(resp) => resp
                             .bytes_stream()
                             .map(|b| b.map_err(std::io::Error::other))
@@ -623,13 +622,12 @@ impl Registry {
     {
         let auth = self.authorization(repo).await?;
         let url = format!("{}/v2/{}/blobs/{}", self.base(), repo, digest);
-        let resp =
-            download(self.http(), &url, auth)
-                .await
-                .map_err(|e| RegistryError::Protocol {
-                    registry: self.host().to_string(),
-                    detail: format!("reading blob {digest} of {repo}: {e}"),
-                })?;
+        let resp = download(self, &url, auth)
+            .await
+            .map_err(|e| RegistryError::Protocol {
+                registry: self.host().to_string(),
+                detail: format!("reading blob {digest} of {repo}: {e}"),
+            })?;
         Ok(Box::pin(
             resp.bytes_stream()
                 .map(|b| b.map_err(std::io::Error::other)),
@@ -740,26 +738,17 @@ fn held_bytes(range: &str) -> Option<u64> {
     }
 }
 
-/// GET a blob, following one redirect to its storage (without the registry's credentials).
+/// GET a blob, following its redirect to storage (guarded, without the registry's
+/// credentials: `Registry::get_blob`); an error answer is an error.
 async fn download(
-    http: &reqwest::Client,
+    registry: &Registry,
     url: &str,
     auth: Option<HeaderValue>,
 ) -> std::io::Result<reqwest::Response> {
-    let mut req = http.get(url);
-    if let Some(a) = auth {
-        req = req.header(AUTHORIZATION, a);
-    }
-    let mut resp = req.send().await.map_err(std::io::Error::other)?;
-    if resp.status().is_redirection()
-        && let Some(next) = resp
-            .headers()
-            .get(reqwest::header::LOCATION)
-            .and_then(|l| l.to_str().ok())
-            .and_then(|l| reqwest::Url::parse(url).ok()?.join(l).ok())
-    {
-        resp = http.get(next).send().await.map_err(std::io::Error::other)?;
-    }
+    let resp = registry
+        .get_blob(url, auth)
+        .await
+        .map_err(std::io::Error::other)?;
     resp.error_for_status().map_err(std::io::Error::other)
 }
 

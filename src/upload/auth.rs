@@ -182,6 +182,51 @@ impl Authenticator {
         }
     }
 
+    /// A user who may create ImageImports in `namespace` (what the console asks before it
+    /// shows which repositories the cluster policy lets that namespace push to).
+    pub async fn importer(&self, token: &str, namespace: &str) -> Result<UserInfo, UploadError> {
+        let k = key(&["importer", token, namespace]);
+        if let Some(r) = self.cached(&k) {
+            return r;
+        }
+        let r = async {
+            let user = self.review(token, None).await?;
+            let sar = SubjectAccessReview {
+                spec: SubjectAccessReviewSpec {
+                    user: user.username.clone(),
+                    uid: user.uid.clone(),
+                    groups: user.groups.clone(),
+                    extra: user.extra.clone(),
+                    resource_attributes: Some(ResourceAttributes {
+                        group: Some(crate::api::GROUP.into()),
+                        resource: Some("imageimports".into()),
+                        verb: Some("create".into()),
+                        namespace: Some(namespace.into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
+            let answer = api
+                .create(&PostParams::default(), &sar)
+                .await
+                .map_err(|e| UploadError::Kube(format!("SubjectAccessReview: {e}")))?;
+            if answer.status.is_some_and(|s| s.allowed) {
+                Ok(user)
+            } else {
+                Err(UploadError::Forbidden(format!(
+                    "{} may not create imageimports in namespace {namespace}",
+                    user.username.unwrap_or_default()
+                )))
+            }
+        }
+        .await;
+        self.remember(k, &r);
+        r
+    }
+
     /// The worker of `namespace`: a token for the upload audience of its ServiceAccount and,
     /// when the token is bound to a Pod (kubelet-projected tokens are), that Pod's name.
     pub async fn worker(

@@ -9,6 +9,8 @@
 //! - `/uploads/` — tus discovery (`OPTIONS`);
 //! - `/uploads/{namespace}/{name}` — tus creation (`POST`), the URL `status.upload.url` gives;
 //! - `/uploads/{namespace}/{name}/g{generation}-{uid}` — the upload (`HEAD`, `PATCH`, `DELETE`);
+//! - `/console/v1/namespaces/{namespace}/repositories` — what the cluster policy lets that
+//!   namespace push to, for the console (`repositories`);
 //! - `/internal/v1/pull/…`, `/internal/v1/done/…` — workers only (their projected token);
 //! - `/healthz`, `/readyz`.
 
@@ -18,6 +20,7 @@ pub mod error;
 pub mod kube_proxy;
 mod relay;
 pub mod report;
+pub mod repositories;
 pub mod session;
 mod tus;
 
@@ -44,6 +47,8 @@ pub struct ServerConfig {
     /// Accept worker tokens that are not bound to a Pod (then any Pod of the worker's
     /// ServiceAccount in that namespace may pull). Kubelet-projected tokens are bound.
     pub allow_unbound_worker_tokens: bool,
+    /// The controller's cluster policy (`--policy-file`), read on every request.
+    pub policy: crate::controller::policy::PolicySource,
 }
 
 pub struct Service {
@@ -102,6 +107,10 @@ pub fn router(service: Arc<Service>) -> Router {
                 .patch(tus::patch)
                 .delete(tus::terminate)
                 .options(tus::discovery),
+        )
+        .route(
+            "/console/v1/namespaces/{namespace}/repositories",
+            get(repositories::list),
         )
         .route("/internal/v1/pull/{namespace}/{name}", get(relay::pull))
         .route("/internal/v1/done/{namespace}/{name}", post(relay::done))

@@ -880,6 +880,11 @@ pub fn kubelet_expand(value: &str, defined: &[(String, String)]) -> String {
 /// loopback port, once it answers `/healthz`; its process and base URL. No kubelet here binds
 /// tokens to Pods, hence `--allow-unbound-worker-tokens`.
 pub async fn spawn_upload_service(c: &Cluster) -> (Child, String) {
+    spawn_upload_service_with(c, &[]).await
+}
+
+/// [`spawn_upload_service`] with further flags (e.g. `--policy-file`).
+pub async fn spawn_upload_service_with(c: &Cluster, extra: &[&str]) -> (Child, String) {
     let kubeconfig = install_upload_rbac(c).await;
     let port = free_port();
     let log = std::fs::File::create(c.work.path().join("upload-server.log")).unwrap();
@@ -890,6 +895,7 @@ pub async fn spawn_upload_service(c: &Cluster) -> (Child, String) {
             &format!("127.0.0.1:{port}"),
         ])
         .arg("--allow-unbound-worker-tokens")
+        .args(extra)
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "imageimport=debug")
         .stdout(Stdio::null())

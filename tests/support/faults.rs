@@ -21,6 +21,12 @@ pub enum Fault {
     /// Forward the whole request, then answer 502 instead of the registry's answer (the
     /// registry did it; the client cannot know).
     LoseAnswer,
+    /// Answer 401 with a Bearer challenge naming this token realm (a hostile registry).
+    Challenge(&'static str),
+    /// Answer 307 to this location (a hostile registry's blob "storage").
+    Redirect(&'static str),
+    /// Answer 200 with a body that never ends and no Content-Length (a hostile registry).
+    EndlessBody,
 }
 
 /// The kinds of request a fault can be aimed at, counted separately.
@@ -165,6 +171,7 @@ fn end_to_end(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &header
 
 async fn forward(s: Arc<State>, req: Request<Body>) -> Response<Body> {
     let method = req.method().clone();
+    let forward_proxied = req.uri().authority().is_some();
     let path = req
         .uri()
         .path_and_query()
@@ -212,6 +219,38 @@ async fn forward(s: Arc<State>, req: Request<Body>) -> Response<Body> {
             .unwrap();
     }
 
+    match fault {
+        Some(Fault::Challenge(realm)) => {
+            record(401, 0);
+            return Response::builder()
+                .status(StatusCode::UNAUTHORIZED)
+                .header(
+                    header::WWW_AUTHENTICATE,
+                    format!("Bearer realm=\"{realm}\",service=\"hostile\""),
+                )
+                .body(Body::empty())
+                .unwrap();
+        }
+        Some(Fault::Redirect(location)) => {
+            record(307, 0);
+            return Response::builder()
+                .status(StatusCode::TEMPORARY_REDIRECT)
+                .header(header::LOCATION, location)
+                .body(Body::empty())
+                .unwrap();
+        }
+        Some(Fault::EndlessBody) => {
+            record(200, 0);
+            let chunk = bytes::Bytes::from(vec![b'{'; 64 << 10]);
+            let endless = futures::stream::repeat(chunk).map(Ok::<_, std::io::Error>);
+            return Response::builder()
+                .status(StatusCode::OK)
+                .body(Body::from_stream(endless))
+                .unwrap();
+        }
+        _ => {}
+    }
+
     let upstream_path = if s.no_mounts.load(Ordering::SeqCst)
         && method == axum::http::Method::POST
         && path.contains("mount=")
@@ -222,10 +261,15 @@ async fn forward(s: Arc<State>, req: Request<Body>) -> Response<Body> {
     };
     let mut out = s
         .http
-        .request(method.clone(), format!("{}{}", s.upstream, upstream_path))
-        // The registry builds its Location URLs from these: keep the client on the proxy.
-        .header("X-Forwarded-Host", &s.front)
-        .header("X-Forwarded-Proto", "http");
+        .request(method.clone(), format!("{}{}", s.upstream, upstream_path));
+    // The registry builds its Location URLs from these: keep the client on the proxy. Not when
+    // the client uses it as its HTTP proxy (an absolute URI): it then asks for the registry's
+    // own URLs.
+    if !forward_proxied {
+        out = out
+            .header("X-Forwarded-Host", &s.front)
+            .header("X-Forwarded-Proto", "http");
+    }
     for (n, v) in end_to_end(req.headers()) {
         out = out.header(n, v);
     }

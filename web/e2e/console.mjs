@@ -211,6 +211,12 @@ const scenarios = {
     await addArchive(page, archive, `${registry}/shop/denied`);
     const disabled = await page.getByRole('button', { name: 'Start import' }).isDisabled();
     emit('explained', { text: (await why.textContent()).trim(), startDisabled: disabled });
+    // What the cluster policy lets this namespace push to, offered in Target repository.
+    const policy = page.locator('#policy-repositories');
+    await policy.waitFor({ timeout: STEP_TIMEOUT });
+    const options = await page.locator('datalist#repositories option').evaluateAll((os) => os.map((o) => o.value));
+    const list = await page.getByRole('group', { name: /^Archive / }).last().getByLabel('Target repository').getAttribute('list');
+    emit('offered', { text: (await policy.textContent()).trim(), options, list });
     await shot(page, 'console-no-upload-permission');
   },
 

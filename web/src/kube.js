@@ -100,6 +100,26 @@ export class Kube {
     });
   }
 
+  /**
+   * The repository patterns the cluster policy lets `namespace` push to, from the upload
+   * service itself (the policy is not readable by namespace users; the service answers only
+   * someone who may create ImageImports there): `{restricted, patterns}`.
+   */
+  async allowedRepositories(namespace) {
+    let response;
+    try {
+      response = await fetch(`/console/v1/namespaces/${encodeURIComponent(namespace)}/repositories`, {
+        headers: { Accept: 'application/json', 'X-Imageimport-Console': '1', ...this.authHeaders() },
+        cache: 'no-store',
+        credentials: 'same-origin',
+      });
+    } catch (e) {
+      throw new KubeError(0, `the console's server did not answer (${e.message})`);
+    }
+    if (!response.ok) throw new KubeError(response.status, (await response.text()).trim() || response.statusText);
+    return response.json();
+  }
+
   /** Names of registry credential Secrets (metadata only: their contents never reach the page). */
   async registrySecrets(namespace) {
     const list = await this.request(

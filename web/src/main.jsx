@@ -4,7 +4,7 @@ import { render } from 'preact';
 import { useCallback, useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { Kube, KubeError, GROUP, VERSION } from './kube.js';
 import { readArchive } from './archive/reader.js';
-import { importName, parseTags, prefill, registryOf, savedPath, REPOSITORY_PATTERN, TAG_PATTERN } from './archive/refs.js';
+import { importName, parseTags, patternPrefix, prefill, registryOf, savedPath, REPOSITORY_PATTERN, TAG_PATTERN } from './archive/refs.js';
 import { age, formatBytes, formatDuration, phaseOf, pullRefs } from './status.js';
 import { startUpload } from './uploads.js';
 import './style.css';
@@ -419,6 +419,7 @@ function Console({ kube, user, via, onSignOut }) {
   const [listError, setListError] = useState('');
   const [access, setAccess] = useState(null);
   const [secrets, setSecrets] = useState(null);
+  const [policy, setPolicy] = useState(null);
   const [secret, setSecret] = useState('');
   const [insecure, setInsecure] = useState(store.get('insecure') === 'true');
   const [drafts, setDrafts] = useState([]);
@@ -444,6 +445,7 @@ function Console({ kube, user, via, onSignOut }) {
     setAccess(null);
     setSecrets(null);
     setSecret('');
+    setPolicy(null);
     if (!namespace) return;
     let current = true;
     const ifCurrent = (f) => (v) => current && f(v);
@@ -454,6 +456,10 @@ function Console({ kube, user, via, onSignOut }) {
     ]).then(
       ifCurrent(([create, upload]) => setAccess({ create: create.allowed, upload: upload.allowed })),
       ifCurrent(() => setAccess({ create: true, upload: true })),
+    );
+    kube.allowedRepositories(namespace).then(
+      ifCurrent(setPolicy),
+      ifCurrent(() => setPolicy(null)),
     );
     kube.registrySecrets(namespace).then(
       ifCurrent(setSecrets),
@@ -694,7 +700,13 @@ function Console({ kube, user, via, onSignOut }) {
   };
 
   const drop = useDropZone(addFiles);
-  const suggestions = useMemo(() => [...new Set((imports ?? []).map((o) => o.spec?.target?.repository).filter(Boolean))], [imports]);
+  // What the cluster policy allows first (a pattern with `*` as the prefix to complete), then
+  // the repositories this namespace's imports already use.
+  const allowed = useMemo(() => (policy?.restricted ? policy.patterns : []), [policy]);
+  const suggestions = useMemo(
+    () => [...new Set([...allowed.map(patternPrefix), ...(imports ?? []).map((o) => o.spec?.target?.repository).filter(Boolean)])],
+    [allowed, imports],
+  );
 
   return (
     <div class="page" {...drop.handlers}>
@@ -751,6 +763,13 @@ function Console({ kube, user, via, onSignOut }) {
             <p class="error" role="alert">
               You ({user.username}) may not create ImageImports in namespace {namespace}: ask its admin for the edit role, or
               pick another namespace.
+            </p>
+          )}
+          {policy?.restricted && (
+            <p class="muted" id="policy-repositories">
+              {allowed.length
+                ? `The cluster policy lets namespace ${namespace} push to: ${allowed.join(', ')} (offered in Target repository; * is one path part, ** any).`
+                : `The cluster policy lets namespace ${namespace} push to no registry repository: ask the platform team.`}
             </p>
           )}
           {access && access.create && !access.upload && (

@@ -20,10 +20,14 @@ app.kubernetes.io/part-of: imageimport
 
 {{/* The in-cluster base URL workers pull from. */}}
 {{- define "imageimport.uploadInternalURL" -}}
-http://{{ include "imageimport.uploadName" . }}.{{ .Release.Namespace }}.svc:{{ int .Values.upload.service.port }}
+{{- if .Values.upload.internalUrl }}
+{{- .Values.upload.internalUrl | trimSuffix "/" }}
+{{- else }}
+{{- printf "http://%s.%s.svc:%d" (include "imageimport.uploadName" .) .Release.Namespace (int .Values.upload.service.port) }}
+{{- end }}
 {{- end }}
 
-{{/* The base URL users are given: upload.url, else the Ingress host, else the Service. */}}
+{{/* The base URL users are given: upload.url, else the Ingress host, else the workers'. */}}
 {{- define "imageimport.uploadURL" -}}
 {{- if .Values.upload.url }}
 {{- .Values.upload.url | trimSuffix "/" }}

@@ -2,12 +2,16 @@
 //! use `--name`), upload the archive to the upload service (tus 1.0, resumed when run again),
 //! wait until it is imported and print `REF@DIGEST`.
 //!
+//! Without `--upload-url` the upload service is found by `status.upload.url`, or, where that
+//! address does not answer from here, through a port-forward to its Pod (`endpoint.rs`).
+//!
 //! `kubectl imageimport ui`: the upload service's web console on this machine, signed in with
 //! the kubeconfig's own credentials (`ui.rs`).
 //!
 //! Exit status: 0 imported; 1 usage or configuration; 2 the upload failed (run again to
 //! resume); 3 the import failed (the archive or the spec: see `kubectl describe imageimport`).
 
+mod endpoint;
 mod ui;
 
 use std::path::{Path, PathBuf};
@@ -67,6 +71,10 @@ struct UploadArgs {
     /// The upload service's base URL, instead of the one `status.upload.url` gives.
     #[arg(long)]
     upload_url: Option<String>,
+    /// Where the upload service's Pods are, for a port-forward when `status.upload.url` does
+    /// not answer from here (the chart's release namespace).
+    #[arg(long, default_value = "imageimport-system")]
+    upload_namespace: String,
     /// Bytes per PATCH request (behind a proxy's body-size limit); default: one request.
     #[arg(long)]
     chunk_size: Option<u64>,
@@ -222,19 +230,29 @@ fn derived_name(file: &Path) -> Result<String, Failure> {
     Ok(format!("{stem}-{}", &hex::encode(h.finalize())[..8]))
 }
 
-async fn upload(args: UploadArgs) -> Result<Vec<String>, Failure> {
+/// A client of the kubeconfig's context.
+async fn client(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<kube::Client, Failure> {
+    let config = config(kubeconfig, context).await?;
+    kube::Client::try_from(config).map_err(|e| Failure::Usage(format!("client: {e}")))
+}
+
+async fn config(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<kube::Config, Failure> {
     let options = KubeConfigOptions {
-        context: args.context.clone(),
+        context: context.map(str::to_string),
         ..Default::default()
     };
-    let config = match &args.kubeconfig {
+    match kubeconfig {
         Some(p) => {
             let kc = Kubeconfig::read_from(p).map_err(|e| Failure::Usage(e.to_string()))?;
             kube::Config::from_custom_kubeconfig(kc, &options).await
         }
         None => kube::Config::from_kubeconfig(&options).await,
     }
-    .map_err(|e| Failure::Usage(format!("kubeconfig: {e}")))?;
+    .map_err(|e| Failure::Usage(format!("kubeconfig: {e}")))
+}
+
+async fn upload(args: UploadArgs) -> Result<Vec<String>, Failure> {
+    let config = config(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
     let ns = args
         .namespace
         .clone()
@@ -242,7 +260,7 @@ async fn upload(args: UploadArgs) -> Result<Vec<String>, Failure> {
     let client =
         kube::Client::try_from(config).map_err(|e| Failure::Usage(format!("client: {e}")))?;
     let token = bearer_token(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
-    let api: Api<ImageImport> = Api::namespaced(client, &ns);
+    let api: Api<ImageImport> = Api::namespaced(client.clone(), &ns);
     let name = match &args.name {
         Some(n) => n.clone(),
         None => derived_name(&args.file)?,
@@ -276,9 +294,24 @@ async fn upload(args: UploadArgs) -> Result<Vec<String>, Failure> {
         eprintln!("created ImageImport {ns}/{name}");
     }
 
-    let endpoint = wait_endpoint(&api, &name, args.upload_url.as_deref()).await?;
+    let mut endpoint = wait_endpoint(&api, &name, args.upload_url.as_deref()).await?;
+    // Held until the upload is sent: a port-forward's listener lives as long as it.
+    let mut reached = None;
+    if args.upload_url.is_none() {
+        let base = endpoint::base_of(&endpoint).to_string();
+        let ep = endpoint::resolve(&client, Some(&base), &args.upload_namespace).await?;
+        if let Some(pod) = &ep.forwarded_to {
+            eprintln!(
+                "{base} does not answer from here: port-forward to {pod} on {}",
+                ep.base
+            );
+        }
+        endpoint = format!("{}{}", ep.base, &endpoint[base.len()..]);
+        reached = Some(ep);
+    }
     eprintln!("uploading {} to {endpoint}", args.file.display());
     send(&endpoint, &token, &args.file, length, args.chunk_size).await?;
+    drop(reached);
     eprintln!("upload complete; waiting for the import (Ctrl-C is safe: it goes on)");
     wait_imported(&api, &name, Duration::from_secs(args.timeout)).await
 }

@@ -25,8 +25,16 @@ use super::{Failure, bearer_token};
 #[derive(clap::Args)]
 pub struct UiArgs {
     /// The upload service's base URL (what users reach it at: the chart's `upload.url`).
+    /// Default: the base of an ImageImport's `status.upload.url` in the namespace when it
+    /// answers from here, else a port-forward to the upload service's Pod.
     #[arg(long, env = "IMAGEIMPORT_UPLOAD_URL")]
-    upload_url: String,
+    upload_url: Option<String>,
+    /// The namespace whose ImageImports tell the upload URL (default: the context's).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    /// Where the upload service's Pods are, for the port-forward (the chart's release namespace).
+    #[arg(long, default_value = "imageimport-system")]
+    upload_namespace: String,
     #[arg(long)]
     context: Option<String>,
     #[arg(long)]
@@ -60,9 +68,38 @@ struct Proxy {
     token: Mutex<Option<(String, Instant)>>,
 }
 
+/// The base URL of an upload service that answers from here (`--upload-url` as given).
+async fn find_upload_service(args: &UiArgs) -> Result<super::endpoint::Endpoint, Failure> {
+    if let Some(u) = &args.upload_url {
+        return Ok(super::endpoint::Endpoint::given(u.trim_end_matches('/')));
+    }
+    let client = super::client(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+    let ns = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    // Any import's status.upload.url names the base users are given; reading none is fine.
+    let imports: kube::Api<imageimport::api::ImageImport> =
+        kube::Api::namespaced(client.clone(), &ns);
+    let base = imports.list(&Default::default()).await.ok().and_then(|l| {
+        l.items.into_iter().find_map(|i| {
+            i.status
+                .and_then(|s| s.upload)
+                .and_then(|u| u.url)
+                .map(|u| super::endpoint::base_of(&u).to_string())
+        })
+    });
+    let ep = super::endpoint::resolve(&client, base.as_deref(), &args.upload_namespace).await?;
+    if let Some(pod) = &ep.forwarded_to {
+        eprintln!("kubectl-imageimport: the upload service through a port-forward to {pod}");
+    }
+    Ok(ep)
+}
+
 pub async fn run(args: UiArgs) -> Result<(), Failure> {
-    let upstream = url::Url::parse(args.upload_url.trim_end_matches('/'))
-        .map_err(|e| Failure::Usage(format!("--upload-url {}: {e}", args.upload_url)))?;
+    let reached = find_upload_service(&args).await?;
+    let upstream = url::Url::parse(&reached.base)
+        .map_err(|e| Failure::Usage(format!("upload URL {}: {e}", reached.base)))?;
     if !matches!(upstream.scheme(), "http" | "https") || upstream.host().is_none() {
         return Err(Failure::Usage(format!(
             "--upload-url {upstream}: not an http(s) address"
@@ -127,7 +164,9 @@ pub async fn run(args: UiArgs) -> Result<(), Failure> {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await
-        .map_err(|e| Failure::Usage(format!("serving the console: {e}")))
+        .map_err(|e| Failure::Usage(format!("serving the console: {e}")))?;
+    drop(reached);
+    Ok(())
 }
 
 impl Proxy {

@@ -70,3 +70,13 @@ export function parseTags(text) {
 export const TAG_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
 export const REPOSITORY_PATTERN =
   /^(localhost(:[0-9]+)?|[a-zA-Z0-9-]+(\.[a-zA-Z0-9-]+)+(:[0-9]+)?|[a-zA-Z0-9-]+:[0-9]+)\/[a-z0-9]+([._-][a-z0-9]+)*(\/[a-z0-9]+([._-][a-z0-9]+)*)*$/;
+
+/**
+ * What the Target repository field offers for a cluster policy pattern: the pattern itself
+ * when it names one repository, else its part before the first `*` (`reg:5000/shop/*` →
+ * `reg:5000/shop/`), a prefix for the person to complete.
+ */
+export function patternPrefix(pattern) {
+  const star = pattern.indexOf('*');
+  return star < 0 ? pattern : pattern.slice(0, star);
+}
