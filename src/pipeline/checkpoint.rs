@@ -75,6 +75,9 @@ pub struct Layer {
     pub uncompressed_size: u64,
     pub pushed_codec: Codec,
     pub as_stored: bool,
+    /// The blob is another tool's encoding (reused with `Reuse::AnyEncoding`).
+    #[serde(default)]
+    pub other_encoder: bool,
     /// The committed blob, and the repository holding it.
     pub blob_digest: String,
     pub blob_size: u64,
@@ -140,6 +143,7 @@ pub fn capture(
             uncompressed_size: p.facts.uncompressed_size,
             pushed_codec: p.facts.pushed_codec,
             as_stored: p.facts.as_stored,
+            other_encoder: p.facts.other_encoder,
             blob_digest: p.pushed.digest.clone(),
             blob_size: p.pushed.size,
             blob_repository: p.pushed.repo.clone(),
@@ -228,6 +232,7 @@ pub fn restore(cp: &Checkpoint, repository: &str, pinned: bool) -> Result<Restor
             uncompressed_size: l.uncompressed_size,
             pushed_codec: l.pushed_codec,
             as_stored: l.as_stored,
+            other_encoder: l.other_encoder,
         };
         let pushed = Pushed {
             digest: l.blob_digest.clone(),
@@ -374,6 +379,7 @@ mod tests {
                 uncompressed_size: 10,
                 pushed_codec: Codec::Gzip,
                 as_stored: false,
+                other_encoder: false,
             },
             pushed: Pushed {
                 digest: "sha256:bb".into(),
