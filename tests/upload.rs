@@ -1092,8 +1092,8 @@ async fn an_upload_interrupted_twice_resumes_at_its_checkpoints() {
     interrupted_twice(&[24 << 20; 8]).await;
 }
 
+/// The 2+ GB case: 2.2 GB through the service and into the registry (60-95 s here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "2.2 GB into the registry's storage (60-95 s here, on a nearly full disk): run with --ignored"]
 async fn a_2gb_upload_interrupted_twice_completes() {
     interrupted_twice(&[280 << 20; 8]).await;
 }
