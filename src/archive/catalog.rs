@@ -19,7 +19,7 @@ pub const MEMBER_CAP: u64 = 100_000;
 /// are well under 1 MiB): with the member cap, what bounds the catalog's memory.
 pub const MEMBER_NAMES_CAP: u64 = 16 << 20;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Catalog {
     pub kinds: BTreeMap<String, MemberKind>,
     pub sizes: BTreeMap<String, u64>,

@@ -18,6 +18,53 @@ use extension_cap::{ExtensionCap, Refusal};
 pub trait LayerVisitor {
     type Error: From<ArchiveError>;
     fn layer(&mut self, member: &str, size: u64, data: &mut dyn Read) -> Result<(), Self::Error>;
+
+    /// Member `member` is read to its end, which is archive byte `offset` (its padding not yet
+    /// read): everything before is in `catalog` and handed over. A stream can be taken up again
+    /// from here ([`stream_from`]).
+    fn boundary(
+        &mut self,
+        _member: &str,
+        _catalog: &Catalog,
+        _offset: u64,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+/// Where a stream read before stopped (a [`LayerVisitor::boundary`]): its catalog so far, the
+/// last member's name, and the archive offset `reader` starts at.
+pub struct Resume {
+    pub catalog: Catalog,
+    pub last: String,
+    pub offset: u64,
+}
+
+/// [`stream`] taken up at `from`: `reader` yields the archive's bytes from `from.offset` on.
+pub fn stream_from<R: Read, V: LayerVisitor>(
+    from: Resume,
+    mut reader: R,
+    visitor: &mut V,
+) -> Result<(Catalog, R), V::Error> {
+    // The member's padding up to the next 512-byte header.
+    let pad = from.offset.next_multiple_of(512) - from.offset;
+    let skipped = io::copy(&mut (&mut reader).take(pad), &mut io::sink())
+        .map_err(|e| tar_error(e, &from.last, true))?;
+    if skipped != pad {
+        return Err(ArchiveError::Truncated { member: from.last }.into());
+    }
+    let start = Start {
+        offset: from.offset + pad,
+        last: Some(from.last),
+    };
+    scan_stream(from.catalog, reader, visitor, start)
+}
+
+/// Where a streamed scan starts: the archive offset of its first header, and the member read
+/// before it (None: the start of the archive).
+struct Start {
+    offset: u64,
+    last: Option<String>,
 }
 
 /// Reads an archive front to back, never seeking. Returns the catalog and the reader (so
@@ -31,17 +78,30 @@ pub fn stream<R: Read, V: LayerVisitor>(
 
 /// [`stream`] into a given (empty) catalog: tests pass one with small caps.
 fn stream_into<R: Read, V: LayerVisitor>(
+    catalog: Catalog,
+    reader: R,
+    visitor: &mut V,
+) -> Result<(Catalog, R), V::Error> {
+    let start = Start {
+        offset: 0,
+        last: None,
+    };
+    scan_stream(catalog, reader, visitor, start)
+}
+
+fn scan_stream<R: Read, V: LayerVisitor>(
     mut catalog: Catalog,
     reader: R,
     visitor: &mut V,
+    start: Start,
 ) -> Result<(Catalog, R), V::Error> {
     let mut archive = tar::Archive::new(ExtensionCap::new(reader));
     {
         let entries = archive
             .entries()
             .map_err(|e| ArchiveError::NotTar(e.to_string()))?;
-        let mut last = String::from("the first header");
-        let mut seen_any = false;
+        let mut seen_any = start.last.is_some();
+        let mut last = start.last.unwrap_or_else(|| "the first header".into());
         for entry in entries {
             let mut entry = entry.map_err(|e| tar_error(e, &last, seen_any))?;
             seen_any = true;
@@ -52,6 +112,9 @@ fn stream_into<R: Read, V: LayerVisitor>(
             if kind != MemberKind::File {
                 continue;
             }
+            // tar-rs reads no further than asked: once the data is drained, this is where
+            // the input stands.
+            let end = start.offset + entry.raw_file_position() + size;
             let mut counted = Counted {
                 inner: &mut entry,
                 n: 0,
@@ -79,6 +142,7 @@ fn stream_into<R: Read, V: LayerVisitor>(
             if counted.n != size {
                 return Err(ArchiveError::Truncated { member: name }.into());
             }
+            visitor.boundary(&name, &catalog, end)?;
         }
         if !seen_any {
             return Err(ArchiveError::NotTar("no tar members in input".into()).into());
@@ -758,6 +822,68 @@ mod tests {
         assert!(
             matches!(refused(&t.finish()), ArchiveError::MetadataTooLarge { cap, .. } if cap == METADATA_TOTAL_CAP)
         );
+    }
+
+    /// Records each boundary with a copy of the catalog there, and the layers handed over.
+    #[derive(Default)]
+    struct Boundaries {
+        seen: Vec<(String, Catalog, u64)>,
+        layers: Vec<String>,
+    }
+
+    impl LayerVisitor for Boundaries {
+        type Error = ArchiveError;
+        fn layer(&mut self, member: &str, _: u64, data: &mut dyn Read) -> Result<(), ArchiveError> {
+            io::copy(data, &mut io::sink())?;
+            self.layers.push(member.into());
+            Ok(())
+        }
+        fn boundary(&mut self, m: &str, c: &Catalog, offset: u64) -> Result<(), ArchiveError> {
+            self.seen.push((m.into(), c.clone(), offset));
+            Ok(())
+        }
+    }
+
+    /// A stream taken up at any member boundary (the rest of the bytes, the catalog there) ends
+    /// with the catalog of one whole pass and hands over the layers that follow.
+    #[test]
+    fn a_stream_taken_up_at_a_boundary_ends_as_a_whole_pass() {
+        let mut t = TarBuf::new();
+        // A layer whose size is not a multiple of 512: its padding is skipped on resuming.
+        let e = legacy_image(
+            &mut t,
+            Some(&["web:1"]),
+            "linux/amd64",
+            &[layer(1), vec![7; 700]],
+        );
+        t.symlink("alias/layer.tar", "../x");
+        t.file("manifest.json", &manifest_json(&[e]));
+        let bytes = t.finish();
+        let mut whole = Boundaries::default();
+        let (full, _) = stream(&bytes[..], &mut whole).unwrap();
+        assert!(whole.seen.len() >= 4, "{:?}", whole.seen.len());
+        for (i, (member, catalog, offset)) in whole.seen.iter().enumerate() {
+            let at = *offset as usize;
+            let mut rest = Boundaries::default();
+            let from = Resume {
+                catalog: catalog.clone(),
+                last: member.clone(),
+                offset: *offset,
+            };
+            let (c, _) = stream_from(from, &bytes[at..], &mut rest).unwrap();
+            assert_eq!(
+                (&c.kinds, &c.sizes, &c.meta),
+                (&full.kinds, &full.sizes, &full.meta)
+            );
+            let after: Vec<_> = whole.seen[i + 1..]
+                .iter()
+                .map(|(m, _, o)| (m, *o))
+                .collect();
+            let again: Vec<_> = rest.seen.iter().map(|(m, _, o)| (m, *o)).collect();
+            assert_eq!(again, after, "boundaries after {member}");
+            let n = rest.layers.len();
+            assert_eq!(rest.layers, whole.layers[whole.layers.len() - n..]);
+        }
     }
 
     /// Members that carry nothing (`./`, PAX global headers) are not kept and do not count.

@@ -7,6 +7,7 @@
 //! `manifest.json`/`index.json` have been seen. Either way every layer is verified before a
 //! manifest is pushed, and manifests (tags) come last.
 
+mod checkpoint;
 pub mod codec;
 mod digests;
 pub mod error;
@@ -34,6 +35,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::archive::formats::{Descriptor, Platform};
 use crate::archive::{ArchiveError, Catalog, ImageSource, LeftOut, digest, resolve, scan};
 use crate::registry::{Registry, RegistryError, RegistryOptions, Target};
+pub use checkpoint::MAX_BYTES as CHECKPOINT_MAX_BYTES;
 pub use codec::{Codec, CompressionPolicy};
 pub use error::ImportError;
 use layer::{LayerError, LayerFacts};
@@ -222,9 +224,16 @@ pub async fn import(
             }
         }
         Location::Upload(ep) => {
-            let (reader, failure) = source::UploadReader::new(*ep.clone())
+            let from = resume_point(&ctx, &ep).await;
+            let offset = from.as_ref().map_or(0, |r| r.resume.offset);
+            ctx.progress.add(offset);
+            let (reader, failure) = source::UploadReader::new(*ep.clone(), offset)
                 .map_err(|source| ImportError::Source { source })?;
-            let outcome = import_stream(ctx, Box::new(reader)).await;
+            let upload = Resumable {
+                ep: *ep.clone(),
+                from,
+            };
+            let outcome = import_stream_with(ctx, Box::new(reader), Some(upload)).await;
             let outcome = match (outcome, failure.lock().expect("source failure lock").take()) {
                 (Err(ImportError::Archive { .. }), Some(source)) => {
                     Err(ImportError::Source { source })
@@ -234,6 +243,32 @@ pub async fn import(
             let failed = outcome.as_ref().err().map(|e| (e.reason(), e.to_string()));
             source::upload_finished(&ep, failed).await;
             outcome
+        }
+    }
+}
+
+/// The checkpoint the upload service holds for this upload, if it can be taken up: its state
+/// rebuilt and every blob it names still in the registry. Otherwise the upload starts at 0.
+async fn resume_point(ctx: &Ctx, ep: &source::UploadEndpoint) -> Option<checkpoint::Restored> {
+    let cp = checkpoint::fetch(ep).await?;
+    let pinned = ctx.opts.expect_sha256.is_some();
+    let checked = match checkpoint::restore(&cp, &ctx.opts.target.repository, pinned) {
+        Ok(r) => checkpoint::check_blobs(ctx, &cp).await.map(|()| r),
+        Err(e) => Err(e),
+    };
+    match checked {
+        Ok(r) => {
+            tracing::info!(
+                offset = cp.offset,
+                layers = cp.layers.len(),
+                member = %cp.last_member,
+                "taking the upload up at its checkpoint"
+            );
+            Some(r)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, offset = cp.offset, "the upload's checkpoint is not used: starting from byte 0");
+            None
         }
     }
 }
@@ -544,10 +579,55 @@ struct StreamVisitor {
     rt: tokio::runtime::Handle,
     repo: String,
     processed: HashMap<String, Processed>,
+    /// An uncompressed upload: a checkpoint after each layer committed.
+    checkpoints: Option<Checkpoints>,
+}
+
+struct Checkpoints {
+    ep: source::UploadEndpoint,
+    /// The archive hash (with a `source.sha256` pin), which a checkpoint carries.
+    hash: Option<source::RawHash>,
+    /// Layers in the last checkpoint.
+    kept: usize,
+}
+
+/// An upload: where checkpoints go, and the one it starts from.
+struct Resumable {
+    ep: source::UploadEndpoint,
+    from: Option<checkpoint::Restored>,
 }
 
 impl scan::LayerVisitor for StreamVisitor {
     type Error = ImportError;
+
+    fn boundary(
+        &mut self,
+        member: &str,
+        catalog: &Catalog,
+        offset: u64,
+    ) -> Result<(), ImportError> {
+        let Some(c) = &mut self.checkpoints else {
+            return Ok(());
+        };
+        // After a layer, whose blob `layer` saw committed; nothing new after other members.
+        if self.processed.len() == c.kept || !self.processed.contains_key(member) {
+            return Ok(());
+        }
+        c.kept = self.processed.len();
+        let repo = &self.ctx.opts.target.repository;
+        let cp = checkpoint::capture(
+            catalog,
+            &self.processed,
+            offset,
+            member,
+            repo,
+            c.hash.as_ref(),
+        );
+        if let Some(cp) = cp {
+            self.rt.block_on(checkpoint::post(&c.ep, &cp));
+        }
+        Ok(())
+    }
 
     fn layer(&mut self, member: &str, _size: u64, data: &mut dyn Read) -> Result<(), ImportError> {
         let ctx = self.ctx.clone();
@@ -654,11 +734,28 @@ async fn import_stream(
     ctx: Arc<Ctx>,
     reader: Box<dyn Read + Send>,
 ) -> Result<Vec<ImageReport>, ImportError> {
-    let hash = ctx
-        .opts
-        .expect_sha256
-        .as_ref()
-        .map(|_| source::RawHash::default());
+    import_stream_with(ctx, reader, None).await
+}
+
+/// [`import_stream`]; an upload also checkpoints, and may start from a checkpoint (`reader`
+/// then yields the archive from its offset on).
+async fn import_stream_with(
+    ctx: Arc<Ctx>,
+    reader: Box<dyn Read + Send>,
+    upload: Option<Resumable>,
+) -> Result<Vec<ImageReport>, ImportError> {
+    let (from, ep) = match upload {
+        Some(u) => (u.from, Some(u.ep)),
+        None => (None, None),
+    };
+    let hash = match &from {
+        Some(r) => r.hash.clone(),
+        None => ctx
+            .opts
+            .expect_sha256
+            .as_ref()
+            .map(|_| source::RawHash::default()),
+    };
     ctx.progress.set_phase("streaming archive");
     let rt = tokio::runtime::Handle::current();
     let c = ctx.clone();
@@ -669,16 +766,31 @@ async fn import_stream(
                 inner: reader,
                 progress: c.progress.clone(),
             };
-            let reader = source::decompressing(Box::new(counted), h)
+            // Only a checkpoint of an uncompressed archive is ever written.
+            let known = from.as_ref().map(|_| Codec::None);
+            let (reader, codec) = source::decompressing_as(Box::new(counted), h.clone(), known)
                 .map_err(|e| c.archive_err(ArchiveError::Io(e)))?;
+            let (resume, processed) = match from {
+                Some(r) => (Some(r.resume), r.processed),
+                None => (None, HashMap::new()),
+            };
+            let checkpoints = ep.filter(|_| codec == Codec::None).map(|ep| Checkpoints {
+                ep,
+                hash: h,
+                kept: processed.len(),
+            });
             let repo = c.opts.target.repository.clone();
             let mut visitor = StreamVisitor {
                 ctx: c.clone(),
                 rt,
                 repo,
-                processed: HashMap::new(),
+                processed,
+                checkpoints,
             };
-            let (catalog, mut rest) = scan::stream(reader, &mut visitor)?;
+            let (catalog, mut rest) = match resume {
+                Some(r) => scan::stream_from(r, reader, &mut visitor)?,
+                None => scan::stream(reader, &mut visitor)?,
+            };
             // Read to the very end so the archive's own digest covers every byte.
             io::copy(&mut rest, &mut io::sink()).map_err(|e| c.archive_err(ArchiveError::Io(e)))?;
             Ok((catalog, visitor.processed))

@@ -148,11 +148,26 @@ impl RawHash {
     pub fn bytes(&self) -> u64 {
         self.0.lock().expect("hash lock").1
     }
+
+    /// The hash's inner state and the bytes hashed (to continue it elsewhere: a checkpoint).
+    pub fn state(&self) -> (Vec<u8>, u64) {
+        use sha2::digest::common::hazmat::SerializableState;
+        let g = self.0.lock().expect("hash lock");
+        (g.0.serialize().to_vec(), g.1)
+    }
+
+    /// A hash continuing from [`RawHash::state`].
+    pub fn from_state(state: &[u8], bytes: u64) -> Option<RawHash> {
+        use sha2::digest::common::hazmat::SerializableState;
+        let array = sha2::digest::common::array::Array::try_from(state).ok()?;
+        let h = Sha256::deserialize(&array).ok()?;
+        Some(RawHash(Arc::new(Mutex::new((h, bytes)))))
+    }
 }
 
 pub struct Hashing<R> {
-    inner: R,
-    hash: RawHash,
+    pub(crate) inner: R,
+    pub(crate) hash: RawHash,
 }
 
 impl<R: Read> Read for Hashing<R> {
@@ -217,19 +232,43 @@ pub fn decompressing(
     raw: Box<dyn Read + Send>,
     hash: Option<RawHash>,
 ) -> io::Result<Box<dyn Read + Send>> {
-    let raw: Box<dyn Read + Send> = match hash {
-        Some(h) => Box::new(Hashing {
-            inner: raw,
-            hash: h,
-        }),
-        None => raw,
-    };
+    decompressing_as(raw, hash, None).map(|(r, _)| r)
+}
+
+/// [`decompressing`], with the codec found (or given as `known`: a stream taken up in the
+/// middle of an archive has no magic number to sniff).
+pub fn decompressing_as(
+    raw: Box<dyn Read + Send>,
+    hash: Option<RawHash>,
+    known: Option<Codec>,
+) -> io::Result<(Box<dyn Read + Send>, Codec)> {
     let mut buffered = BufReader::with_capacity(256 << 10, raw);
-    let codec = Codec::sniff(buffered.fill_buf()?);
+    let codec = match known {
+        Some(c) => c,
+        None => Codec::sniff(buffered.fill_buf()?),
+    };
+    // The hash sees what the reader above takes in, not what the buffer read ahead: at a
+    // member boundary of a plain tar it covers exactly the bytes before it (a checkpoint).
+    let hashed = |r: Box<dyn Read + Send>| -> Box<dyn Read + Send> {
+        match hash {
+            Some(h) => Box::new(Hashing { inner: r, hash: h }),
+            None => r,
+        }
+    };
     Ok(match codec {
-        Codec::None => Box::new(buffered),
-        Codec::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-        Codec::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
+        Codec::None => (hashed(Box::new(buffered)), codec),
+        Codec::Gzip => (
+            Box::new(flate2::bufread::MultiGzDecoder::new(BufReader::new(
+                hashed(Box::new(buffered)),
+            ))),
+            codec,
+        ),
+        Codec::Zstd => (
+            Box::new(zstd::stream::read::Decoder::new(hashed(Box::new(
+                buffered,
+            )))?),
+            codec,
+        ),
     })
 }
 
@@ -343,7 +382,7 @@ pub struct UploadEndpoint {
 }
 
 impl UploadEndpoint {
-    fn url(&self, what: &str) -> Result<url::Url, SourceError> {
+    pub(crate) fn url(&self, what: &str) -> Result<url::Url, SourceError> {
         let mut u = self.service.clone();
         u.path_segments_mut()
             .map_err(|_| SourceError::Refused(format!("{} cannot be a base URL", self.service)))?
@@ -359,7 +398,7 @@ impl UploadEndpoint {
         Ok(u)
     }
 
-    fn token(&self) -> Result<String, SourceError> {
+    pub(crate) fn token(&self) -> Result<String, SourceError> {
         std::fs::read_to_string(&self.token_file)
             .map(|t| t.trim().to_string())
             .map_err(|e| SourceError::Unreadable {
@@ -395,8 +434,9 @@ pub struct UploadReader {
 pub type UploadFailure = Arc<Mutex<Option<SourceError>>>;
 
 impl UploadReader {
-    /// The reader, and where its failure (if any) is kept (see [`Watched`]).
-    pub fn new(ep: UploadEndpoint) -> Result<(Self, UploadFailure), SourceError> {
+    /// The reader of the upload from byte `offset` on (0, or a checkpoint's), and where its
+    /// failure (if any) is kept (see [`Watched`]).
+    pub fn new(ep: UploadEndpoint, offset: u64) -> Result<(Self, UploadFailure), SourceError> {
         let client = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(std::time::Duration::from_secs(10))
@@ -412,7 +452,7 @@ impl UploadReader {
                 ep,
                 client,
                 rt: tokio::runtime::Handle::current(),
-                offset: 0,
+                offset,
                 buf: bytes::Bytes::new(),
                 last_byte: std::time::Instant::now(),
                 done: false,

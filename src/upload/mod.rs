@@ -56,6 +56,19 @@ pub struct Service {
     auth: auth::Authenticator,
     config: ServerConfig,
     sessions: Mutex<HashMap<(String, String), Arc<Session>>>,
+    /// The last checkpoint of each import's upload: its offset and the worker's document
+    /// (in memory only: a restarted service has none, and the next worker starts from 0).
+    checkpoints: Mutex<HashMap<(String, String), Kept>>,
+}
+
+/// Memory all checkpoints may take (a real one is kilobytes: the archive's member list and
+/// small JSON documents), so the service's memory stays bounded whatever the archives hold.
+const CHECKPOINTS_TOTAL: usize = 32 << 20;
+
+struct Kept {
+    id: UploadId,
+    offset: u64,
+    body: bytes::Bytes,
 }
 
 /// Run the upload service until `shutdown` resolves.
@@ -70,6 +83,7 @@ pub async fn serve(
         client,
         config,
         sessions: Mutex::new(HashMap::new()),
+        checkpoints: Mutex::new(HashMap::new()),
     });
     let app = router(service);
     let listener = tokio::net::TcpListener::bind(bind).await?;
@@ -100,6 +114,10 @@ pub fn router(service: Arc<Service>) -> Router {
         )
         .route("/internal/v1/pull/{namespace}/{name}", get(relay::pull))
         .route("/internal/v1/done/{namespace}/{name}", post(relay::done))
+        .route(
+            "/internal/v1/checkpoint/{namespace}/{name}",
+            get(relay::get_checkpoint).post(relay::put_checkpoint),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .merge(console::router())
@@ -193,23 +211,26 @@ impl Service {
         s
     }
 
-    /// Replace the session of `id` with a new one starting at `offset` (a new worker).
+    /// Replace the session of `id` with a new one starting at `offset` (a new worker: 0, or
+    /// its checkpoint). The same upload goes on: its length is kept.
     fn restart_session(&self, obj: &ImageImport, id: &UploadId, offset: u64) -> Arc<Session> {
         let key = (id.namespace.clone(), id.name.clone());
         let max = obj.spec.source.upload.as_ref().and_then(|u| u.max_bytes);
-        let s = Arc::new(Session::new(id.clone(), offset, None, max));
-        let old = self
-            .sessions
-            .lock()
-            .expect("sessions")
-            .insert(key, s.clone());
+        let mut sessions = self.sessions.lock().expect("sessions");
+        let length = sessions
+            .get(&key)
+            .filter(|old| &old.id == id)
+            .and_then(|old| old.read(|st| st.length));
+        let s = Arc::new(Session::new(id.clone(), offset, length, max));
+        let old = sessions.insert(key, s.clone());
+        drop(sessions);
         if let Some(old) = old {
-            // Its writer stops and answers the offset it had; the client's next request finds
-            // this new session's.
+            // Its writer stops and answers this new session's offset (`tus::patch`): the client
+            // sends from there.
             old.with(|st| {
                 st.writer += 1;
                 st.epoch += 1;
-                if st.ended.is_none() {
+                if &old.id != id && st.ended.is_none() {
                     st.ended = Some(session::Ended::Terminated);
                 }
                 st.superseded = true;
@@ -217,5 +238,56 @@ impl Service {
         }
         report::spawn(self.client.clone(), s.clone());
         s
+    }
+
+    /// The session of upload `id` now, if there is one.
+    fn current_session(&self, id: &UploadId) -> Option<Arc<Session>> {
+        let key = (id.namespace.clone(), id.name.clone());
+        let sessions = self.sessions.lock().expect("sessions");
+        sessions.get(&key).filter(|s| &s.id == id).cloned()
+    }
+
+    /// Keep upload `id`'s checkpoint, replacing its last one, within [`CHECKPOINTS_TOTAL`].
+    fn keep_checkpoint(
+        &self,
+        id: UploadId,
+        offset: u64,
+        body: bytes::Bytes,
+    ) -> Result<(), UploadError> {
+        let key = (id.namespace.clone(), id.name.clone());
+        let mut kept = self.checkpoints.lock().expect("checkpoints");
+        let others: usize = kept
+            .iter()
+            .filter(|(k, _)| **k != key)
+            .map(|(_, k)| k.body.len())
+            .sum();
+        if others + body.len() > CHECKPOINTS_TOTAL {
+            return Err(UploadError::TooLarge(format!(
+                "this service holds {others} bytes of checkpoints (at most {CHECKPOINTS_TOTAL})"
+            )));
+        }
+        tracing::info!(upload = ?id, offset, bytes = body.len(), "checkpoint kept");
+        kept.insert(key, Kept { id, offset, body });
+        Ok(())
+    }
+
+    /// The last checkpoint of upload `id` (none of another uid or generation).
+    fn checkpoint(&self, id: &UploadId) -> Option<(u64, bytes::Bytes)> {
+        let key = (id.namespace.clone(), id.name.clone());
+        let mut kept = self.checkpoints.lock().expect("checkpoints");
+        match kept.get(&key) {
+            Some(k) if &k.id == id => Some((k.offset, k.body.clone())),
+            Some(_) => {
+                kept.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The client gave the upload up (its next bytes may be another archive), or it is imported.
+    fn forget_checkpoint(&self, id: &UploadId) {
+        let key = (id.namespace.clone(), id.name.clone());
+        self.checkpoints.lock().expect("checkpoints").remove(&key);
     }
 }

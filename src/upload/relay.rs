@@ -23,15 +23,15 @@ const PULL_MAX: usize = 4 << 20;
 /// How long a pull waits for the client's next bytes before answering "nothing yet".
 const PULL_WAIT: Duration = Duration::from_secs(20);
 
-/// Check the caller is the worker Pod of the current attempt of `namespace/name`.
-async fn worker_session(
+/// Check the caller is the worker Pod of the current attempt of `namespace/name`: the import
+/// and its upload.
+async fn worker_import(
     svc: &Service,
     headers: &HeaderMap,
     namespace: &str,
     name: &str,
     job: &str,
-    offset: u64,
-) -> Result<Arc<super::session::Session>, UploadError> {
+) -> Result<(crate::api::ImageImport, super::session::UploadId), UploadError> {
     let token = super::auth::bearer(headers)?;
     let (_, pod) = svc
         .auth
@@ -75,6 +75,19 @@ async fn worker_session(
             "Job {job} is not the current attempt of {namespace}/{name}"
         )));
     }
+    Ok((obj, id))
+}
+
+/// [`worker_import`], and the session it pulls from (a new worker starts it over at `offset`).
+async fn worker_session(
+    svc: &Service,
+    headers: &HeaderMap,
+    namespace: &str,
+    name: &str,
+    job: &str,
+    offset: u64,
+) -> Result<Arc<super::session::Session>, UploadError> {
+    let (obj, id) = worker_import(svc, headers, namespace, name, job).await?;
     let session = svc.session(&obj, &id);
     let other = session.read(|s| s.job.clone().is_some_and(|j| j != job));
     let session = if other {
@@ -145,6 +158,75 @@ pub async fn pull(
     Ok(answer)
 }
 
+/// `POST /internal/v1/checkpoint/{ns}/{name}?job=J&offset=N`: the worker committed everything
+/// before archive offset N; the body (opaque here, at most `checkpoint::MAX_BYTES`) is what
+/// the next worker of this upload needs to go on from there. Kept for this import's uid and
+/// generation only, from the worker of its current attempt, and only for an offset the worker
+/// has taken in.
+pub async fn put_checkpoint(
+    State(svc): State<Arc<Service>>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, UploadError> {
+    let job = q
+        .get("job")
+        .ok_or_else(|| UploadError::BadRequest("job is required".into()))?;
+    let offset: u64 = q
+        .get("offset")
+        .and_then(|o| o.parse().ok())
+        .ok_or_else(|| UploadError::BadRequest("offset is required".into()))?;
+    if body.len() > crate::pipeline::CHECKPOINT_MAX_BYTES {
+        return Err(UploadError::TooLarge(format!(
+            "a checkpoint is at most {} bytes",
+            crate::pipeline::CHECKPOINT_MAX_BYTES
+        )));
+    }
+    let (_, id) = worker_import(&svc, &headers, &namespace, &name, job).await?;
+    let consumed = svc
+        .current_session(&id)
+        .map(|s| s.read(|st| (st.job.clone(), st.handed)));
+    match consumed {
+        // The worker read its bytes from pull answers: it cannot be past what it was handed.
+        Some((Some(j), handed)) if &j == job && offset <= handed => {}
+        _ => {
+            return Err(UploadError::Conflict(format!(
+                "Job {job} has not taken in {offset} bytes of this upload"
+            )));
+        }
+    }
+    svc.keep_checkpoint(id, offset, body)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /internal/v1/checkpoint/{ns}/{name}?job=J`: the last checkpoint of this upload (204:
+/// none), for the worker of the current attempt.
+pub async fn get_checkpoint(
+    State(svc): State<Arc<Service>>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, UploadError> {
+    let job = q
+        .get("job")
+        .ok_or_else(|| UploadError::BadRequest("job is required".into()))?;
+    let (_, id) = worker_import(&svc, &headers, &namespace, &name, job).await?;
+    Ok(match svc.checkpoint(&id) {
+        Some((offset, body)) => {
+            let mut r = (StatusCode::OK, body).into_response();
+            let h = r.headers_mut();
+            h.insert(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert("Checkpoint-Offset", HeaderValue::from(offset));
+            r
+        }
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
 #[derive(serde::Deserialize)]
 pub struct Done {
     succeeded: bool,
@@ -176,6 +258,10 @@ pub async fn done(
             }
         });
     });
+    // A failed import's next attempt may still take the upload up; an imported one will not.
+    if d.succeeded {
+        svc.forget_checkpoint(&session.id);
+    }
     // Before the worker exits and the controller marks the import Ready.
     super::report::flush(&svc.client, &session).await;
     Ok(StatusCode::NO_CONTENT.into_response())

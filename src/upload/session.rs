@@ -300,7 +300,9 @@ impl Session {
         let mut changes = self.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if self.read(|s| s.consumed >= offset || s.ended.is_some() || s.forwarded < offset) {
+            if self.read(|s| {
+                s.consumed >= offset || s.ended.is_some() || s.superseded || s.forwarded < offset
+            }) {
                 return;
             }
             tokio::select! {

@@ -216,14 +216,16 @@ pub async fn patch(
         let n = frame.len() as u64;
         match tokio::time::timeout(STALL, session.forward(writer, pos, frame)).await {
             Ok(Ok(true)) => pos += n,
-            // Another writer took over, or the worker started over: the client resumes.
+            // Another writer took over, or the worker started over (a new worker: a new
+            // session, at 0 or its checkpoint): the client resumes from that offset.
             Ok(Ok(false)) => {
-                if let Some(e) = session.read(|s| s.ended.clone())
+                let now = svc.current_session(&session.id).unwrap_or(session);
+                if let Some(e) = now.read(|s| s.ended.clone())
                     && e != Ended::Imported
                 {
                     return Err(ended_error(&e));
                 }
-                return Ok(offset_response(StatusCode::NO_CONTENT, &session));
+                return Ok(offset_response(StatusCode::NO_CONTENT, &now));
             }
             Ok(Err(e)) => return Err(e),
             Err(_) => return Ok(offset_response(StatusCode::NO_CONTENT, &session)),
@@ -231,6 +233,7 @@ pub async fn patch(
     }
     // Answer what the import has taken in, so wait (a little) for it to take in this request.
     session.wait_consumed(pos, Duration::from_secs(30)).await;
+    let session = svc.current_session(&session.id).unwrap_or(session);
     if let Some(e) = session.read(|s| s.ended.clone())
         && e != Ended::Imported
     {
@@ -251,6 +254,7 @@ pub async fn terminate(
         s.writer += 1;
         s.ended.get_or_insert(Ended::Terminated);
     });
+    svc.forget_checkpoint(&session.id);
     let mut r = StatusCode::NO_CONTENT.into_response();
     tus_headers(&mut r);
     Ok(r)
