@@ -146,31 +146,16 @@ impl Authenticator {
         name: &str,
     ) -> Result<UserInfo, UploadError> {
         let user = self.review(token, None).await?;
-        let sar = SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: user.username.clone(),
-                uid: user.uid.clone(),
-                groups: user.groups.clone(),
-                extra: user.extra.clone(),
-                resource_attributes: Some(ResourceAttributes {
-                    group: Some(crate::api::GROUP.into()),
-                    resource: Some("imageimports".into()),
-                    subresource: Some("upload".into()),
-                    verb: Some("create".into()),
-                    namespace: Some(namespace.into()),
-                    name: Some(name.into()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
+        let may = ResourceAttributes {
+            group: Some(crate::api::GROUP.into()),
+            resource: Some("imageimports".into()),
+            subresource: Some("upload".into()),
+            verb: Some("create".into()),
+            namespace: Some(namespace.into()),
+            name: Some(name.into()),
             ..Default::default()
         };
-        let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
-        let answer = api
-            .create(&PostParams::default(), &sar)
-            .await
-            .map_err(|e| UploadError::Kube(format!("SubjectAccessReview: {e}")))?;
-        if answer.status.is_some_and(|s| s.allowed) {
+        if self.allowed(&user, may).await? {
             Ok(user)
         } else {
             Err(UploadError::Forbidden(format!(
@@ -191,29 +176,14 @@ impl Authenticator {
         }
         let r = async {
             let user = self.review(token, None).await?;
-            let sar = SubjectAccessReview {
-                spec: SubjectAccessReviewSpec {
-                    user: user.username.clone(),
-                    uid: user.uid.clone(),
-                    groups: user.groups.clone(),
-                    extra: user.extra.clone(),
-                    resource_attributes: Some(ResourceAttributes {
-                        group: Some(crate::api::GROUP.into()),
-                        resource: Some("imageimports".into()),
-                        verb: Some("create".into()),
-                        namespace: Some(namespace.into()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
+            let may = ResourceAttributes {
+                group: Some(crate::api::GROUP.into()),
+                resource: Some("imageimports".into()),
+                verb: Some("create".into()),
+                namespace: Some(namespace.into()),
                 ..Default::default()
             };
-            let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
-            let answer = api
-                .create(&PostParams::default(), &sar)
-                .await
-                .map_err(|e| UploadError::Kube(format!("SubjectAccessReview: {e}")))?;
-            if answer.status.is_some_and(|s| s.allowed) {
+            if self.allowed(&user, may).await? {
                 Ok(user)
             } else {
                 Err(UploadError::Forbidden(format!(
@@ -225,6 +195,31 @@ impl Authenticator {
         .await;
         self.remember(k, &r);
         r
+    }
+
+    /// Whether the API server's authorizer lets `user` do `attributes` (a SubjectAccessReview).
+    async fn allowed(
+        &self,
+        user: &UserInfo,
+        attributes: ResourceAttributes,
+    ) -> Result<bool, UploadError> {
+        let sar = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: user.username.clone(),
+                uid: user.uid.clone(),
+                groups: user.groups.clone(),
+                extra: user.extra.clone(),
+                resource_attributes: Some(attributes),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
+        let answer = api
+            .create(&PostParams::default(), &sar)
+            .await
+            .map_err(|e| UploadError::Kube(format!("SubjectAccessReview: {e}")))?;
+        Ok(answer.status.is_some_and(|s| s.allowed))
     }
 
     /// The worker of `namespace`: a token for the upload audience of its ServiceAccount and,
