@@ -34,6 +34,6 @@ for ((i = 1; i <= RUNS; i++)); do
         echo "run $i failed (whole output: $log)" >&2
         exit 1
     fi
-    grep -E '^(archive|order|push |upload |digest |targets)' "$log" | tee -a "$out"
+    grep -E '^(archive|order|push|upload |digest |cpu |targets)' "$log" | tee -a "$out"
 done
 rm -f "$log"
