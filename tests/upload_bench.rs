@@ -8,6 +8,9 @@
 //! registry, and `imageimport push` of the same file into another fresh registry (same config),
 //! in the order `UPLOAD_BENCH_FIRST` says (`upload` or `push`). Prints the figures.
 
+// Children are reaped with wait4 (`wait_rusage`, for their rusage), which clippy cannot see.
+#![allow(clippy::zombie_processes)]
+
 mod support;
 
 use std::collections::BTreeMap;
