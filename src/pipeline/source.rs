@@ -409,7 +409,6 @@ impl UploadEndpoint {
 }
 
 /// How a pull went.
-#[derive(Debug)]
 enum Pulled {
     Data(bytes::Bytes),
     Nothing,
@@ -426,10 +425,6 @@ pub struct UploadReader {
     rt: tokio::runtime::Handle,
     offset: u64,
     buf: bytes::Bytes,
-    /// The pull of what follows `buf`, started when `buf` arrived, so that the next bytes
-    /// travel while the pipeline reads these (a synchronous pull left the pipeline idle for
-    /// each round trip). It says the worker has taken in `buf`: it has, in memory.
-    next: Option<tokio::task::JoinHandle<Result<Pulled, SourceError>>>,
     last_byte: std::time::Instant,
     done: bool,
     failure: UploadFailure,
@@ -459,7 +454,6 @@ impl UploadReader {
                 rt: tokio::runtime::Handle::current(),
                 offset,
                 buf: bytes::Bytes::new(),
-                next: None,
                 last_byte: std::time::Instant::now(),
                 done: false,
                 failure: failure.clone(),
@@ -472,33 +466,19 @@ impl UploadReader {
         Location::Upload(Box::new(self.ep.clone())).to_string()
     }
 
-    /// The pull of what follows `offset` (the bytes taken in).
-    fn pull(
-        &self,
-        offset: u64,
-    ) -> impl std::future::Future<Output = Result<Pulled, SourceError>> + use<> {
-        pull_at(self.client.clone(), self.ep.clone(), offset)
-    }
-}
-
-async fn pull_at(
-    client: reqwest::Client,
-    ep: UploadEndpoint,
-    offset: u64,
-) -> Result<Pulled, SourceError> {
-    let what = || Location::Upload(Box::new(ep.clone())).to_string();
-    {
-        let mut url = ep.url("pull")?;
+    async fn pull(&self) -> Result<Pulled, SourceError> {
+        let mut url = self.ep.url("pull")?;
         url.query_pairs_mut()
-            .append_pair("offset", &offset.to_string())
-            .append_pair("expiry", &ep.expiry.as_secs().to_string());
-        let resp = client
+            .append_pair("offset", &self.offset.to_string())
+            .append_pair("expiry", &self.ep.expiry.as_secs().to_string());
+        let resp = self
+            .client
             .get(url)
-            .bearer_auth(ep.token()?)
+            .bearer_auth(self.ep.token()?)
             .send()
             .await
             .map_err(|e| SourceError::Unreachable {
-                what: what(),
+                what: self.what(),
                 detail: format!("the upload service: {e}"),
             })?;
         let status = resp.status().as_u16();
@@ -509,7 +489,7 @@ async fn pull_at(
                 .await
                 .map(Pulled::Data)
                 .map_err(|e| SourceError::Unreachable {
-                    what: what(),
+                    what: self.what(),
                     detail: format!("the upload service: {e}"),
                 }),
             204 => Ok(Pulled::Nothing),
@@ -519,44 +499,31 @@ async fn pull_at(
                 Err(match status {
                     // Terminated by the client: the next attempt waits for a new upload.
                     410 => SourceError::Unreachable {
-                        what: what(),
+                        what: self.what(),
                         detail: text,
                     },
                     401 | 403 | 404 => SourceError::Refused(format!(
                         "{}: the upload service refused the worker (HTTP {status}): {text}",
-                        what()
+                        self.what()
                     )),
                     _ => SourceError::Http {
-                        what: format!("{}: the upload service ({text})", what()),
+                        what: format!("{}: the upload service ({text})", self.what()),
                         status,
                     },
                 })
             }
         }
     }
-}
 
-impl UploadReader {
     /// The next bytes, waiting out an idle client up to the expiry and an unreachable upload
     /// service (restarting) the same way.
     fn fill(&mut self) -> Result<(), SourceError> {
         let mut backoff = std::time::Duration::from_millis(200);
         loop {
             let expired = self.last_byte.elapsed() > self.ep.expiry;
-            let pulled = match self.next.take() {
-                Some(ahead) => self.rt.block_on(ahead).unwrap_or_else(|e| {
-                    Err(SourceError::Unreachable {
-                        what: self.what(),
-                        detail: format!("the pull task: {e}"),
-                    })
-                }),
-                None => self.rt.block_on(self.pull(self.offset)),
-            };
-            match pulled {
+            match self.rt.block_on(self.pull()) {
                 Ok(Pulled::Data(b)) if !b.is_empty() => {
                     self.last_byte = std::time::Instant::now();
-                    let after = self.offset + b.len() as u64;
-                    self.next = Some(self.rt.spawn(self.pull(after)));
                     self.buf = b;
                     return Ok(());
                 }
