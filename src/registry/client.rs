@@ -252,6 +252,15 @@ impl Registry {
             .await
     }
 
+    /// `GET /v2/` without credentials: the registry's version check and its challenge.
+    async fn get_v2(&self) -> Result<reqwest::Response, RegistryError> {
+        self.http
+            .get(format!("{}/v2/", self.base()))
+            .send()
+            .await
+            .map_err(|e| RegistryError::from_reqwest(&self.host, e))
+    }
+
     /// oci-client GETs the realm of the registry's Bearer challenge verbatim, with the Basic
     /// credentials, and offers no hook: so the challenge is read here first (our own `GET
     /// /v2/`) and a realm the guard refuses ends the import. Checked once per connection: a
@@ -261,12 +270,7 @@ impl Registry {
         if self.realm_checked.initialized() || matches!(self.auth, RegistryAuth::Bearer(_)) {
             return Ok(());
         }
-        let resp = self
-            .http
-            .get(format!("{}/v2/", self.base()))
-            .send()
-            .await
-            .map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
+        let resp = self.get_v2().await?;
         if let Some(realm) = guard::bearer_realm(resp.headers()) {
             let url = guard::realm_url(&self.host, &realm)?;
             guard::check(&self.host, "token realm", &url, &self.elsewhere).await?;
@@ -358,12 +362,7 @@ impl Registry {
             // says so only now, to `GET /v2/` (oci-client takes its 401 for "no token"):
             // fail here, before the archive is read, rather than at the first upload.
             if authorization.is_none() && matches!(self.auth, RegistryAuth::Anonymous) {
-                let resp = self
-                    .http
-                    .get(format!("{}/v2/", self.base()))
-                    .send()
-                    .await
-                    .map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
+                let resp = self.get_v2().await?;
                 if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
                     return Err(status_error(&self.host, resp, "authentication").await);
                 }
