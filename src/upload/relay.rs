@@ -112,13 +112,10 @@ pub async fn pull(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, UploadError> {
-    let job = q
-        .get("job")
-        .ok_or_else(|| UploadError::BadRequest("job is required".into()))?;
-    let offset: u64 = q
-        .get("offset")
-        .and_then(|o| o.parse().ok())
-        .ok_or_else(|| UploadError::BadRequest("offset is required".into()))?;
+    let job = required(&q, "job")?;
+    let offset: u64 = required(&q, "offset")?
+        .parse()
+        .map_err(|_| UploadError::BadRequest("offset is required".into()))?;
     let expiry = q
         .get("expiry")
         .and_then(|e| e.parse().ok())
@@ -170,13 +167,10 @@ pub async fn put_checkpoint(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, UploadError> {
-    let job = q
-        .get("job")
-        .ok_or_else(|| UploadError::BadRequest("job is required".into()))?;
-    let offset: u64 = q
-        .get("offset")
-        .and_then(|o| o.parse().ok())
-        .ok_or_else(|| UploadError::BadRequest("offset is required".into()))?;
+    let job = required(&q, "job")?;
+    let offset: u64 = required(&q, "offset")?
+        .parse()
+        .map_err(|_| UploadError::BadRequest("offset is required".into()))?;
     if body.len() > crate::pipeline::CHECKPOINT_MAX_BYTES {
         return Err(UploadError::TooLarge(format!(
             "a checkpoint is at most {} bytes",
@@ -208,9 +202,7 @@ pub async fn get_checkpoint(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, UploadError> {
-    let job = q
-        .get("job")
-        .ok_or_else(|| UploadError::BadRequest("job is required".into()))?;
+    let job = required(&q, "job")?;
     let (_, id) = worker_import(&svc, &headers, &namespace, &name, job).await?;
     Ok(match svc.checkpoint(&id) {
         Some((offset, body)) => {
@@ -243,9 +235,7 @@ pub async fn done(
     headers: HeaderMap,
     axum::Json(d): axum::Json<Done>,
 ) -> Result<Response, UploadError> {
-    let job = q
-        .get("job")
-        .ok_or_else(|| UploadError::BadRequest("job is required".into()))?;
+    let job = required(&q, "job")?;
     let offset = 0;
     let session = worker_session(&svc, &headers, &namespace, &name, job, offset).await?;
     session.with(|s| {
@@ -265,4 +255,10 @@ pub async fn done(
     // Before the worker exits and the controller marks the import Ready.
     super::report::flush(&svc.client, &session).await;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A query parameter every worker request names (`job`, `offset`).
+fn required<'q>(q: &'q HashMap<String, String>, key: &str) -> Result<&'q String, UploadError> {
+    q.get(key)
+        .ok_or_else(|| UploadError::BadRequest(format!("{key} is required")))
 }
