@@ -1097,3 +1097,74 @@ async fn an_upload_interrupted_twice_resumes_at_its_checkpoints() {
 async fn a_2gb_upload_interrupted_twice_completes() {
     interrupted_twice(&[280 << 20; 8]).await;
 }
+
+/// A new worker takes a checkpoint up only if each of its blobs is in the registry with the
+/// size the checkpoint says (HEAD's Content-Length): a blob missing or of another size sends
+/// it back to byte 0.
+#[tokio::test]
+async fn a_checkpoint_is_taken_up_only_with_its_blobs_at_their_sizes() {
+    use imageimport::pipeline::checkpoint::{Checkpoint, Unusable, check_blobs};
+    let reg = Registry::plain();
+    let blob = b"a committed layer blob ".repeat(4096);
+    let digest = support::registry::sha256_digest(&blob);
+    let http = reqwest::Client::new();
+    let started = http
+        .post(format!("{}/v2/shop/cp/blobs/uploads/", reg.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202);
+    let location = started.headers()["location"].to_str().unwrap().to_string();
+    let location = reqwest::Url::parse(&reg.base_url())
+        .unwrap()
+        .join(&location)
+        .unwrap();
+    let sep = if location.query().is_some() { '&' } else { '?' };
+    let put = http
+        .put(format!("{location}{sep}digest={digest}"))
+        .body(blob.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+
+    let client = imageimport::registry::Registry::connect(
+        &reg.host,
+        &imageimport::registry::RegistryOptions {
+            insecure: true,
+            anonymous: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let checkpoint = |digest: &str, size: u64| -> Checkpoint {
+        serde_json::from_value(json!({
+            "version": imageimport::pipeline::checkpoint::VERSION,
+            "offset": 1024, "lastMember": "l1/layer.tar", "repository": "shop/cp",
+            "members": [],
+            "layers": [{
+                "member": "l1/layer.tar", "storedDigest": digest, "storedSize": size,
+                "storedCodec": "none", "diffId": digest, "uncompressedSize": size,
+                "pushedCodec": "none", "asStored": true, "blobDigest": digest,
+                "blobSize": size, "blobRepository": "shop/cp",
+                "blobMediaType": "application/vnd.oci.image.layer.v1.tar", "sent": size
+            }]
+        }))
+        .unwrap()
+    };
+    let len = blob.len() as u64;
+    check_blobs(&client, &checkpoint(&digest, len))
+        .await
+        .expect("the blob is there at its size");
+    match check_blobs(&client, &checkpoint(&digest, len + 1)).await {
+        Err(Unusable::Blob { detail, .. }) => {
+            assert!(detail.contains(&format!("holds {len} bytes")), "{detail}")
+        }
+        other => panic!("a blob of another size was accepted: {other:?}"),
+    }
+    let absent = support::registry::sha256_digest(b"never pushed");
+    match check_blobs(&client, &checkpoint(&absent, len)).await {
+        Err(Unusable::Blob { detail, .. }) => assert_eq!(detail, "not found"),
+        other => panic!("a missing blob was accepted: {other:?}"),
+    }
+}

@@ -21,10 +21,11 @@ use serde::{Deserialize, Serialize};
 use super::codec::Codec;
 use super::layer::LayerFacts;
 use super::source::{RawHash, UploadEndpoint};
-use super::{Ctx, Processed, Pushed};
+use super::{Processed, Pushed};
 use crate::archive::Catalog;
 use crate::archive::members::MemberKind;
 use crate::archive::scan::Resume;
+use crate::registry::{BlobHead, Registry};
 
 /// Format of the document (a new one is not understood by an older worker: it starts at 0).
 pub const VERSION: u32 = 1;
@@ -90,13 +91,13 @@ pub struct Layer {
 /// What the streamed import takes up again: the scan's state, the layers read, the hash.
 pub struct Restored {
     pub resume: Resume,
-    pub processed: HashMap<String, Processed>,
+    pub(crate) processed: HashMap<String, Processed>,
     pub hash: Option<RawHash>,
 }
 
 /// The state at boundary `offset` after member `last` (None when it cannot be taken up: the
 /// hash is not exactly there).
-pub fn capture(
+pub(crate) fn capture(
     catalog: &Catalog,
     processed: &HashMap<String, Processed>,
     offset: u64,
@@ -269,8 +270,11 @@ pub fn restore(cp: &Checkpoint, repository: &str, pinned: bool) -> Result<Restor
 }
 
 /// Each checkpointed blob must still be in the registry where it was committed (a registry's
-/// garbage collection, or someone's delete, may have removed it since).
-pub async fn check_blobs(ctx: &Ctx, cp: &Checkpoint) -> Result<(), Unusable> {
+/// garbage collection, or someone's delete, may have removed it since), with the size the
+/// checkpoint says: a blob of another size under that digest is not the one committed (a
+/// corrupt or forged checkpoint, or a registry that lies), and resuming would build a
+/// manifest on it.
+pub async fn check_blobs(registry: &Registry, cp: &Checkpoint) -> Result<(), Unusable> {
     for l in &cp.layers {
         let gone = |detail: String| Unusable::Blob {
             digest: l.blob_digest.clone(),
@@ -280,13 +284,16 @@ pub async fn check_blobs(ctx: &Ctx, cp: &Checkpoint) -> Result<(), Unusable> {
         if l.blob_size == 0 || !l.blob_digest.starts_with("sha256:") {
             return Err(gone("no committed blob".into()));
         }
-        match ctx
-            .registry
-            .blob_exists(&l.blob_repository, &l.blob_digest)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => return Err(gone("not found".into())),
+        match registry.blob_head(&l.blob_repository, &l.blob_digest).await {
+            Ok(BlobHead::Present { size: Some(n) }) if n != l.blob_size => {
+                return Err(gone(format!(
+                    "the registry holds {n} bytes under that digest, the checkpoint says {}",
+                    l.blob_size
+                )));
+            }
+            // A redirect to storage says no size: the digest is the registry's word.
+            Ok(BlobHead::Present { .. }) => {}
+            Ok(BlobHead::Missing) => return Err(gone("not found".into())),
             Err(e) => return Err(gone(e.to_string())),
         }
     }

@@ -7,7 +7,7 @@
 //! `manifest.json`/`index.json` have been seen. Either way every layer is verified before a
 //! manifest is pushed, and manifests (tags) come last.
 
-mod checkpoint;
+pub mod checkpoint;
 pub mod codec;
 mod digests;
 pub mod error;
@@ -253,7 +253,9 @@ async fn resume_point(ctx: &Ctx, ep: &source::UploadEndpoint) -> Option<checkpoi
     let cp = checkpoint::fetch(ep).await?;
     let pinned = ctx.opts.expect_sha256.is_some();
     let checked = match checkpoint::restore(&cp, &ctx.opts.target.repository, pinned) {
-        Ok(r) => checkpoint::check_blobs(ctx, &cp).await.map(|()| r),
+        Ok(r) => checkpoint::check_blobs(&ctx.registry, &cp)
+            .await
+            .map(|()| r),
         Err(e) => Err(e),
     };
     match checked {

@@ -72,6 +72,16 @@ pub struct Registry {
     realm_checked: Arc<tokio::sync::OnceCell<()>>,
 }
 
+/// A registry's answer to a blob `HEAD`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobHead {
+    Missing,
+    /// `size`: its Content-Length (None when the registry redirects to its storage).
+    Present {
+        size: Option<u64>,
+    },
+}
+
 /// A manifest as the registry holds it.
 #[derive(Debug, Clone)]
 pub struct RemoteManifest {
@@ -329,10 +339,19 @@ impl Registry {
         &self,
         repo: &str,
     ) -> Result<Option<HeaderValue>, RegistryError> {
+        self.authorization_for(repo, RegistryOperation::Push).await
+    }
+
+    /// [`Self::authorization`] for `op` (a pull scope is enough to look at a blob).
+    async fn authorization_for(
+        &self,
+        repo: &str,
+        op: RegistryOperation,
+    ) -> Result<Option<HeaderValue>, RegistryError> {
         let reference = self.reference(repo);
         let token = self
             .oci()
-            .auth(&reference, &self.auth, RegistryOperation::Push)
+            .auth(&reference, &self.auth, op)
             .await
             .map_err(|e| RegistryError::from_oci(&self.host, "authentication", e))?;
         let value = match (token, &self.auth) {
@@ -382,6 +401,42 @@ impl Registry {
                 .blob_exists(&reference, digest)
                 .await
                 .map_err(|e| RegistryError::from_oci(&self.host, "blob check", e))
+        })
+        .await
+    }
+
+    /// What the registry's `HEAD` of blob `digest` in `repo` says: whether it holds the blob
+    /// and, unless it redirects to its storage, the blob's size (its Content-Length).
+    pub async fn blob_head(&self, repo: &str, digest: &str) -> Result<BlobHead, RegistryError> {
+        self.retry("blob check", || async {
+            let url = format!("{}/v2/{}/blobs/{}", self.base(), repo, digest);
+            let mut req = self.http.head(url);
+            if let Some(a) = self
+                .authorization_for(repo, RegistryOperation::Pull)
+                .await?
+            {
+                req = req.header(AUTHORIZATION, a);
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| RegistryError::from_reqwest(&self.host, e))?;
+            let status = resp.status();
+            if status == reqwest::StatusCode::NOT_FOUND {
+                return Ok(BlobHead::Missing);
+            }
+            if status.is_redirection() {
+                return Ok(BlobHead::Present { size: None });
+            }
+            if !status.is_success() {
+                return Err(status_error(&self.host, resp, "blob check").await);
+            }
+            // The header itself: reqwest's content_length() of a HEAD answer is its empty body's.
+            let size = resp
+                .headers()
+                .get(reqwest::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok());
+            Ok(BlobHead::Present { size })
         })
         .await
     }

@@ -7,7 +7,7 @@ mod guard;
 pub mod reference;
 pub mod upload;
 
-pub use client::{Registry, RegistryOptions, RemoteManifest};
+pub use client::{BlobHead, Registry, RegistryOptions, RemoteManifest};
 pub use error::RegistryError;
 pub use reference::{SavedTag, Target, repository_pattern};
 pub use upload::Replay;
