@@ -107,6 +107,8 @@ fn mib(kib: u64) -> String {
 
 struct Push {
     wall: f64,
+    /// CPU seconds of the registry (its whole life).
+    registry_cpu_s: f64,
     ended: Ended,
     digest: String,
     load: String,
@@ -135,6 +137,7 @@ fn push(archive: &Path, reg: &Registry, stdin: bool) -> Push {
     assert_eq!(ended.code, 0, "imageimport push failed");
     Push {
         wall,
+        registry_cpu_s: reg.pid().map_or(0.0, cpu_s),
         ended,
         digest: skopeo::manifest_digest(reg, "bench/push:1"),
         load,
@@ -156,6 +159,33 @@ struct Upload {
     digest: String,
     printed: String,
     load: String,
+    /// CPU seconds of the registry (its whole life) and of kube-apiserver + etcd (during the
+    /// upload).
+    registry_cpu_s: f64,
+    api_cpu_s: f64,
+    /// Pull answers the service logged: (count, bytes, frames).
+    pulls: (u64, u64, u64),
+}
+
+/// CPU seconds of kube-apiserver and etcd so far.
+fn api_cpu_s(c: &Cluster) -> f64 {
+    c.api.usage().iter().map(|u| u.cpu.as_secs_f64()).sum()
+}
+
+/// The pull answers in the upload service's log (`pull answered bytes=N frames=F`).
+fn pulls(c: &Cluster) -> (u64, u64, u64) {
+    let log = std::fs::read_to_string(c.work.path().join("upload-server.log")).unwrap_or_default();
+    let field = |line: &str, key: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    log.lines()
+        .filter(|l| l.contains("pull answered"))
+        .fold((0, 0, 0), |(n, b, f), l| {
+            (n + 1, b + field(l, "bytes="), f + field(l, "frames="))
+        })
 }
 
 async fn upload(
@@ -188,6 +218,7 @@ async fn upload(
 
     let len = std::fs::metadata(archive).unwrap().len();
     let service_rss_before_kib = status_kib(service_pid, "VmRSS:").unwrap_or(0);
+    let api_before = api_cpu_s(c);
     let load = loadavg();
     let plugin_out = c.work.path().join("bench-plugin.out");
     let plugin = Command::new(env!("CARGO_BIN_EXE_kubectl-imageimport"))
@@ -264,7 +295,11 @@ async fn upload(
     let (first, last, ready_at) = (first.unwrap(), last.unwrap(), ready_at.unwrap());
     let plugin = plugin_wait.await.unwrap();
     assert_eq!(plugin.code, 0, "the plugin failed");
+    let api_cpu_s = api_cpu_s(c) - api_before;
     Upload {
+        registry_cpu_s: reg.pid().map_or(0.0, cpu_s),
+        api_cpu_s,
+        pulls: pulls(c),
         wall: (ready_at - first).as_secs_f64(),
         first_to_last: (last - first).as_secs_f64(),
         last_to_ready: (ready_at - last).as_secs_f64(),
@@ -394,6 +429,16 @@ async fn upload_bench() {
             "DIFFERENT"
         },
         u.printed
+    );
+    let (n, bytes, frames) = u.pulls;
+    println!(
+        "upload  pulls {n}, {:.2} MiB and {:.1} frames each on average",
+        bytes as f64 / n.max(1) as f64 / 1048576.0,
+        frames as f64 / n.max(1) as f64
+    );
+    println!(
+        "cpu     registry: push {:.1} s, upload {:.1} s; kube-apiserver + etcd during the upload {:.1} s",
+        p.registry_cpu_s, u.registry_cpu_s, u.api_cpu_s
     );
     let upload_cpu = u.worker.cpu_s + u.service_cpu_s + u.plugin.cpu_s;
     println!(

@@ -20,13 +20,40 @@ use super::error::UploadError;
 /// How long a decision is reused. Short: a revoked RoleBinding or token stops uploads soon.
 const CACHE_FOR: Duration = Duration::from_secs(10);
 
-/// A review's outcome and when it was made, by token hash.
-type ReviewCache = HashMap<String, (Instant, Result<UserInfo, UploadError>)>;
+/// Values remembered for a fixed time, by key (a hash: never a token itself). Expired entries
+/// are dropped on every look-up, so the map holds only what the last `ttl` asked.
+pub struct Ttl<V> {
+    ttl: Duration,
+    map: Mutex<HashMap<String, (Instant, V)>>,
+}
+
+impl<V: Clone> Ttl<V> {
+    pub fn new(ttl: Duration) -> Self {
+        Ttl {
+            ttl,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn get(&self, k: &str) -> Option<V> {
+        let mut m = self.map.lock().expect("ttl cache");
+        m.retain(|_, (at, _)| at.elapsed() < self.ttl);
+        m.get(k).map(|(_, v)| v.clone())
+    }
+
+    pub fn insert(&self, k: String, v: V) {
+        self.map
+            .lock()
+            .expect("ttl cache")
+            .insert(k, (Instant::now(), v));
+    }
+}
 
 /// Reviewed callers.
 pub struct Authenticator {
     client: Client,
-    cache: Mutex<ReviewCache>,
+    /// A review's outcome, by token hash.
+    cache: Ttl<Result<UserInfo, UploadError>>,
 }
 
 /// The bearer token of a request's `Authorization` header.
@@ -51,7 +78,8 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Result<String, UploadError> {
     Ok(token.to_string())
 }
 
-fn key(parts: &[&str]) -> String {
+/// A cache key for `parts` (a token among them): their hash.
+pub fn key(parts: &[&str]) -> String {
     let mut h = Sha256::new();
     for p in parts {
         h.update(p.as_bytes());
@@ -64,14 +92,12 @@ impl Authenticator {
     pub fn new(client: Client) -> Self {
         Authenticator {
             client,
-            cache: Mutex::new(HashMap::new()),
+            cache: Ttl::new(CACHE_FOR),
         }
     }
 
     fn cached(&self, k: &str) -> Option<Result<UserInfo, UploadError>> {
-        let mut c = self.cache.lock().expect("auth cache");
-        c.retain(|_, (at, _)| at.elapsed() < CACHE_FOR);
-        c.get(k).map(|(_, r)| r.clone())
+        self.cache.get(k)
     }
 
     fn remember(&self, k: String, r: &Result<UserInfo, UploadError>) {
@@ -80,10 +106,7 @@ impl Authenticator {
             r,
             Ok(_) | Err(UploadError::Unauthenticated(_) | UploadError::Forbidden(_))
         ) {
-            self.cache
-                .lock()
-                .expect("auth cache")
-                .insert(k, (Instant::now(), r.clone()));
+            self.cache.insert(k, r.clone());
         }
     }
 

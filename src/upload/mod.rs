@@ -54,6 +54,8 @@ pub struct ServerConfig {
 pub struct Service {
     client: Client,
     auth: auth::Authenticator,
+    /// Workers' checked requests (see [`relay::WORKER_VERDICT_FOR`]).
+    worker_verdicts: auth::Ttl<relay::Verdict>,
     config: ServerConfig,
     sessions: Mutex<HashMap<(String, String), Arc<Session>>>,
     /// The last checkpoint of each import's upload: its offset and the worker's document
@@ -80,6 +82,7 @@ pub async fn serve(
     let bind = config.bind;
     let service = Arc::new(Service {
         auth: auth::Authenticator::new(client.clone()),
+        worker_verdicts: auth::Ttl::new(relay::WORKER_VERDICT_FOR),
         client,
         config,
         sessions: Mutex::new(HashMap::new()),

@@ -23,19 +23,52 @@ const PULL_MAX: usize = 4 << 20;
 /// How long a pull waits for the client's next bytes before answering "nothing yet".
 const PULL_WAIT: Duration = Duration::from_secs(20);
 
+/// How long a worker's verdict (its token, its Pod a Pod of the import's current Job, the
+/// import waiting for this upload) is reused, and only while that Job holds the upload's
+/// session: a worker pulls ~40 times a second, and three API round trips in series with each
+/// pull held the bytes up. So a Pod that is gone, an import that changed or ended, a Job that
+/// is no longer the current attempt is refused at most this long after the API server says
+/// so; a Job that does not hold the session (another attempt) is always checked afresh.
+pub const WORKER_VERDICT_FOR: Duration = Duration::from_secs(1);
+
+/// A worker's checked request: the import and its upload.
+pub type Verdict = (crate::api::ImageImport, super::session::UploadId);
+
 /// Check the caller is the worker Pod of the current attempt of `namespace/name`: the import
-/// and its upload.
+/// and its upload (reused for [`WORKER_VERDICT_FOR`] while that Job holds the session).
 async fn worker_import(
     svc: &Service,
     headers: &HeaderMap,
     namespace: &str,
     name: &str,
     job: &str,
-) -> Result<(crate::api::ImageImport, super::session::UploadId), UploadError> {
+) -> Result<Verdict, UploadError> {
     let token = super::auth::bearer(headers)?;
+    let k = super::auth::key(&["worker verdict", &token, namespace, name, job]);
+    if let Some((obj, id)) = svc.worker_verdicts.get(&k)
+        && svc.current_session(&id).is_some_and(|s| {
+            s.read(|st| st.job.as_deref() == Some(job) && !st.superseded && st.ended.is_none())
+        })
+    {
+        return Ok((obj, id));
+    }
+    let verdict = check_worker(svc, &token, namespace, name, job).await?;
+    svc.worker_verdicts.insert(k, verdict.clone());
+    Ok(verdict)
+}
+
+/// [`worker_import`] asking the API server: TokenReview (cached by the authenticator), the
+/// token's Pod and the ImageImport.
+async fn check_worker(
+    svc: &Service,
+    token: &str,
+    namespace: &str,
+    name: &str,
+    job: &str,
+) -> Result<Verdict, UploadError> {
     let (_, pod) = svc
         .auth
-        .worker(&token, namespace, &svc.config.worker_service_account)
+        .worker(token, namespace, &svc.config.worker_service_account)
         .await?;
     match pod {
         Some((pod_name, pod_uid)) => {
@@ -64,11 +97,8 @@ async fn worker_import(
             ));
         }
     }
-    let (obj, id) = match svc.waiting_import(namespace, name).await {
-        Ok(x) => x,
-        // A worker still sending after its import ended is told it is over.
-        Err(e) => return Err(e),
-    };
+    // A worker still sending after its import ended is told it is over.
+    let (obj, id) = svc.waiting_import(namespace, name).await?;
     let current = obj.status.as_ref().and_then(|s| s.job_name.as_deref());
     if current != Some(job) {
         return Err(UploadError::NotFound(format!(
@@ -132,6 +162,12 @@ pub async fn pull(
     });
     let answer = match session.pull(offset, PULL_MAX, wait).await {
         Pulled::Data(frames) => {
+            // The bench counts these (bench/upload.sh: pulls and their mean size).
+            tracing::debug!(
+                bytes = frames.iter().map(bytes::Bytes::len).sum::<usize>(),
+                frames = frames.len(),
+                "pull answered"
+            );
             let body = Body::from_stream(futures::stream::iter(
                 frames.into_iter().map(Ok::<_, std::convert::Infallible>),
             ));

@@ -268,6 +268,11 @@ impl Registry {
     }
 
     /// The registry's private temp dir (config.yml, registry.log, certs, htpasswd, docker/).
+    /// The registry process (None when stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
