@@ -91,13 +91,13 @@ pub struct Layer {
 /// What the streamed import takes up again: the scan's state, the layers read, the hash.
 pub struct Restored {
     pub resume: Resume,
-    pub(crate) processed: HashMap<String, Processed>,
+    pub(super) processed: HashMap<String, Processed>,
     pub hash: Option<RawHash>,
 }
 
 /// The state at boundary `offset` after member `last` (None when it cannot be taken up: the
 /// hash is not exactly there).
-pub(crate) fn capture(
+pub(super) fn capture(
     catalog: &Catalog,
     processed: &HashMap<String, Processed>,
     offset: u64,
