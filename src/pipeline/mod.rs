@@ -15,6 +15,7 @@ mod gunzip;
 pub mod inspect;
 pub mod layer;
 pub mod manifest;
+mod mapped;
 pub mod plan;
 pub mod progress;
 mod reuse;
@@ -446,6 +447,7 @@ async fn process_seekable(
             codec,
             k.ours,
             &member,
+            mapped_member(&ctx, &path, &catalog, &member, stored_codec),
             open.clone(),
         )
         .await?
@@ -1065,10 +1067,13 @@ async fn up_to_date(
                 futures::stream::iter(img.layers.iter().zip(&remote_layers))
                     .map(|(l, blob)| {
                         let open = member_reader(ctx, path, catalog, &l.member);
+                        let mapped = stored(&l.member)
+                            .and_then(|c| mapped_member(ctx, path, catalog, &l.member, c));
                         async move {
-                            let facts =
-                                reuse::matches(ctx, repo, blob, *codec, true, &l.member, open)
-                                    .await?;
+                            let facts = reuse::matches(
+                                ctx, repo, blob, *codec, true, &l.member, mapped, open,
+                            )
+                            .await?;
                             Ok::<_, ImportError>(facts.map(|f| (l.member.clone(), f)))
                         }
                     })
@@ -1185,6 +1190,22 @@ fn member_reader(
             progress,
         })
     }
+}
+
+/// An uncompressed layer member, to be mapped rather than read (see [`mapped`]).
+fn mapped_member(
+    ctx: &Ctx,
+    path: &Path,
+    catalog: &Catalog,
+    member: &str,
+    stored: Codec,
+) -> Option<mapped::MappedMember> {
+    (stored == Codec::None).then(|| mapped::MappedMember {
+        path: path.to_path_buf(),
+        offset: catalog.offsets.get(member).copied().unwrap_or(0),
+        size: catalog.sizes.get(member).copied().unwrap_or(0),
+        progress: ctx.progress.clone(),
+    })
 }
 
 fn left_out_lines(l: &[LeftOut]) -> Vec<String> {

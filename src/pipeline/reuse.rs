@@ -5,14 +5,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead, BufReader, Read};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 
 use bytes::Bytes;
+use futures::TryStreamExt as _;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use super::codec::{self, CHUNK, Codec, CompressionPolicy};
 use super::layer::{LayerError, LayerFacts};
+use super::mapped::MappedMember;
 use super::{Ctx, ImportError, Planned, Pushed, blocking, gunzip, layer, manifest};
 use crate::archive::digest;
 use crate::archive::formats::{ImageConfig, Platform};
@@ -33,6 +35,7 @@ pub(super) async fn matches<R: Read + Send + 'static>(
     codec: Codec,
     ours: bool,
     member: &str,
+    mapped: Option<MappedMember>,
     open: impl FnOnce() -> io::Result<R> + Send + 'static,
 ) -> Result<Option<LayerFacts>, ImportError> {
     let stream = match ctx.registry.read_blob(repo, digest).await {
@@ -42,16 +45,31 @@ pub(super) async fn matches<R: Read + Send + 'static>(
             return Ok(None);
         }
     };
+    // The blob is hashed as it arrives, on the runtime's threads: the decoder's thread, the
+    // longest path of a large layer, only inflates and compares.
+    let hasher = Arc::new(Mutex::new(Sha256::new()));
+    let stream = {
+        let hasher = hasher.clone();
+        stream.inspect_ok(move |b| hasher.lock().expect("blob hasher").update(b))
+    };
     let remote = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let (tx, rx) = mpsc::sync_channel::<Bytes>(COMPARE_QUEUE);
     let want = digest.to_string();
-    let blob = blocking(move || same_bytes(remote, &want, codec, ours, rx));
+    let blob = blocking(move || {
+        same_content(remote, codec, ours, rx)?;
+        let got = std::mem::take(&mut *hasher.lock().expect("blob hasher"));
+        served(got, &want)
+    });
     let m = member.to_string();
     let archive = blocking(move || -> Result<LayerFacts, LayerError> {
+        let differs = |_| io::Error::other("the registry blob differs");
+        // An uncompressed member is lent from a mapping; anything else is read and decoded.
+        if let Some(mapped) = mapped {
+            return mapped.read(&m, &mut |b| tx.send(b).map_err(differs));
+        }
         let mut r = open().map_err(LayerError::Read)?;
         layer::read(&m, &mut r, &mut |b| {
-            tx.send(Bytes::copy_from_slice(b))
-                .map_err(|_| io::Error::other("the registry blob differs"))
+            tx.send(Bytes::copy_from_slice(b)).map_err(differs)
         })
     });
     let (blob, archive) = tokio::join!(blob, archive);
@@ -83,11 +101,13 @@ pub(super) async fn matches<R: Read + Send + 'static>(
 }
 
 /// Hashes what is read through it.
+#[cfg(test)]
 struct Hashed<R> {
     inner: R,
     hasher: Sha256,
 }
 
+#[cfg(test)]
 impl<R: Read> Read for Hashed<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
@@ -96,10 +116,8 @@ impl<R: Read> Read for Hashed<R> {
     }
 }
 
-/// Whether `blob` hashes to `digest`, is `codec`-encoded and decodes to exactly the bytes that
-/// arrive on `archive` (until it is closed). Err: why not. A gzip blob is decoded member by
-/// member ([`gunzip`]) when it is `ours`: a blob this import's encoder wrote has its 1 MiB
-/// members, and one that has not is not reused. Other tools' gzip is inflated as a stream.
+/// Whether `blob` hashes to `digest` and [`same_content`].
+#[cfg(test)]
 fn same_bytes(
     blob: impl Read,
     digest: &str,
@@ -107,13 +125,34 @@ fn same_bytes(
     ours: bool,
     archive: mpsc::Receiver<Bytes>,
 ) -> Result<(), String> {
-    let mut hashed = BufReader::with_capacity(
-        256 << 10,
-        Hashed {
-            inner: blob,
-            hasher: Sha256::new(),
-        },
-    );
+    let mut hashed = Hashed {
+        inner: blob,
+        hasher: Sha256::new(),
+    };
+    same_content(&mut hashed, codec, ours, archive)?;
+    served(hashed.hasher, digest)
+}
+
+/// The blob's bytes hashed to `digest` (what the registry served is what the manifest names).
+fn served(hasher: Sha256, digest: &str) -> Result<(), String> {
+    let got = digest::finish(hasher);
+    if got != digest {
+        return Err(format!("the registry served bytes hashing to {got}"));
+    }
+    Ok(())
+}
+
+/// Whether `blob` is `codec`-encoded and decodes to exactly the bytes that arrive on `archive`
+/// (until it is closed), reading `blob` to its end. Err: why not. A gzip blob is decoded member
+/// by member ([`gunzip`]) when it is `ours`: a blob this import's encoder wrote has its 1 MiB
+/// members, and one that has not is not reused. Other tools' gzip is inflated as a stream.
+fn same_content(
+    blob: impl Read,
+    codec: Codec,
+    ours: bool,
+    archive: mpsc::Receiver<Bytes>,
+) -> Result<(), String> {
+    let mut hashed = BufReader::with_capacity(256 << 10, blob);
     let head = hashed
         .fill_buf()
         .map_err(|e| format!("reading it failed: {e}"))?;
@@ -153,10 +192,6 @@ fn same_bytes(
     expected.finished()?;
     // Whatever follows the compressed stream is part of the blob.
     io::copy(&mut hashed, &mut io::sink()).map_err(|e| format!("reading it failed: {e}"))?;
-    let got = digest::finish(hashed.into_inner().hasher);
-    if got != digest {
-        return Err(format!("the registry served bytes hashing to {got}"));
-    }
     Ok(())
 }
 
