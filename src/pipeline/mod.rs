@@ -446,9 +446,11 @@ async fn process_seekable(
             &blob.digest,
             codec,
             k.ours,
-            &member,
-            mapped_member(&ctx, &path, &catalog, &member, stored_codec),
-            open.clone(),
+            reuse::ArchiveLayer {
+                member: member.clone(),
+                mapped: mapped_member(&ctx, &path, &catalog, &member, stored_codec),
+                open: open.clone(),
+            },
         )
         .await?
         {
@@ -1070,10 +1072,13 @@ async fn up_to_date(
                         let mapped = stored(&l.member)
                             .and_then(|c| mapped_member(ctx, path, catalog, &l.member, c));
                         async move {
-                            let facts = reuse::matches(
-                                ctx, repo, blob, *codec, true, &l.member, mapped, open,
-                            )
-                            .await?;
+                            let layer = reuse::ArchiveLayer {
+                                member: l.member.clone(),
+                                mapped,
+                                open,
+                            };
+                            let facts =
+                                reuse::matches(ctx, repo, blob, *codec, true, layer).await?;
                             Ok::<_, ImportError>(facts.map(|f| (l.member.clone(), f)))
                         }
                     })

@@ -22,6 +22,15 @@ use crate::archive::formats::{ImageConfig, Platform};
 /// Archive chunks in flight between the archive's reader and the blob's comparer, per layer.
 const COMPARE_QUEUE: usize = 4;
 
+/// The archive's copy of a layer, as [`matches`] reads it.
+pub(super) struct ArchiveLayer<F> {
+    pub member: String,
+    /// An uncompressed member of a seekable archive: lent from a mapping, not read.
+    pub mapped: Option<MappedMember>,
+    /// Otherwise: the member's stored bytes, decoded as they are read.
+    pub open: F,
+}
+
 /// Whether blob `digest` of `repo` holds exactly the layer that `open` reads from the archive.
 /// Both are read side by side, on two threads, in one pass: the archive's bytes are hashed (the
 /// facts returned, checked against the config by the caller), the blob is streamed from the
@@ -34,10 +43,14 @@ pub(super) async fn matches<R: Read + Send + 'static>(
     digest: &str,
     codec: Codec,
     ours: bool,
-    member: &str,
-    mapped: Option<MappedMember>,
-    open: impl FnOnce() -> io::Result<R> + Send + 'static,
+    layer: ArchiveLayer<impl FnOnce() -> io::Result<R> + Send + 'static>,
 ) -> Result<Option<LayerFacts>, ImportError> {
+    let ArchiveLayer {
+        member,
+        mapped,
+        open,
+    } = layer;
+    let member = member.as_str();
     let stream = match ctx.registry.read_blob(repo, digest).await {
         Ok(s) => s,
         Err(e) => {
