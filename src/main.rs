@@ -225,11 +225,18 @@ struct PushArgs {
     /// as stored, uncompressed ones gzip-compressed. Given, every layer is pushed with it.
     #[arg(long, value_name = "gzip|zstd|none")]
     compression: Option<Codec>,
-    /// Which blobs already in the registry may stand for the archive's layers (each is read
-    /// back and must hold the layer byte for byte): `exact` (default) only blobs this encoder
-    /// wrote, so the manifest digest is the one a cold push gives; `any-encoding` also other
-    /// tools' blobs of the same codec: fewer bytes sent, a digest that depends on the registry.
-    #[arg(long, value_name = "exact|any-encoding", default_value = "exact")]
+    /// Which blobs already in the registry may stand for the archive's layers: `exact`
+    /// (default) only blobs this encoder wrote, so the manifest digest is the one a cold push
+    /// gives; `any-encoding` also other tools' blobs of the same codec: fewer bytes sent, a
+    /// digest that depends on the registry. Both read each blob back, and it must hold the
+    /// layer byte for byte. `trust-registry`: as `exact`, but the blobs are taken on the word
+    /// of the registry's manifests, not read back (an upgrade several times faster; whoever
+    /// can push a manifest into the repository decides which blob stands for a layer).
+    #[arg(
+        long,
+        value_name = "exact|any-encoding|trust-registry",
+        default_value = "exact"
+    )]
     reuse: Reuse,
     /// Refuse unless the image ID (config digest) is this.
     #[arg(long)]

@@ -1369,3 +1369,115 @@ fn any_encoding_reuse_takes_another_tools_blobs_and_says_the_digest_is_its_own()
     assert_eq!(exact, cold);
     assert_ne!(wide, exact, "skopeo's base blob is not this encoder's");
 }
+
+/// `--reuse trust-registry`: v2 beside v1 sends only its new layer and config and reads no
+/// blob back (the base is taken on the word of v1's manifest); the manifest is still the one
+/// a cold push gives. The trade, said in the docs: a planted manifest mapping the archive's
+/// diff_ids to other blobs is taken at its word, where `exact` reads it back and refuses it.
+#[test]
+fn trust_registry_reuse_reads_no_blob_back_and_takes_the_registrys_word() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let base = archives::layer(2600, 3, 60_000);
+    let build = |seed| {
+        archives::build(
+            &Format::DockerLegacy,
+            &[ImageSpec::new(
+                &["app:x"],
+                vec![base.clone(), archives::layer(seed, 1, 9000)],
+            )],
+        )
+    };
+    let (v1, v2) = (build(2601), build(2602));
+    let p1 = archives::write_to(dir.path(), "v1.tar", &v1.bytes);
+    let p2 = archives::write_to(dir.path(), "v2.tar", &v2.bytes);
+    let (p1, p2) = (p1.to_str().unwrap(), p2.to_str().unwrap());
+    push_ok(&["push", "--insecure", "-q", p1, &reg.reference("trust:1.0")]);
+    let base_blob = skopeo::inspect_raw(&reg, "trust:1.0")["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let before = reg.requests().len();
+    let out = run(&[
+        "push",
+        "--insecure",
+        "--reuse",
+        "trust-registry",
+        p2,
+        &reg.reference("trust:2.0"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let seen: Vec<_> = reg.requests()[before..]
+        .iter()
+        .filter(|r| r.is_client())
+        .cloned()
+        .collect();
+    assert_eq!(
+        seen.iter().filter(|r| r.method == "PATCH").count(),
+        2,
+        "the new layer and the config only"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|r| r.method == "GET" && r.path.ends_with(&format!("/blobs/{base_blob}"))),
+        "the base blob is not read back: {seen:?}"
+    );
+    assert!(err.contains("on its manifests' word"), "says so: {err}");
+    let digest = split_result(&support::cli::lines_of(&out)[0]).1.to_string();
+    assert_round_trip(&reg, "trust:2.0", &v2.images[0], &digest);
+    let cold = push_ok(&[
+        "push",
+        "--insecure",
+        "-q",
+        p2,
+        &reg.reference("trustcold:2.0"),
+    ]);
+    assert_eq!(
+        split_result(&cold[0]).1,
+        digest,
+        "the same manifest as a cold push"
+    );
+
+    // The trade: under another tag of the repository, v2's config with v1's new layer blob in
+    // place of v2's (the codec annotation kept, as anyone who can push could write it).
+    let genuine = skopeo::inspect_raw(&reg, "trustcold:2.0");
+    let mut planted = genuine.clone();
+    planted["layers"][1] = skopeo::inspect_raw(&reg, "trust:1.0")["layers"][1].clone();
+    // Named to be the first tag learned from (the longest prefix shared with the new tags).
+    put_manifest(&reg, "trust", "2.0-t-planted", &planted);
+    let planted_blob = planted["layers"][1]["digest"].as_str().unwrap().to_string();
+    let layer_of = |tag: &str| {
+        skopeo::inspect_raw(&reg, tag)["layers"][1]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // `exact` reads the planted blob back, finds it is not the layer, and pushes its own.
+    push_ok(&[
+        "push",
+        "--insecure",
+        "-q",
+        p2,
+        &reg.reference("trust:2.0-exact"),
+    ]);
+    assert_ne!(layer_of("trust:2.0-exact"), planted_blob);
+    // `trust-registry` takes the planted blob at its word (only a manifest the registry
+    // holds and this encoder's annotation stand between the two).
+    push_ok(&[
+        "push",
+        "--insecure",
+        "-q",
+        "--reuse",
+        "trust-registry",
+        p2,
+        &reg.reference("trust:2.0-t-pushed"),
+    ]);
+    assert_eq!(layer_of("trust:2.0-t-pushed"), planted_blob);
+}

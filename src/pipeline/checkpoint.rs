@@ -95,73 +95,103 @@ pub struct Restored {
     pub hash: Option<RawHash>,
 }
 
-/// The state at boundary `offset` after member `last` (None when it cannot be taken up: the
-/// hash is not exactly there).
-pub(super) fn capture(
-    catalog: &Catalog,
-    processed: &HashMap<String, Processed>,
+/// The archive at boundary `offset` after member `last`: every member seen and, with a pin,
+/// the archive hash's state there. Taken when the boundary is read; the layers are added when
+/// every blob before it is committed ([`Boundary::capture`]).
+pub(super) struct Boundary {
     offset: u64,
-    last: &str,
-    repository: &str,
-    hash: Option<&RawHash>,
-) -> Option<Checkpoint> {
-    let archive_hash = match hash {
-        Some(h) => {
-            let (state, n) = h.state();
-            if n != offset {
-                return None;
+    last: String,
+    members: Vec<Member>,
+    archive_hash: Option<String>,
+}
+
+impl Boundary {
+    /// None when it cannot be taken up: the hash is not exactly there.
+    pub(super) fn at(
+        catalog: &Catalog,
+        offset: u64,
+        last: &str,
+        hash: Option<&RawHash>,
+    ) -> Option<Boundary> {
+        let archive_hash = match hash {
+            Some(h) => {
+                let (state, n) = h.state();
+                if n != offset {
+                    return None;
+                }
+                Some(B64.encode(state))
             }
-            Some(B64.encode(state))
+            None => None,
+        };
+        let members = catalog
+            .kinds
+            .iter()
+            .map(|(name, kind)| {
+                let (kind, link) = match kind {
+                    MemberKind::File => ("file", None),
+                    MemberKind::Dir => ("dir", None),
+                    MemberKind::Symlink(t) => ("symlink", Some(t.clone())),
+                };
+                Member {
+                    name: name.clone(),
+                    kind: kind.into(),
+                    size: catalog.sizes.get(name).copied().unwrap_or(0),
+                    link,
+                    content: catalog.meta.get(name).map(|b| B64.encode(b)),
+                }
+            })
+            .collect();
+        Some(Boundary {
+            offset,
+            last: last.into(),
+            members,
+            archive_hash,
+        })
+    }
+
+    /// The checkpoint at this boundary, `processed` being every layer before it, each blob
+    /// committed.
+    pub(super) fn capture(
+        self,
+        processed: &HashMap<String, Processed>,
+        repository: &str,
+    ) -> Checkpoint {
+        let Boundary {
+            offset,
+            last,
+            members,
+            archive_hash,
+        } = self;
+        let mut layers: Vec<Layer> = processed
+            .iter()
+            .map(|(member, p)| Layer {
+                member: member.clone(),
+                stored_digest: p.facts.stored_digest.clone(),
+                stored_size: p.facts.stored_size,
+                stored_codec: p.facts.stored_codec,
+                diff_id: p.facts.diff_id.clone(),
+                uncompressed_size: p.facts.uncompressed_size,
+                pushed_codec: p.facts.pushed_codec,
+                as_stored: p.facts.as_stored,
+                other_encoder: p.facts.other_encoder,
+                blob_digest: p.pushed.digest.clone(),
+                blob_size: p.pushed.size,
+                blob_repository: p.pushed.repo.clone(),
+                blob_media_type: p.facts.pushed_codec.oci_layer_media_type().into(),
+                sent: p.pushed.sent,
+            })
+            .collect();
+        layers.sort_by(|a, b| a.member.cmp(&b.member));
+        Checkpoint {
+            version: VERSION,
+            offset,
+            last_member: last,
+            repository: repository.into(),
+            members,
+            layers,
+            archive_hash,
         }
-        None => None,
-    };
-    let members = catalog
-        .kinds
-        .iter()
-        .map(|(name, kind)| {
-            let (kind, link) = match kind {
-                MemberKind::File => ("file", None),
-                MemberKind::Dir => ("dir", None),
-                MemberKind::Symlink(t) => ("symlink", Some(t.clone())),
-            };
-            Member {
-                name: name.clone(),
-                kind: kind.into(),
-                size: catalog.sizes.get(name).copied().unwrap_or(0),
-                link,
-                content: catalog.meta.get(name).map(|b| B64.encode(b)),
-            }
-        })
-        .collect();
-    let mut layers: Vec<Layer> = processed
-        .iter()
-        .map(|(member, p)| Layer {
-            member: member.clone(),
-            stored_digest: p.facts.stored_digest.clone(),
-            stored_size: p.facts.stored_size,
-            stored_codec: p.facts.stored_codec,
-            diff_id: p.facts.diff_id.clone(),
-            uncompressed_size: p.facts.uncompressed_size,
-            pushed_codec: p.facts.pushed_codec,
-            as_stored: p.facts.as_stored,
-            other_encoder: p.facts.other_encoder,
-            blob_digest: p.pushed.digest.clone(),
-            blob_size: p.pushed.size,
-            blob_repository: p.pushed.repo.clone(),
-            blob_media_type: p.facts.pushed_codec.oci_layer_media_type().into(),
-            sent: p.pushed.sent,
-        })
-        .collect();
-    layers.sort_by(|a, b| a.member.cmp(&b.member));
-    Some(Checkpoint {
-        version: VERSION,
-        offset,
-        last_member: last.into(),
-        repository: repository.into(),
-        members,
-        layers,
-        archive_hash,
-    })
+    }
 }
 
 /// Why a checkpoint is not used (the worker then starts from byte 0).
@@ -418,8 +448,10 @@ mod tests {
             hash: hash.clone(),
         };
         std::io::copy(&mut h, &mut std::io::sink()).unwrap();
-        let cp = capture(&catalog, &processed, 1024, "x", "shop/web", Some(&hash)).unwrap();
-        assert!(capture(&catalog, &processed, 1000, "x", "shop/web", Some(&hash)).is_none());
+        let cp = Boundary::at(&catalog, 1024, "x", Some(&hash))
+            .unwrap()
+            .capture(&processed, "shop/web");
+        assert!(Boundary::at(&catalog, 1000, "x", Some(&hash)).is_none());
         let json = serde_json::to_vec(&cp).unwrap();
         let cp: Checkpoint = serde_json::from_slice(&json).unwrap();
         let r = restore(&cp, "shop/web", true).unwrap();

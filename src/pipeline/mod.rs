@@ -587,6 +587,31 @@ struct StreamVisitor {
     processed: HashMap<String, Processed>,
     /// An uncompressed upload: a checkpoint after each layer committed.
     checkpoints: Option<Checkpoints>,
+    /// The last layer read, its blob still being committed: the next members are read
+    /// meanwhile (a registry may take most of a second to make a large blob durable, and
+    /// a stream cannot read two layers at once).
+    pending: Option<PendingLayer>,
+}
+
+struct PendingLayer {
+    member: String,
+    facts: LayerFacts,
+    repo: String,
+    /// The blob's upload, and then the checkpoint after it (see [`StreamVisitor::layer`]).
+    commit: tokio::task::JoinHandle<Committed>,
+    /// Where the boundary after the layer goes, when it is to be checkpointed.
+    boundary: Option<tokio::sync::oneshot::Sender<Deferred>>,
+}
+
+type Committed = Result<Result<(String, u64), crate::registry::RegistryError>, String>;
+
+/// A checkpoint waiting for its last layer's commit: the boundary after that layer and every
+/// layer before it (committed).
+struct Deferred {
+    boundary: checkpoint::Boundary,
+    before: HashMap<String, Processed>,
+    ep: source::UploadEndpoint,
+    repository: String,
 }
 
 struct Checkpoints {
@@ -612,6 +637,24 @@ impl scan::LayerVisitor for StreamVisitor {
         catalog: &Catalog,
         offset: u64,
     ) -> Result<(), ImportError> {
+        // No checkpoint past a blob not yet committed: the one after it is posted by the
+        // commit's task, as soon as the registry has the blob.
+        if let Some(p) = &mut self.pending {
+            if p.member == member
+                && let Some(tx) = p.boundary.take()
+                && let Some(c) = &self.checkpoints
+                && let Some(boundary) =
+                    checkpoint::Boundary::at(catalog, offset, member, c.hash.as_ref())
+            {
+                let _ = tx.send(Deferred {
+                    boundary,
+                    before: self.processed.clone(),
+                    ep: c.ep.clone(),
+                    repository: self.ctx.opts.target.repository.clone(),
+                });
+            }
+            return Ok(());
+        }
         let Some(c) = &mut self.checkpoints else {
             return Ok(());
         };
@@ -621,15 +664,8 @@ impl scan::LayerVisitor for StreamVisitor {
         }
         c.kept = self.processed.len();
         let repo = &self.ctx.opts.target.repository;
-        let cp = checkpoint::capture(
-            catalog,
-            &self.processed,
-            offset,
-            member,
-            repo,
-            c.hash.as_ref(),
-        );
-        if let Some(cp) = cp {
+        if let Some(b) = checkpoint::Boundary::at(catalog, offset, member, c.hash.as_ref()) {
+            let cp = b.capture(&self.processed, repo);
             self.rt.block_on(checkpoint::post(&c.ep, &cp));
         }
         Ok(())
@@ -649,6 +685,7 @@ impl scan::LayerVisitor for StreamVisitor {
             .map(|h| format!("sha256:{h}"));
         let repo = self.repo.clone();
         if as_stored && let Some(d) = &declared {
+            self.settle()?;
             let exists = self
                 .rt
                 .block_on(ctx.registry.blob_exists(&repo, d))
@@ -695,34 +732,100 @@ impl scan::LayerVisitor for StreamVisitor {
             let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
         }
         drop(tx);
-        let uploaded = self
-            .rt
-            .block_on(upload)
-            .map_err(|e| ImportError::Internal(e.to_string()))?;
-        match (r, uploaded) {
-            (Ok(facts), Ok((digest, size))) => {
-                ctx.progress
-                    .pushed
-                    .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
-                let pushed = Pushed {
-                    digest,
-                    size,
-                    repo,
-                    sent: size,
-                };
-                self.processed.insert(
-                    member.to_string(),
-                    Processed {
-                        facts,
-                        pushed,
-                        read_back: false,
-                    },
-                );
-                Ok(())
+        // The layer before was committed meanwhile (or nearly): take it in first.
+        let settled = self.settle();
+        let facts = match r {
+            Ok(facts) => facts,
+            Err(e) => {
+                let uploaded = self
+                    .rt
+                    .block_on(upload)
+                    .map_err(|e| ImportError::Internal(e.to_string()))?;
+                settled?;
+                return Err(ImportError::from_layer(
+                    &ctx.archive,
+                    &repo,
+                    e,
+                    uploaded.err(),
+                ));
             }
-            (Err(e), up) => Err(ImportError::from_layer(&ctx.archive, &repo, e, up.err())),
-            (Ok(_), Err(e)) => Err(ctx.reg_err(&repo, e)),
+        };
+        settled?;
+        // The commit (a large blob takes the registry most of a second to make durable) goes
+        // on while the next members are read; the checkpoint after this layer, if any, follows
+        // it here, so it is posted as soon as the blob is in.
+        let (boundary, deferred) = tokio::sync::oneshot::channel::<Deferred>();
+        let (m, f, r) = (member.to_string(), facts.clone(), repo.clone());
+        let commit = self.rt.spawn(async move {
+            let uploaded = upload.await.map_err(|e| e.to_string())?;
+            if let Ok((digest, size)) = &uploaded
+                && let Ok(mut d) = deferred.await
+            {
+                let pushed = Pushed {
+                    digest: digest.clone(),
+                    size: *size,
+                    repo: r,
+                    sent: *size,
+                };
+                let p = Processed {
+                    facts: f,
+                    pushed,
+                    read_back: false,
+                };
+                d.before.insert(m, p);
+                let cp = d.boundary.capture(&d.before, &d.repository);
+                checkpoint::post(&d.ep, &cp).await;
+            }
+            Ok(uploaded)
+        });
+        self.pending = Some(PendingLayer {
+            member: member.to_string(),
+            facts,
+            repo,
+            commit,
+            boundary: Some(boundary),
+        });
+        Ok(())
+    }
+}
+
+impl StreamVisitor {
+    /// Wait for the pending layer's blob to be committed (and its checkpoint posted), and take
+    /// the layer in.
+    fn settle(&mut self) -> Result<(), ImportError> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        // Said now: the checkpoint's task waits for no boundary that will not come.
+        drop(p.boundary);
+        let (digest, size) = self
+            .rt
+            .block_on(p.commit)
+            .map_err(|e| ImportError::Internal(e.to_string()))?
+            .map_err(ImportError::Internal)?
+            .map_err(|e| self.ctx.reg_err(&p.repo, e))?;
+        self.ctx
+            .progress
+            .pushed
+            .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        let pushed = Pushed {
+            digest,
+            size,
+            repo: p.repo,
+            sent: size,
+        };
+        self.processed.insert(
+            p.member,
+            Processed {
+                facts: p.facts,
+                pushed,
+                read_back: false,
+            },
+        );
+        if let Some(c) = &mut self.checkpoints {
+            c.kept = self.processed.len();
         }
+        Ok(())
     }
 }
 
@@ -792,6 +895,7 @@ async fn import_stream_with(
                 repo,
                 processed,
                 checkpoints,
+                pending: None,
             };
             let (catalog, mut rest) = match resume {
                 Some(r) => scan::stream_from(r, reader, &mut visitor)?,
@@ -799,6 +903,7 @@ async fn import_stream_with(
             };
             // Read to the very end so the archive's own digest covers every byte.
             io::copy(&mut rest, &mut io::sink()).map_err(|e| c.archive_err(ArchiveError::Io(e)))?;
+            visitor.settle()?;
             Ok((catalog, visitor.processed))
         },
     )
@@ -1093,11 +1198,19 @@ async fn up_to_date(
                 .map(|(member, facts)| (member, Processed::checked(facts)))
                 .collect();
             verify(img, &processed).map_err(|e| ctx.archive_err(e))?;
-            format!(
-                "the tag already holds this image: its {layer_count} layer blob(s), read back \
+            if ctx.opts.reuse == Reuse::TrustRegistry {
+                format!(
+                    "the tag already names blobs for this image's {layer_count} layer(s), taken \
+                     on the registry's word (--reuse trust-registry: not read back); the \
+                     archive's layers hash to the config's diff_ids"
+                )
+            } else {
+                format!(
+                    "the tag already holds this image: its {layer_count} layer blob(s), read back \
                  from the registry, decompress byte for byte to the archive's layers, which hash \
                  to the config's diff_ids"
-            )
+                )
+            }
         }
         _ => {
             for img in &p.images {
@@ -1316,6 +1429,10 @@ async fn finish(
             "every layer was read from the archive and matches the config's diff_ids{}",
             match read_back {
                 0 => String::new(),
+                n if ctx.opts.reuse == Reuse::TrustRegistry => format!(
+                    "; {n} layer(s) reused from the registry on its manifests' word \
+                     (--reuse trust-registry: the blobs were not read back)"
+                ),
                 n => format!(
                     "; {n} layer(s) reused from the registry after their blobs were read back \
                      and decompressed byte for byte to the archive's layers"

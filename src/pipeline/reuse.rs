@@ -51,6 +51,9 @@ pub(super) async fn matches<R: Read + Send + 'static>(
         open,
     } = layer;
     let member = member.as_str();
+    if ours && ctx.opts.reuse == Reuse::TrustRegistry {
+        return trusted(ctx, repo, digest, member, mapped, open).await;
+    }
     let stream = match ctx.registry.read_blob(repo, digest).await {
         Ok(s) => s,
         Err(e) => {
@@ -111,6 +114,44 @@ pub(super) async fn matches<R: Read + Send + 'static>(
             Ok(None)
         }
     }
+}
+
+/// [`matches`] with [`Reuse::TrustRegistry`]: the registry's word that blob `digest` holds the
+/// layer is taken once it says it has the blob; only the archive's copy is read (hashed: the
+/// facts returned, checked against the config by the caller).
+async fn trusted<R: Read + Send + 'static>(
+    ctx: &Ctx,
+    repo: &str,
+    digest: &str,
+    member: &str,
+    mapped: Option<MappedMember>,
+    open: impl FnOnce() -> io::Result<R> + Send + 'static,
+) -> Result<Option<LayerFacts>, ImportError> {
+    match ctx.registry.blob_head(repo, digest).await {
+        Ok(crate::registry::BlobHead::Present { .. }) => {}
+        Ok(crate::registry::BlobHead::Missing) => return Ok(None),
+        Err(e) => {
+            tracing::info!(blob = digest, repo, error = %e, "registry blob not checked; not reused");
+            return Ok(None);
+        }
+    }
+    let m = member.to_string();
+    let facts = blocking(move || -> Result<LayerFacts, LayerError> {
+        if let Some(mapped) = mapped {
+            return mapped.read(&m, &mut |_| Ok(()));
+        }
+        let mut r = open().map_err(LayerError::Read)?;
+        layer::read(&m, &mut r, &mut |_| Ok(()))
+    })
+    .await?
+    .map_err(|e| ImportError::from_layer(&ctx.archive, &ctx.opts.target.repository, e, None))?;
+    tracing::info!(
+        blob = digest,
+        repo,
+        member,
+        "layer taken on the registry's word (--reuse trust-registry): blob not read back"
+    );
+    Ok(Some(facts))
 }
 
 /// Hashes what is read through it.
@@ -538,6 +579,11 @@ pub enum Reuse {
     /// Also blobs other tools encoded with the same codec, once they are read back and found
     /// to hold the layer: fewer bytes sent, but the manifest digest depends on the registry.
     AnyEncoding,
+    /// Blobs this import's encoder wrote (as [`Reuse::Exact`]), taken on the registry's word:
+    /// the archive's layer is hashed to its diff_id, the blob is not read back. Several times
+    /// faster for an upgrade, but whoever can push a manifest into the repository decides
+    /// which blob the new tag names for a layer.
+    TrustRegistry,
 }
 
 impl std::str::FromStr for Reuse {
@@ -546,7 +592,10 @@ impl std::str::FromStr for Reuse {
         match s {
             "exact" => Ok(Reuse::Exact),
             "any-encoding" => Ok(Reuse::AnyEncoding),
-            _ => Err(format!("{s:?}: expected exact or any-encoding")),
+            "trust-registry" => Ok(Reuse::TrustRegistry),
+            _ => Err(format!(
+                "{s:?}: expected exact, any-encoding or trust-registry"
+            )),
         }
     }
 }
