@@ -228,9 +228,11 @@ stored_bytes() {
         awk '{ s += $1 } END { print s + 0 }'
 }
 
-ii_push_v2() { # KIND LABEL: v2 under the new tag bench/ii:2
-    measure imageimport "$1" "$2" bench/ii 2 -- \
-        "$BIN" push --insecure -q "$ARCHIVE_V2" "$HOST/bench/ii:2"
+ii_push_v2() { # KIND LABEL [PUSH FLAGS...]: v2 under the new tag bench/ii:2
+    local kind=$1 label=$2
+    shift 2
+    measure imageimport "$kind" "$label" bench/ii 2 -- \
+        "$BIN" push --insecure -q "$@" "$ARCHIVE_V2" "$HOST/bench/ii:2"
 }
 crane_push() {
     measure crane cold default bench/crane 1 -- \
@@ -262,6 +264,11 @@ for ((i = 1; i <= RUNS; i++)); do
     if [[ $UPGRADE == 1 ]]; then
         start_registry "imageimport-v2-$i"
         ii_push_v2 cold v2
+        stop_registry
+        # The opt-in: blobs taken on the registry's word (v1 pushed first, not measured).
+        start_registry "imageimport-trust-$i"
+        "$BIN" push --insecure -q "$ARCHIVE" "$HOST/bench/ii:1" >/dev/null
+        ii_push_v2 upgrade trust-registry --reuse trust-registry
         stop_registry
     fi
 done
@@ -301,6 +308,7 @@ json.dump({
         "skopeo": "skopeo copy -q --dest-tls-verify=false docker-archive:ARCHIVE docker://HOST/bench/skopeo:1",
         "imageimport": "target/release/imageimport push --insecure -q [--compression C] ARCHIVE HOST/bench/ii:1",
         "imageimport upgrade": "target/release/imageimport push --insecure -q ARCHIVE_V2 HOST/bench/ii:2 (after ARCHIVE to bench/ii:1)",
+        "imageimport upgrade, trust-registry": "target/release/imageimport push --insecure -q --reuse trust-registry ARCHIVE_V2 HOST/bench/ii:2 (after ARCHIVE to bench/ii:1, another registry)",
         "crane": "crane push --insecure ARCHIVE HOST/bench/crane:1",
         "regctl": "regctl --host reg=HOST,tls=disabled image import HOST/bench/regctl:1 ARCHIVE",
     },
