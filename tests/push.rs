@@ -1228,14 +1228,19 @@ fn a_planted_tag_with_the_archives_config_is_not_taken_for_the_image() {
     assert_eq!(support::cli::lines_of(&out)[0], lines[0]);
 }
 
-/// Issue 12 part 2: `app:2.0` pushed beside `app:1.0` (a new tag) sends its new layer and its
-/// config only: the shared base is learned from the repository's other tags, within the
-/// documented request bound.
-#[test]
-fn a_new_version_under_a_new_tag_sends_only_its_new_layers() {
-    let reg = Registry::plain();
-    let dir = tempfile::tempdir().unwrap();
-    let base = archives::layer(2400, 3, 60_000);
+/// Two versions of one image (`app:x`, legacy docker-save archives written into `dir` as
+/// v1.tar and v2.tar): a three-file base layer they share (seed `seed`) and one small layer
+/// each (seeds `seed + 1` and `seed + 2`), as a release flow pushes them.
+fn two_versions(
+    dir: &Path,
+    seed: u64,
+) -> (
+    archives::Built,
+    archives::Built,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let base = archives::layer(seed, 3, 60_000);
     let build = |seed| {
         archives::build(
             &Format::DockerLegacy,
@@ -1245,9 +1250,20 @@ fn a_new_version_under_a_new_tag_sends_only_its_new_layers() {
             )],
         )
     };
-    let (v1, v2) = (build(2401), build(2402));
-    let p1 = archives::write_to(dir.path(), "v1.tar", &v1.bytes);
-    let p2 = archives::write_to(dir.path(), "v2.tar", &v2.bytes);
+    let (v1, v2) = (build(seed + 1), build(seed + 2));
+    let p1 = archives::write_to(dir, "v1.tar", &v1.bytes);
+    let p2 = archives::write_to(dir, "v2.tar", &v2.bytes);
+    (v1, v2, p1, p2)
+}
+
+/// Issue 12 part 2: `app:2.0` pushed beside `app:1.0` (a new tag) sends its new layer and its
+/// config only: the shared base is learned from the repository's other tags, within the
+/// documented request bound.
+#[test]
+fn a_new_version_under_a_new_tag_sends_only_its_new_layers() {
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2, p1, p2) = two_versions(dir.path(), 2400);
     for t in ["0.9", "1.0", "latest-old"] {
         push_ok(&[
             "push",
@@ -1309,19 +1325,7 @@ fn a_new_version_under_a_new_tag_sends_only_its_new_layers() {
 fn any_encoding_reuse_takes_another_tools_blobs_and_says_the_digest_is_its_own() {
     let reg = Registry::plain();
     let dir = tempfile::tempdir().unwrap();
-    let base = archives::layer(2500, 3, 60_000);
-    let build = |seed| {
-        archives::build(
-            &Format::DockerLegacy,
-            &[ImageSpec::new(
-                &["app:x"],
-                vec![base.clone(), archives::layer(seed, 1, 9000)],
-            )],
-        )
-    };
-    let (v1, v2) = (build(2501), build(2502));
-    let p1 = archives::write_to(dir.path(), "v1.tar", &v1.bytes);
-    let p2 = archives::write_to(dir.path(), "v2.tar", &v2.bytes);
+    let (v1, v2, p1, p2) = two_versions(dir.path(), 2500);
     let mut copy: Vec<std::ffi::OsString> = vec!["copy".into(), "--quiet".into()];
     copy.extend(skopeo::registry_flags(&reg, "dest-"));
     copy.push(format!("docker-archive:{}", p1.display()).into());
@@ -1378,19 +1382,7 @@ fn any_encoding_reuse_takes_another_tools_blobs_and_says_the_digest_is_its_own()
 fn trust_registry_reuse_reads_no_blob_back_and_takes_the_registrys_word() {
     let reg = Registry::plain();
     let dir = tempfile::tempdir().unwrap();
-    let base = archives::layer(2600, 3, 60_000);
-    let build = |seed| {
-        archives::build(
-            &Format::DockerLegacy,
-            &[ImageSpec::new(
-                &["app:x"],
-                vec![base.clone(), archives::layer(seed, 1, 9000)],
-            )],
-        )
-    };
-    let (v1, v2) = (build(2601), build(2602));
-    let p1 = archives::write_to(dir.path(), "v1.tar", &v1.bytes);
-    let p2 = archives::write_to(dir.path(), "v2.tar", &v2.bytes);
+    let (v1, v2, p1, p2) = two_versions(dir.path(), 2600);
     let (p1, p2) = (p1.to_str().unwrap(), p2.to_str().unwrap());
     push_ok(&["push", "--insecure", "-q", p1, &reg.reference("trust:1.0")]);
     let base_blob = skopeo::inspect_raw(&reg, "trust:1.0")["layers"][0]["digest"]
