@@ -454,7 +454,11 @@ fn show_progress(
             bar.set_position(done);
             bar.set_message(progress.phase());
             if !tty && last_line.elapsed() >= Duration::from_secs(5) {
-                eprintln!("{}: {} of {} bytes read", progress.phase(), done, total);
+                match total {
+                    // A stream of unknown length (stdin).
+                    0 => eprintln!("{}: {} bytes read", progress.phase(), done),
+                    _ => eprintln!("{}: {} of {} bytes read", progress.phase(), done, total),
+                }
                 last_line = std::time::Instant::now();
             }
             tokio::select! {
