@@ -1230,16 +1230,11 @@ fn a_planted_tag_with_the_archives_config_is_not_taken_for_the_image() {
 
 /// Two versions of one image (`app:x`, legacy docker-save archives written into `dir` as
 /// v1.tar and v2.tar): a three-file base layer they share (seed `seed`) and one small layer
-/// each (seeds `seed + 1` and `seed + 2`), as a release flow pushes them.
+/// each (seeds `seed + 1` and `seed + 2`), as a release flow pushes them; v2 and both paths.
 fn two_versions(
     dir: &Path,
     seed: u64,
-) -> (
-    archives::Built,
-    archives::Built,
-    std::path::PathBuf,
-    std::path::PathBuf,
-) {
+) -> (archives::Built, std::path::PathBuf, std::path::PathBuf) {
     let base = archives::layer(seed, 3, 60_000);
     let build = |seed| {
         archives::build(
@@ -1253,7 +1248,7 @@ fn two_versions(
     let (v1, v2) = (build(seed + 1), build(seed + 2));
     let p1 = archives::write_to(dir, "v1.tar", &v1.bytes);
     let p2 = archives::write_to(dir, "v2.tar", &v2.bytes);
-    (v1, v2, p1, p2)
+    (v2, p1, p2)
 }
 
 /// Issue 12 part 2: `app:2.0` pushed beside `app:1.0` (a new tag) sends its new layer and its
@@ -1263,7 +1258,7 @@ fn two_versions(
 fn a_new_version_under_a_new_tag_sends_only_its_new_layers() {
     let reg = Registry::plain();
     let dir = tempfile::tempdir().unwrap();
-    let (v1, v2, p1, p2) = two_versions(dir.path(), 2400);
+    let (v2, p1, p2) = two_versions(dir.path(), 2400);
     for t in ["0.9", "1.0", "latest-old"] {
         push_ok(&[
             "push",
@@ -1325,7 +1320,7 @@ fn a_new_version_under_a_new_tag_sends_only_its_new_layers() {
 fn any_encoding_reuse_takes_another_tools_blobs_and_says_the_digest_is_its_own() {
     let reg = Registry::plain();
     let dir = tempfile::tempdir().unwrap();
-    let (v1, v2, p1, p2) = two_versions(dir.path(), 2500);
+    let (v2, p1, p2) = two_versions(dir.path(), 2500);
     let mut copy: Vec<std::ffi::OsString> = vec!["copy".into(), "--quiet".into()];
     copy.extend(skopeo::registry_flags(&reg, "dest-"));
     copy.push(format!("docker-archive:{}", p1.display()).into());
@@ -1382,7 +1377,7 @@ fn any_encoding_reuse_takes_another_tools_blobs_and_says_the_digest_is_its_own()
 fn trust_registry_reuse_reads_no_blob_back_and_takes_the_registrys_word() {
     let reg = Registry::plain();
     let dir = tempfile::tempdir().unwrap();
-    let (v1, v2, p1, p2) = two_versions(dir.path(), 2600);
+    let (v2, p1, p2) = two_versions(dir.path(), 2600);
     let (p1, p2) = (p1.to_str().unwrap(), p2.to_str().unwrap());
     push_ok(&["push", "--insecure", "-q", p1, &reg.reference("trust:1.0")]);
     let base_blob = skopeo::inspect_raw(&reg, "trust:1.0")["layers"][0]["digest"]
